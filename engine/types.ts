@@ -1,0 +1,209 @@
+/**
+ * Shared types of the policy engine. Everything here is plain data: the engine is pure and
+ * deterministic (no I/O, no timers, no Date.now()); drivers (sim/, live/) pass time in explicitly.
+ *
+ * Units: times in ms, lengths in tokens, sizes in bytes, bandwidth in Gbit/s (10^9 bit/s).
+ */
+import type { TraceRequest } from '../traces/schema.js';
+
+export type { TraceRequest, KnowledgeRef } from '../traces/schema.js';
+
+/** How a request's knowledge reaches the model. `none`: the request carries no knowledge. */
+export type Intent = 'none' | 'text' | 'kvcache' | 'hybrid';
+
+/** Model constants a profile is measured for. */
+export interface ModelSpec {
+  name: string;
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  /** bytes per KV element (bf16 = 2). */
+  dtypeBytes: number;
+  /** layers x 2 x kvHeads x headDim x dtypeBytes (Llama-3-70B bf16: 327,680 B). */
+  kvBytesPerToken: number;
+  /** parameter count, billions. */
+  paramsB: number;
+}
+
+/** Hardware one instance runs on (all GPUs of one tensor-parallel group). */
+export interface HardwareSpec {
+  gpu: string;
+  gpus: number;
+  /** dense bf16 tensor peak per GPU, TFLOP/s. */
+  peakTflops: number;
+  /** memory bandwidth per GPU, GB/s. */
+  memBandwidthGBs: number;
+  /** memory per GPU, GiB. */
+  memGiB: number;
+}
+
+/** vLLM engine settings of one instance. */
+export interface EngineSettings {
+  /** vLLM `max_num_batched_tokens`: token budget per iteration. */
+  maxNumBatchedTokens: number;
+  /** vLLM `max_num_seqs`: running requests cap. */
+  maxNumSeqs: number;
+  /** vLLM `max_model_len`: longer prompts (+ output) are rejected, never truncated. */
+  maxModelLen: number;
+  /** KV capacity in tokens (derived from GPU memory minus weights, x gpu_memory_utilization). */
+  kvCapacityTokens: number;
+  /** vLLM paged-KV block size in tokens (memory is allocated in these units). */
+  blockSizeTokens: number;
+  /** vLLM `long_prefill_token_threshold` (0 = off): max new tokens per request per step. */
+  longPrefillTokenThreshold: number;
+}
+
+/**
+ * Iteration ("step") time model of one instance, fitted from measured TTFT/TPOT logs.
+ *
+ *   stepMs = fixedMs + prefillSeqMs * nPrefillSeqs + decodeSeqMs * nDecodeSeqs
+ *            + curve(T) + attnMs + kvReadMs
+ *   T       = new tokens in the step (prefill chunk tokens + 1 per decode)
+ *   curve   = piecewise-linear in T through (knots[i], values[i]), linear extrapolation past the last knot
+ *   attnMs  = slopeLast * sum over prefill chunks of c * (s + c/2) / attnTokens    (s = chunk start position)
+ *   kvReadMs = kvReadMsPerToken * (sum of context tokens of decoding requests)
+ *
+ * A request's TTFT adds `apiMs` (HTTP, tokenisation, first SSE chunk) to the end of the step
+ * that completes its prefill; requests reach the engine core `frontendMsPerRequest` apart.
+ */
+export interface StepModel {
+  fixedMs: number;
+  prefillSeqMs: number;
+  decodeSeqMs: number;
+  knots: number[];
+  values: number[];
+  /** tokens of context at which attention FLOPs equal the linear-layer FLOPs per token. */
+  attnTokens: number;
+  kvReadMsPerToken: number;
+  apiMs: number;
+  frontendMsPerRequest: number;
+}
+
+/** KV load into the engine (LMCache retrieve from its Redis): fixedMs + msPerGB * GB. */
+export interface KvLoadModel {
+  fixedMs: number;
+  msPerGB: number;
+  /** bytes per token as stored by LMCache for this model (after serde compression). */
+  bytesPerToken: number;
+}
+
+/** One instance timing profile (engine/profiles/*.json). */
+export interface Profile {
+  name: string;
+  /** true when scaled from another profile instead of measured. */
+  derived: boolean;
+  description: string;
+  source: string;
+  model: ModelSpec;
+  hardware: HardwareSpec;
+  engine: EngineSettings;
+  step: StepModel;
+  kvLoad: KvLoadModel;
+  /** extra ms on the first request an instance ever serves (CUDA graphs, warm-up). */
+  coldStartMs: number;
+  /** fit quality, free-form (MAPE per batch size etc.). */
+  fit?: Record<string, unknown>;
+}
+
+/** A KV link KDN -> instance. Transfers on one link are served FIFO. */
+export interface LinkSpec {
+  /** Gbit/s. */
+  bandwidthGbps: number;
+  /** one-way latency added to every transfer, ms. */
+  latencyMs: number;
+  /** achievable fraction of the bandwidth (CacheRoute: 0.825). */
+  efficiency: number;
+}
+
+/** A knowledge delivery node. */
+export interface KdnSpec {
+  id: string;
+  /** KV compression factor (CacheGen ~3.5-4.3); bytes on the wire = raw / compression. */
+  compression: number;
+  /** kids this KDN holds with KV ready; null = every knowledge item. */
+  knowledge: Set<string> | null;
+  /** per-fetch fixed cost of a text fetch (RTT + processing), ms. */
+  textFetchMs: number;
+}
+
+/** One serving instance as the engine sees it. */
+export interface InstanceSpec {
+  /** stable index 0..n-1 (used in arrays). */
+  index: number;
+  id: string;
+  profile: Profile;
+  engine: EngineSettings;
+}
+
+/** The whole cluster: instances, KDNs and the link matrix links[kdn][instance]. */
+export interface ClusterSpec {
+  instances: InstanceSpec[];
+  kdns: KdnSpec[];
+  links: LinkSpec[][];
+  /** delay between a KV event on an instance and the engine seeing it, ms. */
+  kvEventDelayMs: number;
+  /** LMCache chunk size for KV injection, tokens (256). */
+  chunkTokens: number;
+}
+
+/** Predicted (or observed) TTFT breakdown, ms. ttftMs = prepare-side + instance-side parts. */
+export interface Breakdown {
+  /** knowledge preparation before the link (text fetch, classification), ms. */
+  prepareMs: number;
+  /** wait for the KDN link to be free, ms. */
+  linkWaitMs: number;
+  /** KV transfer on the link, ms. */
+  transferMs: number;
+  /** KV load into the engine (LMCache retrieve), ms. */
+  kvLoadMs: number;
+  /** queueing inside the instance before the request's prefill completes its first step, ms. */
+  queueMs: number;
+  /** prefill compute of the non-reused tokens, ms. */
+  prefillMs: number;
+  /** time to first token, ms. */
+  ttftMs: number;
+}
+
+/** A scored option the strategy considered (chosen or rejected). */
+export interface Alternative {
+  instance: number;
+  intent: Intent;
+  /** the strategy's own score (lower is better unless the strategy says otherwise). */
+  score: number;
+  /** predicted TTFT for this option when the strategy computes one, ms. */
+  ttftMs?: number;
+  /** hybrid split point (tokens loaded as KV) when intent is hybrid. */
+  reusedTokens?: number;
+}
+
+/** What the engine decided for one request. */
+export interface Decision {
+  requestId: string;
+  strategy: string;
+  /** chosen instance index. */
+  instance: number;
+  /** chosen KDN index, or -1 when no KDN is involved. */
+  kdn: number;
+  intent: Intent;
+  /** knowledge tokens whose KV is transferred from the KDN and loaded (kvcache/hybrid). */
+  reusedTokens: number;
+  /** predicted prefix-cache hit tokens on the chosen instance (local GPU cache). */
+  cachedTokens: number;
+  /** predicted breakdown with the cost model (every strategy gets one, for diffing). */
+  predicted: Breakdown;
+  /** every option scored, including the chosen one. */
+  alternatives: Alternative[];
+  /** short machine-readable reason, e.g. "min-cost", "imbalance-fallback". */
+  reason: string;
+}
+
+/** A KV cache event from an instance (vLLM BlockStored/BlockRemoved/AllBlocksCleared). */
+export interface KvEvent {
+  instance: number;
+  kind: 'stored' | 'removed' | 'cleared';
+  /** chained block hashes (trace block ids) concerned; empty for `cleared`. */
+  blocks: number[];
+}
+
+/** Per-request scalar summary the engine needs; derived once from a TraceRequest. */
+export type EngineRequest = TraceRequest;

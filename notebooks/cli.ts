@@ -1,0 +1,4 @@
+import type { Command } from 'commander';
+
+/** Registers this area's kvlab sub-commands on the root program. */
+export function registerReportCommands(_program: Command): void {}
