@@ -44,3 +44,44 @@ export interface TraceRequest {
   /** Where the request came from, for error messages: file and 1-based line. */
   source?: { file: string; line: number };
 }
+
+/** Source format of a loaded trace. */
+export type TraceFormat = 'mooncake' | 'csv' | 'nq' | 'synthetic';
+
+/** What a loader read, besides the requests. */
+export interface TraceMeta {
+  /** Short name: file name without extension, the NQ directory name, or "synthetic". */
+  name: string;
+  /** Path as given by the caller ("" for generated workloads). */
+  file: string;
+  format: TraceFormat;
+  /** Tokens per prefix block of the requests' `blocks` (512 Mooncake, 16 CSV, 256 RAG). */
+  blockSize: number;
+  /** Non-blank records read (header excluded): requests.length + skipped. */
+  lines: number;
+  /** Bad records skipped (only with `skipBadLines: true`). */
+  skipped: number;
+  /** The first few skip reasons, each formatted `FILE:LINE: what is wrong`. */
+  skippedReasons: string[];
+  /**
+   * Requests that arrived earlier than some request before them in file order (so the stable
+   * sort by arrival moved them). 0 for a sorted source.
+   */
+  reordered: number;
+}
+
+/** A trace converted to the common schema. `requests` is stably sorted by `arrivalMs`. */
+export interface LoadedTrace {
+  requests: TraceRequest[];
+  meta: TraceMeta;
+}
+
+/** Options every file loader accepts. */
+export interface LoadOptions {
+  /** Multiplies every arrival time (2 = half the rate). >= 0, default 1. */
+  timeScale?: number;
+  /** Skip (and count) bad records instead of failing on the first one. Default false. */
+  skipBadLines?: boolean;
+  /** Stop after this many accepted requests in file order (positive integer). */
+  limit?: number;
+}
