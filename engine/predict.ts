@@ -1,0 +1,105 @@
+/**
+ * The engine's TTFT predictor: given the booked state of an instance and a link, predicts the
+ * breakdown (prepare, link wait, transfer, KV load, queue, prefill, TTFT) of one option
+ * (instance, intent, reused tokens). Used by every strategy for its `predicted` record and by
+ * the `kvlab` strategy as its cost.
+ */
+import { curveMs, kvLoadMs, kvWireBytes, prefillAloneMs, slopeLast, transferMs } from './costmodel.js';
+import type { InstanceLoad } from './load.js';
+import type { Breakdown, Intent, InstanceSpec, KdnSpec, LinkSpec } from './types.js';
+
+/** Inputs of one prediction. */
+export interface PredictInput {
+  inst: InstanceSpec;
+  load: InstanceLoad;
+  /** predicted prefill backlog of the instance now (ms). */
+  backlogMs: number;
+  promptTokens: number;
+  outputTokens: number;
+  knowledgeTokens: number;
+  /** local prefix-cache hit (tokens, already capped at prompt - 1). */
+  cachedTokens: number;
+  intent: Intent;
+  /** prompt-prefix tokens whose KV the KDN provides (kvcache/hybrid). */
+  reuseTokens: number;
+  kdn?: KdnSpec;
+  link?: LinkSpec;
+  /** predicted wait for the link (ms). */
+  linkWaitMs: number;
+}
+
+/** Breakdown plus the quantities the engine books at dispatch. */
+export interface Prediction extends Breakdown {
+  /** tokens the KDN transfers (reuse beyond the local hit). */
+  transferTokens: number;
+  /** prompt tokens the instance computes. */
+  computeTokens: number;
+  /** predicted prefill work added to the instance lane (ms): prefill + KV load. */
+  workMs: number;
+}
+
+/**
+ * Predicts one option.
+ *
+ * ttft = ready + queue + kvLoad + prefill, with
+ *  - ready = text fetch (text intent with knowledge) or link wait + transfer (kvcache/hybrid);
+ *  - queue = max(0, backlog - ready) + frontend delay (the backlog drains while knowledge is prepared,
+ *    as in CacheRoute's IWS `max(ready_wait, kv_prepare)`, §4.8);
+ *  - prefill = compute of the non-reused tokens alone on the instance (chunked by the token budget,
+ *    attention over the cached context), plus interference of the booked decoding requests
+ *    (their per-step cost in every chunk step), plus the API overhead;
+ *  - a KV-memory overflow (booked footprint beyond capacity) is charged as recompute of the overflow.
+ */
+export function predictOption(p: PredictInput): Prediction {
+  const prof = p.inst.profile;
+  const m = prof.step;
+  const P = p.promptTokens;
+  const hit = Math.min(p.cachedTokens, P - 1);
+  let prepareMs = 0;
+  let linkWaitMs = 0;
+  let xferMs = 0;
+  let loadMs = 0;
+  let transferTokens = 0;
+  let start = hit;
+  if ((p.intent === 'kvcache' || p.intent === 'hybrid') && p.kdn && p.link) {
+    const reuse = Math.min(p.reuseTokens, P - 1);
+    if (reuse > hit) {
+      transferTokens = reuse - hit;
+      linkWaitMs = p.linkWaitMs;
+      xferMs = transferMs(kvWireBytes(transferTokens, prof.model.kvBytesPerToken, p.kdn), p.link);
+      loadMs = kvLoadMs(prof.kvLoad, transferTokens);
+      start = reuse;
+    }
+    if (reuse < p.knowledgeTokens && p.kdn) prepareMs = p.kdn.textFetchMs; // remainder as text
+  } else if (p.intent === 'text' && p.knowledgeTokens > 0 && p.kdn) {
+    prepareMs = p.kdn.textFetchMs;
+  }
+  const computeTokens = Math.max(1, P - start);
+  let prefill = prefillAloneMs(prof, start, computeTokens);
+  const d = p.load.decodeReqs;
+  if (d > 0) {
+    const budget = p.inst.engine.maxNumBatchedTokens;
+    const steps = Math.ceil(computeTokens / Math.max(1, budget - d));
+    const perStep = m.decodeSeqMs * d + (curveMs(m, Math.min(budget, computeTokens) + d) - curveMs(m, Math.min(budget, computeTokens))) + m.kvReadMsPerToken * p.load.decodeCtxTokens;
+    prefill += steps * perStep;
+  }
+  const cap = p.inst.engine.kvCapacityTokens;
+  const over = p.load.kvTokens + P + p.outputTokens - cap;
+  if (over > 0 && Number.isFinite(cap)) prefill += over * slopeLast(m);
+  const ready = prepareMs + linkWaitMs + xferMs;
+  const queueMs = Math.max(0, p.backlogMs - ready) + m.frontendMsPerRequest;
+  const prefillMs = prefill + m.apiMs;
+  const ttftMs = ready + queueMs + loadMs + prefillMs;
+  return {
+    prepareMs,
+    linkWaitMs,
+    transferMs: xferMs,
+    kvLoadMs: loadMs,
+    queueMs,
+    prefillMs,
+    ttftMs,
+    transferTokens,
+    computeTokens,
+    workMs: prefill + loadMs,
+  };
+}

@@ -1,0 +1,83 @@
+/**
+ * `kvlab` (ours): one continuous cost in milliseconds. For every up instance and every intent
+ * (text, kvcache, and hybrid split points in 256-token chunks) the engine's predictor gives the
+ * request's TTFT from the booked load (prefill backlog, decoding requests, KV footprint), the
+ * prefix hits on that instance and the KDN link state; the option with the lowest cost wins.
+ *
+ * cost = predicted TTFT + λ · (prefill work this option adds to the instance) · (requests queued
+ * behind on that instance are not known yet, so λ prices the work against future arrivals;
+ * default λ = `workWeight` 0.0, pure TTFT).
+ *
+ * Hybrid split: with link wait w, transfer t(X) and the instance's backlog b, loading X tokens
+ * costs max(w + t(X), b) + load(X) + prefill(rest). Past the point where the transfer stops
+ * being hidden behind the backlog, each extra chunk costs transfer time instead of saving
+ * prefill, so the optimum is either that point, its neighbour chunk, or an end. We evaluate
+ * exactly those candidates (plus 0 and full) with the predictor.
+ */
+import { kvWireBytes, transferMs } from '../costmodel.js';
+import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
+import type { Prediction } from '../predict.js';
+import type { Alternative, Intent } from '../types.js';
+
+export interface KvlabParams {
+  /** weight of the option's own prefill work (ms per ms) added to the cost. */
+  workWeight: number;
+  /** consider hybrid splits. */
+  hybrid: boolean;
+}
+
+export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, hybrid: true };
+
+export class KvlabStrategy implements Strategy {
+  readonly name = 'kvlab';
+  private readonly p: KvlabParams;
+  constructor(params: Partial<KvlabParams> = {}) {
+    this.p = { ...KVLAB_DEFAULTS, ...params };
+  }
+
+  decide(ctx: DecideContext): StrategyChoice {
+    const req = ctx.req;
+    const alternatives: Alternative[] = [];
+    let best: { i: number; intent: Intent; reuse: number; pred: Prediction; cost: number } | null = null;
+    const consider = (i: number, intent: Intent, reuse: number) => {
+      const pred = ctx.predict(i, intent, reuse);
+      const cost = pred.ttftMs + this.p.workWeight * pred.workMs;
+      alternatives.push({ instance: i, intent, score: round3(cost), ttftMs: round3(pred.ttftMs), ...(intent === 'hybrid' ? { reusedTokens: reuse } : {}) });
+      if (best === null || cost < best.cost - 1e-9 || (Math.abs(cost - best.cost) <= 1e-9 && ctx.load(i).inflight < ctx.load(best.i).inflight)) {
+        best = { i, intent, reuse, pred, cost };
+      }
+    };
+    const chunk = ctx.cluster.chunkTokens;
+    for (let i = 0; i < ctx.n; i++) {
+      if (!ctx.isUp(i)) continue;
+      if (req.knowledgeTokens <= 0) {
+        consider(i, 'none', 0);
+        continue;
+      }
+      consider(i, 'text', 0);
+      const kc = ctx.kdnFor(i);
+      if (!kc || kc.reuseTokens <= 0) continue;
+      const hit = ctx.cachedTokens(i);
+      if (kc.reuseTokens <= hit) continue; // nothing to transfer: text already reuses the local cache
+      consider(i, 'kvcache', kc.reuseTokens);
+      if (!this.p.hybrid) continue;
+      // hybrid candidates around the point where the transfer stops being hidden
+      const inst = ctx.cluster.instances[i]!;
+      const kdn = ctx.cluster.kdns[kc.kdn]!;
+      const link = ctx.cluster.links[kc.kdn]![i]!;
+      const perToken = transferMs(kvWireBytes(1e6, inst.profile.model.kvBytesPerToken, kdn), { ...link, latencyMs: 0 }) / 1e6;
+      const slack = ctx.backlogMs(i) - kc.linkWaitMs - link.latencyMs;
+      const hidden = perToken > 0 ? hit + Math.max(0, slack) / perToken : kc.reuseTokens;
+      const x0 = Math.floor(hidden / chunk) * chunk;
+      const cands = new Set<number>([x0, x0 + chunk, Math.floor(kc.reuseTokens / 2 / chunk) * chunk]);
+      for (const x of cands) if (x > hit && x < kc.reuseTokens) consider(i, 'hybrid', x);
+    }
+    const b = best as { i: number; intent: Intent; reuse: number; pred: Prediction; cost: number } | null;
+    if (!b) throw new Error('no instance is up');
+    return { instance: b.i, intent: b.intent, reuseTokens: b.reuse, alternatives, reason: 'min-ttft', prediction: b.pred };
+  }
+}
+
+function round3(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}

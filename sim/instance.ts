@@ -1,0 +1,498 @@
+/**
+ * Instance model faithful to vLLM V1 scheduling, used by the simulator (virtual clock) and by
+ * the emulator (wall clock).
+ *
+ * Scheduling, per iteration (vLLM V1 `Scheduler.schedule`):
+ * - one token budget `max_num_batched_tokens`; each request gets
+ *   `min(target - computed, remaining budget, long_prefill_token_threshold)` new tokens, where
+ *   target = prompt + generated (so prefill, chunked prefill, decode and recompute after
+ *   preemption are one rule);
+ * - running requests first, in order; when KV memory runs out, the last running request is
+ *   preempted (recompute: its KV is freed, it goes back to the front of the waiting queue);
+ * - then, if nothing was preempted in this step, waiting requests FCFS while budget remains and
+ *   fewer than `max_num_seqs` run; each is admitted with its prefix-cache hit (contiguous
+ *   block match, capped at prompt - 1) plus the external (LMCache) prefix loaded into memory;
+ *   admission stops at the first request whose KV does not fit.
+ * Step time comes from the profile's step model (engine/costmodel.ts); loading external KV adds
+ * the KV load time (LMCache retrieve) to the step that admits the request.
+ */
+import type { InstanceSpec, StepModel } from '../engine/types.js';
+import { chunkAttnUnits, curveMs, emptyComposition, kvLoadMs, slopeLast, stepMs, type StepComposition } from '../engine/costmodel.js';
+import { KvCache, type BlockEntry, type KvEventSink } from './kvcache.js';
+
+/** A request as the instance sees it. */
+export interface CoreRequest {
+  id: string;
+  promptTokens: number;
+  outputTokens: number;
+  /** chained prefix-block ids of the prompt (may be empty: no prefix caching). */
+  blocks: number[];
+  /** tokens per block of `blocks`. */
+  blockSize: number;
+  /**
+   * Length of the prompt prefix whose KV is available in the external store (LMCache Redis),
+   * tokens. At admission the part not already hit in the GPU prefix cache is loaded.
+   */
+  loadedTokens: number;
+  /** KV load time override (ms) for the external part; < 0 or undefined: from the profile. */
+  kvLoadMs?: number;
+}
+
+/** Tokens emitted / state changes in one finished step (request ids). */
+export interface StepEvents {
+  firstToken: string[];
+  token: string[];
+  done: string[];
+  preempted: string[];
+  rejected: string[];
+}
+
+const WAITING = 0;
+const RUNNING = 1;
+const DONE = 2;
+
+/** Per-request state inside the instance; exposed read-only to drivers for timing records. */
+export class ReqState {
+  computed = 0;
+  generated = 0;
+  state = WAITING;
+  /** blocks this request holds references on, in prompt order. */
+  refs: BlockEntry[] = [];
+  /** index of the next prompt block waiting to be registered as cached. */
+  nextBlock = 0;
+  /** private (unshared) tokens this request holds in KV memory. */
+  private = 0;
+  /** tokens scheduled in the running step. */
+  sched = 0;
+  /** prefix-cache hit tokens at first admission. */
+  hitTokens = -1;
+  /** external KV tokens loaded at first admission, and the load time (ms). */
+  loadTokens = 0;
+  kvLoadMs = 0;
+  preemptions = 0;
+  /** virtual/wall times (ms): arrival at the core, first scheduled, first token, done. */
+  arrivedAt = 0;
+  firstScheduledAt = -1;
+  firstTokenAt = -1;
+  doneAt = -1;
+  constructor(readonly req: CoreRequest) {}
+}
+
+/** Options of an InstanceCore. */
+export interface InstanceCoreOptions {
+  /** KV event receiver (stored / removed / cleared block ids). */
+  onKvEvent?: KvEventSink;
+  /**
+   * Multiplicative step-time noise: factor for the instance's step number `step` (0, 1, ...).
+   * A pure function of the step number keeps coalesced runs identical to single stepping.
+   */
+  noise?: (step: number) => number;
+  /** keep finished request states readable (default true; the simulator drops them). */
+  keepDone?: boolean;
+}
+
+/** The vLLM-V1-like instance. Not re-entrant: one step runs at a time. */
+export class InstanceCore {
+  readonly kv: KvCache;
+  readonly model: StepModel;
+  private readonly budget: number;
+  private readonly maxSeqs: number;
+  private readonly threshold: number;
+  private waiting: ReqState[] = [];
+  private wHead = 0;
+  private running: ReqState[] = [];
+  private scheduled: ReqState[] = [];
+  private readonly states = new Map<string, ReqState>();
+  private readonly noise?: (step: number) => number;
+  private readonly keepDone: boolean;
+  /** steps remaining in a coalesced decode run (>= 1 while busy). */
+  private runSteps = 0;
+  private stepStart = 0;
+  /** total busy time (ms) and steps executed. */
+  busyMs = 0;
+  steps = 0;
+  preemptions = 0;
+  /** composition of the last step started (for calibration and tests). */
+  lastStep: StepComposition = emptyComposition();
+  private busyFlag = false;
+
+  constructor(
+    readonly spec: InstanceSpec,
+    opts: InstanceCoreOptions = {},
+  ) {
+    this.model = spec.profile.step;
+    this.budget = spec.engine.maxNumBatchedTokens;
+    this.maxSeqs = spec.engine.maxNumSeqs;
+    this.threshold = spec.engine.longPrefillTokenThreshold > 0 ? spec.engine.longPrefillTokenThreshold : Infinity;
+    this.kv = new KvCache(spec.engine.kvCapacityTokens, opts.onKvEvent);
+    this.noise = opts.noise;
+    this.keepDone = opts.keepDone ?? true;
+  }
+
+  /** true while a step is running. */
+  get busy(): boolean {
+    return this.busyFlag;
+  }
+
+  /** requests waiting + running. */
+  get load(): { waiting: number; running: number } {
+    return { waiting: this.waiting.length - this.wHead, running: this.running.length };
+  }
+
+  /** State of a request (undefined once forgotten). */
+  get(id: string): ReqState | undefined {
+    return this.states.get(id);
+  }
+
+  /** Forgets a finished request's state (the simulator calls it after reading the record). */
+  forget(id: string): void {
+    this.states.delete(id);
+  }
+
+  /**
+   * Hands a request to the engine core at `nowMs`.
+   * @returns false when the request is rejected: prompt + output > max_model_len, or it can
+   *   never fit in KV memory. Rejected requests are not truncated.
+   */
+  add(req: CoreRequest, nowMs: number): boolean {
+    const total = req.promptTokens + req.outputTokens;
+    if (total > this.spec.engine.maxModelLen || total > this.kv.capacityTokens) return false;
+    const s = new ReqState(req);
+    s.arrivedAt = nowMs;
+    this.states.set(req.id, s);
+    this.waiting.push(s);
+    return true;
+  }
+
+  /**
+   * Forms and starts the next iteration at `nowMs`.
+   * @returns its duration in ms, or -1 when there is nothing to run.
+   */
+  startStep(nowMs: number): number {
+    return this.startRun(nowMs, 0);
+  }
+
+  /**
+   * Like startStep, but when the step is pure decode with nothing admissible waiting, coalesces
+   * up to the next completion (or KV exhaustion) into one run of several iterations, stopping
+   * after the iteration during which `untilMs` (the next arrival) falls. Exact: the same
+   * iterations with the same durations as stepping one by one.
+   * @returns the run duration in ms, or -1 when idle.
+   */
+  startRun(nowMs: number, untilMs: number): number {
+    if (this.busyFlag) throw new Error('InstanceCore: a step is already running');
+    if (untilMs > nowMs && this.canCoalesce()) {
+      const d = this.startDecodeRun(nowMs, untilMs);
+      if (d >= 0) return d;
+    }
+    const c = this.schedule(nowMs);
+    if (c === null) return -1;
+    let d = stepMs(this.model, c) + this.pendingLoadMs;
+    this.pendingLoadMs = 0;
+    if (this.noise) d *= this.noise(this.steps);
+    this.lastStep = c;
+    this.runSteps = 1;
+    this.stepStart = nowMs;
+    this.busyFlag = true;
+    this.busyMs += d;
+    this.steps++;
+    return d;
+  }
+
+  private pendingLoadMs = 0;
+  private preemptedBuf: string[] = [];
+
+  /** vLLM V1 schedule(): returns the step composition, or null when nothing is schedulable. */
+  private schedule(nowMs: number): StepComposition | null {
+    const c = emptyComposition();
+    let budget = this.budget;
+    const running = this.running;
+    const sched = this.scheduled;
+    sched.length = 0;
+    let preempted = false;
+    // 1) running requests, in order
+    for (let i = 0; i < running.length && budget > 0; i++) {
+      const r = running[i]!;
+      const target = r.req.promptTokens + r.generated;
+      let n = target - r.computed;
+      if (n > budget) n = budget;
+      if (n > this.threshold) n = this.threshold;
+      let ok = true;
+      while (!this.kv.allocate(n)) {
+        const victim = running.pop()!;
+        this.preempt(victim);
+        preempted = true;
+        if (victim === r) {
+          ok = false;
+          break;
+        }
+      }
+      if (!ok) break;
+      r.private += n;
+      r.sched = n;
+      sched.push(r);
+      budget -= n;
+      this.account(c, r, n);
+    }
+    // 2) waiting requests, FCFS, only if nothing was preempted
+    if (!preempted) {
+      while (budget > 0 && running.length < this.maxSeqs && this.wHead < this.waiting.length) {
+        const r = this.waiting[this.wHead]!;
+        if (!this.admit(r, budget, nowMs)) break;
+        this.wHead++;
+        r.state = RUNNING;
+        running.push(r);
+        sched.push(r);
+        budget -= r.sched;
+        this.account(c, r, r.sched);
+      }
+      if (this.wHead > 1024 && this.wHead * 2 > this.waiting.length) {
+        this.waiting = this.waiting.slice(this.wHead);
+        this.wHead = 0;
+      }
+    }
+    return sched.length ? c : null;
+  }
+
+  private account(c: StepComposition, r: ReqState, n: number): void {
+    c.tokens += n;
+    if (n === 1 && r.computed >= r.req.promptTokens && r.generated > 0) {
+      c.decodeSeqs++;
+      c.decodeCtxTokens += r.computed;
+    } else {
+      c.prefillSeqs++;
+      c.attnUnits += chunkAttnUnits(r.computed, n);
+    }
+  }
+
+  /** Admits a waiting request: prefix hit + external load + first chunk. false = no memory. */
+  private admit(r: ReqState, budget: number, nowMs: number): boolean {
+    const q = r.req;
+    const kv = this.kv;
+    const target = q.promptTokens + r.generated;
+    // prefix-cache hit (contiguous), capped so at least one token is computed
+    const ids = q.blocks;
+    let h = 0;
+    const m = kv.blocks;
+    while (h < ids.length && m.has(ids[h]!)) h++;
+    let hit = Math.min(h * q.blockSize, target - 1);
+    if (hit < 0) hit = 0;
+    const hitBlocks = Math.ceil(hit / q.blockSize);
+    for (let i = 0; i < hitBlocks; i++) kv.ref(m.get(ids[i]!)!);
+    // external (LMCache) prefix beyond the local hit
+    const ext = Math.min(q.loadedTokens, target - 1);
+    const load = ext > hit ? ext - hit : 0;
+    let n = target - hit - load;
+    if (n > budget) n = budget;
+    if (n > this.threshold) n = this.threshold;
+    if (!kv.allocate(load + n)) {
+      for (let i = hitBlocks - 1; i >= 0; i--) kv.unref(m.get(ids[i]!)!);
+      return false;
+    }
+    for (let i = 0; i < hitBlocks; i++) r.refs.push(m.get(ids[i]!)!);
+    r.nextBlock = hitBlocks;
+    r.computed = hit + load;
+    r.private = load + n;
+    r.sched = n;
+    if (load > 0) {
+      const ms = q.kvLoadMs !== undefined && q.kvLoadMs >= 0 && r.hitTokens < 0 ? q.kvLoadMs : kvLoadMs(this.spec.profile.kvLoad, load);
+      this.pendingLoadMs += ms;
+      if (r.hitTokens < 0) {
+        r.loadTokens = load;
+        r.kvLoadMs = ms;
+      }
+      this.registerBlocks(r);
+    }
+    if (r.hitTokens < 0) r.hitTokens = hit;
+    if (r.firstScheduledAt < 0) r.firstScheduledAt = nowMs;
+    return true;
+  }
+
+  /** Registers every prompt block that is now fully computed as a cached block. */
+  private registerBlocks(r: ReqState): void {
+    const q = r.req;
+    const ids = q.blocks;
+    const B = q.blockSize;
+    const P = q.promptTokens;
+    while (r.nextBlock < ids.length) {
+      const start = r.nextBlock * B;
+      const end = start + B < P ? start + B : P;
+      if (end > r.computed) break;
+      const tokens = end - start;
+      r.refs.push(this.kv.register(ids[r.nextBlock]!, tokens));
+      r.private -= tokens;
+      r.nextBlock++;
+    }
+  }
+
+  private freeKv(r: ReqState): void {
+    const refs = r.refs;
+    for (let i = refs.length - 1; i >= 0; i--) this.kv.unref(refs[i]!);
+    r.refs = [];
+    this.kv.release(r.private);
+    r.private = 0;
+    r.nextBlock = 0;
+  }
+
+  private preempt(r: ReqState): void {
+    this.freeKv(r);
+    r.computed = 0;
+    r.sched = 0;
+    r.state = WAITING;
+    r.preemptions++;
+    this.preemptions++;
+    if (this.wHead > 0) this.waiting[--this.wHead] = r;
+    else this.waiting.unshift(r);
+    this.preemptedBuf.push(r.req.id);
+  }
+
+  /** A pure-decode step with nothing admissible waiting can be coalesced. */
+  private canCoalesce(): boolean {
+    const running = this.running;
+    if (running.length === 0) return false;
+    if (this.wHead < this.waiting.length && running.length < this.maxSeqs) return false;
+    if (running.length > this.budget) return false;
+    for (let i = 0; i < running.length; i++) {
+      const r = running[i]!;
+      if (r.generated === 0 || r.computed !== r.req.promptTokens + r.generated - 1) return false;
+    }
+    return true;
+  }
+
+  private startDecodeRun(nowMs: number, untilMs: number): number {
+    const running = this.running;
+    const n = running.length;
+    let kMax = Infinity;
+    let ctx = 0;
+    for (let i = 0; i < n; i++) {
+      const r = running[i]!;
+      const left = r.req.outputTokens - r.generated;
+      if (left < kMax) kMax = left;
+      ctx += r.computed;
+    }
+    const memSteps = Math.floor(this.kv.available() / n);
+    if (memSteps < kMax) kMax = memSteps;
+    if (kMax < 1) return -1;
+    const m = this.model;
+    const base = m.fixedMs + m.decodeSeqMs * n + curveMs(m, n);
+    const kvr = m.kvReadMsPerToken;
+    const horizon = untilMs - nowMs;
+    let total = 0;
+    let k = 0;
+    if (this.runEnds.length < 64) this.runEnds = new Float64Array(64);
+    while (k < kMax) {
+      let d = base + kvr * (ctx + k * n);
+      if (this.noise) d *= this.noise(this.steps + k);
+      total += d;
+      if (k >= this.runEnds.length) {
+        const grown = new Float64Array(this.runEnds.length * 2);
+        grown.set(this.runEnds);
+        this.runEnds = grown;
+      }
+      this.runEnds[k] = total;
+      k++;
+      if (total >= horizon) break;
+    }
+    this.lastStep = { tokens: n, prefillSeqs: 0, decodeSeqs: n, attnUnits: 0, decodeCtxTokens: ctx };
+    this.runSteps = k;
+    this.decodeRun = true;
+    this.scheduled.length = 0;
+    for (let i = 0; i < n; i++) {
+      const r = running[i]!;
+      r.sched = 1;
+      this.scheduled.push(r);
+    }
+    this.stepStart = nowMs;
+    this.busyFlag = true;
+    this.busyMs += total;
+    this.steps += k;
+    return total;
+  }
+
+  private runEnds = new Float64Array(64);
+  /** the running step came from startDecodeRun (memory is allocated at finish). */
+  private decodeRun = false;
+
+  /**
+   * Cuts a coalesced decode run short because new work arrived at `atMs`: the run now ends with
+   * the iteration in progress at `atMs` (vLLM admits new requests at the next step boundary).
+   * @returns the new end time (ms), or -1 when the running step is a single iteration (unchanged).
+   */
+  truncateRun(atMs: number): number {
+    if (!this.busyFlag || this.runSteps <= 1) return -1;
+    const off = atMs - this.stepStart;
+    const ends = this.runEnds;
+    let j = 0;
+    while (j < this.runSteps - 1 && ends[j]! < off) j++;
+    if (j === this.runSteps - 1) return -1;
+    const oldTotal = ends[this.runSteps - 1]!;
+    const k = j + 1;
+    this.busyMs -= oldTotal - ends[j]!;
+    this.steps -= this.runSteps - k;
+    this.runSteps = k;
+    return this.stepStart + ends[j]!;
+  }
+
+  /** Number of iterations in the running (possibly coalesced) run. */
+  get currentRunSteps(): number {
+    return this.runSteps;
+  }
+
+  /**
+   * Applies the running step (or coalesced run) at `nowMs` and reports what it produced.
+   * Tokens are attributed to the end of the run.
+   */
+  finishStep(nowMs: number): StepEvents {
+    if (!this.busyFlag) throw new Error('InstanceCore: no step is running');
+    this.busyFlag = false;
+    const ev: StepEvents = { firstToken: [], token: [], done: [], preempted: this.preemptedBuf, rejected: [] };
+    this.preemptedBuf = [];
+    const k = this.runSteps;
+    this.runSteps = 0;
+    const sched = this.scheduled;
+    const decodeRun = this.decodeRun;
+    this.decodeRun = false;
+    if (decodeRun) {
+      // coalesced decode run: k tokens per request, memory grown by k each (checked at start)
+      this.kv.allocate(k * sched.length);
+    }
+    let anyDone = false;
+    for (let i = 0; i < sched.length; i++) {
+      const r = sched[i]!;
+      if (r.state !== RUNNING) continue; // preempted later in the same step
+      if (decodeRun) {
+        r.computed += k;
+        r.private += k;
+        r.generated += k;
+        ev.token.push(r.req.id);
+      } else {
+        r.computed += r.sched;
+        if (r.nextBlock < r.req.blocks.length) this.registerBlocks(r);
+        if (r.computed === r.req.promptTokens + r.generated) {
+          r.generated++;
+          if (r.generated === 1) {
+            r.firstTokenAt = nowMs;
+            ev.firstToken.push(r.req.id);
+          } else ev.token.push(r.req.id);
+        }
+      }
+      r.sched = 0;
+      if (r.generated >= r.req.outputTokens) {
+        r.state = DONE;
+        r.doneAt = nowMs;
+        this.freeKv(r);
+        ev.done.push(r.req.id);
+        anyDone = true;
+        if (!this.keepDone) this.states.delete(r.req.id);
+      }
+    }
+    if (anyDone) this.running = this.running.filter((r) => r.state === RUNNING);
+    sched.length = 0;
+    return ev;
+  }
+
+  /** Per-token prefill slope (ms/token) of this instance's profile. */
+  msPerToken(): number {
+    return slopeLast(this.model);
+  }
+}
