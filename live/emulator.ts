@@ -1,0 +1,688 @@
+/**
+ * vLLM-compatible emulator: an OpenAI API server (fastify) that behaves like vLLM 0.13 +
+ * LMCache 0.3.11 for the live controller, without a GPU.
+ *
+ * - API: `POST /v1/completions`, `POST /v1/chat/completions` (SSE and not), `GET /v1/models`,
+ *   `POST /tokenize`, `POST /detokenize`, `GET /health`, `GET /version`, `GET /metrics`
+ *   (vLLM names), and `GET /emulator/status` (its own). Shapes follow
+ *   reference/live-protocols.md §1 and §2.
+ * - Tokens: prompt ids from the Llama-3 tokenizer (chat: Llama-3-Instruct template); output is
+ *   deterministic filler text, exactly `max_tokens` tokens (`finish_reason: "length"`). Without
+ *   `max_tokens` a chat request stops after `defaultMaxTokens` tokens with `"stop"`, as if the
+ *   model had emitted EOS.
+ * - Timing: the simulator's instance model (sim/instance.ts) on the wall clock
+ *   (live/wall-engine.ts), with the prefix cache keyed by chained 52-bit block ids.
+ * - LMCache (when a Redis URL is given): before prefill the prompt's chunk keys are looked up
+ *   in prefix order and the hit is really read from Redis; after the first token the computed
+ *   chunks are stored. `usage.prompt_tokens_details.cached_tokens` = local prefix-cache hit +
+ *   LMCache load, omitted when 0 (vLLM 0.13 with `--enable-prompt-tokens-details`).
+ * - KV events (optional): vLLM's ZMQ + msgpack BlockStored / BlockRemoved / AllBlocksCleared,
+ *   one batch per engine step, hashes = vLLM sha256_cbor block hashes (live/kv-events.ts).
+ */
+import { randomUUID } from 'node:crypto';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { Redis } from 'ioredis';
+import type { EngineSettings, InstanceSpec, Profile } from '../engine/types.js';
+import { DEFAULT_PROFILE, instanceSpecFromProfile, loadProfile } from '../sim/profiles.js';
+import type { ReqState } from '../sim/instance.js';
+import { fastBlockIds, kvEventHash, vllmBlockHashes } from './block-hash.js';
+import { EmulatorMetrics } from './emulator-metrics.js';
+import { KvEventPublisher, type KvCacheEvent, type KvEventPublisherOptions } from './kv-events.js';
+import { lmcacheChunks, lmcacheConfig, type LmcacheChunk, type LmcacheConfig } from './lmcache.js';
+import { LmcacheRedis } from './lmcache-redis.js';
+import {
+  ApiError,
+  badRequest,
+  chatRequestSchema,
+  completionRequestSchema,
+  detokenizeRequestSchema,
+  internalError,
+  modelNotFound,
+  parseBody,
+  tokenizeChatSchema,
+  tokenizeCompletionSchema,
+  type UsageInfo,
+} from './openai.js';
+import { decodeTokens, encodeChat, encodePrompt, fillerToken, tokenString, VOCAB_SIZE, type ChatMessage } from './tokenizer.js';
+import { WallClockEngine } from './wall-engine.js';
+
+/** Options of {@link startEmulator}. */
+export interface EmulatorOptions {
+  /** listen address (default 127.0.0.1). */
+  host?: string;
+  /** listen port (default 0 = any free port). */
+  port?: number;
+  /** instance profile, by name/path or as an object (default `rtx5090x8-llama3-70b`). */
+  profile?: Profile | string;
+  /** overrides of the profile's engine settings (e.g. a smaller kvCapacityTokens). */
+  engine?: Partial<EngineSettings>;
+  /** served model name (`model` field, metric label); default the profile's model name. */
+  model?: string;
+  /** model path: LMCache key `model_name` and the `/v1/models` `root`; default = `model`. */
+  modelPath?: string;
+  /** LMCache Redis URL (`redis://127.0.0.1:6379/0`); no LMCache when absent. */
+  redisUrl?: string;
+  /** synthesised LMCache KV bytes per token (summed over ranks); default 64. */
+  bytesPerToken?: number;
+  /** LMCache key/hash settings (variant, worldSize, chunkSize, dtype, hashSeed). */
+  lmcache?: Partial<Omit<LmcacheConfig, 'model'>>;
+  /** publish vLLM KV events on ZMQ (endpoint, replay endpoint, topic). */
+  kvEvents?: KvEventPublisherOptions;
+  /** model ms per wall ms (default 1; 10 = ten times faster). */
+  timeScale?: number;
+  /** report `prompt_tokens_details.cached_tokens` (vLLM `--enable-prompt-tokens-details`); default true. */
+  enablePromptTokensDetails?: boolean;
+  /** output tokens of a chat request without max_tokens (then finish_reason "stop"); default 256. */
+  defaultMaxTokens?: number;
+  /** apply the profile's cold-start delay to the first request; default true. */
+  coldStart?: boolean;
+  /** pino logging (fastify `logger` option); default false. */
+  logger?: boolean | object;
+}
+
+/** A running emulator. */
+export interface EmulatorHandle {
+  /** `http://host:port` */
+  url: string;
+  host: string;
+  port: number;
+  app: FastifyInstance;
+  engine: WallClockEngine;
+  /** served model name. */
+  model: string;
+  /** resolved LMCache config (also when no Redis is used). */
+  lmcache: LmcacheConfig;
+  kvEvents?: KvEventPublisher;
+  /** Closes the HTTP server, fails unfinished requests, flushes KV events, quits Redis. */
+  close(): Promise<void>;
+}
+
+/** Per-block info kept for KV events (vLLM hash, parent, token ids). */
+interface BlockInfo {
+  hash: bigint;
+  parent: number | null;
+  parentHash: bigint | null;
+  tokens: number[];
+}
+
+/** Converts the core's block-id KV events to vLLM events, batched per engine step. */
+class KvEventBridge {
+  private readonly info = new Map<number, BlockInfo>();
+  private pending: KvCacheEvent[] = [];
+  private lastStoredId: number | null = null;
+  constructor(
+    private readonly pub: KvEventPublisher,
+    private readonly blockSize: number,
+    private readonly seed: string,
+    private readonly maxInfo = 2_000_000,
+  ) {}
+
+  /** Remembers the vLLM hashes of a prompt's full blocks (`ids` = fast block ids). */
+  register(promptIds: readonly number[], ids: readonly number[]): void {
+    const hashes = vllmBlockHashes(promptIds.slice(0, ids.length * this.blockSize), this.blockSize, this.seed);
+    for (let i = 0; i < ids.length; i++) {
+      if (this.info.has(ids[i]!)) continue;
+      this.info.set(ids[i]!, {
+        hash: kvEventHash(hashes[i]!),
+        parent: i > 0 ? ids[i - 1]! : null,
+        parentHash: i > 0 ? kvEventHash(hashes[i - 1]!) : null,
+        tokens: promptIds.slice(i * this.blockSize, (i + 1) * this.blockSize) as number[],
+      });
+    }
+    if (this.info.size > this.maxInfo) {
+      // drop the oldest entries (insertion order); only blocks long gone from the cache
+      let drop = this.info.size - this.maxInfo;
+      for (const k of this.info.keys()) {
+        if (drop-- <= 0) break;
+        this.info.delete(k);
+      }
+    }
+  }
+
+  onCoreEvent(kind: 'stored' | 'removed' | 'cleared', blocks: number[]): void {
+    if (kind === 'cleared') {
+      this.pending.push({ type: 'AllBlocksCleared' });
+      this.lastStoredId = null;
+      return;
+    }
+    if (kind === 'removed') {
+      const hashes = blocks.map((b) => this.info.get(b)?.hash).filter((h): h is bigint => h !== undefined);
+      if (hashes.length) this.pending.push({ type: 'BlockRemoved', blockHashes: hashes, medium: 'GPU' });
+      this.lastStoredId = null;
+      return;
+    }
+    for (const b of blocks) {
+      const inf = this.info.get(b);
+      if (!inf) continue;
+      const last = this.pending[this.pending.length - 1];
+      if (last && last.type === 'BlockStored' && this.lastStoredId !== null && inf.parent === this.lastStoredId) {
+        last.blockHashes.push(inf.hash);
+        last.tokenIds.push(...inf.tokens);
+      } else {
+        this.pending.push({
+          type: 'BlockStored',
+          blockHashes: [inf.hash],
+          parentBlockHash: inf.parentHash,
+          tokenIds: [...inf.tokens],
+          blockSize: this.blockSize,
+          loraId: null,
+          medium: 'GPU',
+          loraName: null,
+        });
+      }
+      this.lastStoredId = b;
+    }
+  }
+
+  /** Publishes the events of the step just finished as one batch. */
+  flush(): void {
+    if (this.pending.length) this.pub.publish(this.pending);
+    this.pending = [];
+    this.lastStoredId = null;
+  }
+}
+
+/** One generation (a prompt × one of its n samples) as the API layer sees it. */
+interface ChoiceSpec {
+  index: number;
+  promptIndex: number;
+  promptIds: number[];
+  maxTokens: number;
+  /** finish reason when the output limit is reached. */
+  finishReason: 'length' | 'stop';
+  seedOffset: number;
+}
+
+/** Progress callbacks of one choice. */
+interface ChoiceCallbacks {
+  token(choice: ChoiceSpec, i: number, text: string, last: boolean): void;
+}
+
+/** Result of one finished choice. */
+interface ChoiceResult {
+  text: string;
+  tokens: number;
+  cachedTokens: number;
+}
+
+const nowSec = (): number => Math.floor(Date.now() / 1000);
+const hex = (): string => randomUUID().replace(/-/g, '');
+
+/** Starts the emulator and resolves once it listens. Throws on bad options (naming them). */
+export async function startEmulator(opts: EmulatorOptions = {}): Promise<EmulatorHandle> {
+  const profile = typeof opts.profile === 'object' ? opts.profile : loadProfile(opts.profile ?? DEFAULT_PROFILE);
+  const spec: InstanceSpec = instanceSpecFromProfile(profile, 0, opts.engine ?? {}, 'emulator');
+  const served = opts.model ?? profile.model.name;
+  const modelPath = opts.modelPath ?? served;
+  const bytesPerToken = opts.bytesPerToken ?? 64;
+  if (!(bytesPerToken > 0)) throw new Error(`bytesPerToken must be > 0 (got ${bytesPerToken})`);
+  const lmcfg = lmcacheConfig({ ...opts.lmcache, model: modelPath });
+  const details = opts.enablePromptTokensDetails ?? true;
+  const defaultMaxTokens = opts.defaultMaxTokens ?? 256;
+  const blockSize = spec.engine.blockSizeTokens;
+  const maxModelLen = spec.engine.maxModelLen;
+  const created = nowSec();
+
+  let redis: Redis | undefined;
+  let lmcache: LmcacheRedis | undefined;
+  if (opts.redisUrl) {
+    redis = new Redis(opts.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2, enableOfflineQueue: true });
+    try {
+      await redis.connect();
+    } catch (e) {
+      redis.disconnect();
+      throw new Error(`emulator: cannot connect to LMCache Redis ${opts.redisUrl}: ${(e as Error).message}`);
+    }
+    lmcache = new LmcacheRedis(redis, lmcfg, bytesPerToken);
+  }
+
+  let kvPub: KvEventPublisher | undefined;
+  let bridge: KvEventBridge | undefined;
+  if (opts.kvEvents) {
+    kvPub = await KvEventPublisher.start(opts.kvEvents);
+    bridge = new KvEventBridge(kvPub, blockSize, lmcfg.hashSeed);
+  }
+
+  let metrics: EmulatorMetrics;
+  const engine = new WallClockEngine(spec, {
+    timeScale: opts.timeScale,
+    coldStart: opts.coldStart,
+    onKvEvent: bridge ? (k, b) => bridge!.onCoreEvent(k, b) : undefined,
+    onStep: (tokens) => metrics?.observe(metrics.iterationTokens, tokens),
+    onStepFinished: bridge ? () => bridge!.flush() : undefined,
+  });
+  let preemptionsSeen = 0;
+  metrics = new EmulatorMetrics(
+    served,
+    maxModelLen,
+    { block_size: blockSize, cache_dtype: 'auto', enable_prefix_caching: 'True', num_gpu_blocks: Math.floor(spec.engine.kvCapacityTokens / blockSize), prefix_caching_hash_algo: 'sha256_cbor' },
+    {
+      running: () => engine.load.running,
+      waiting: () => engine.load.waiting + Math.max(0, engine.inflight - engine.load.running - engine.load.waiting),
+      kvUsage: () => {
+        const kv = engine.core.kv;
+        return Math.max(0, Math.min(1, (kv.used - kv.evictable) / kv.capacityTokens));
+      },
+    },
+  );
+
+  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 64 * 1024 * 1024, forceCloseConnections: true });
+  // vLLM parses every body as JSON whatever the content type
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
+    const s = String(body);
+    if (s.trim() === '') return done(null, undefined);
+    try {
+      done(null, JSON.parse(s));
+    } catch (e) {
+      done(badRequest(`Invalid JSON body: ${(e as Error).message}`, null), undefined);
+    }
+  });
+  app.setErrorHandler((err, _req, reply) => {
+    const e = toApiError(err);
+    void reply.status(e.status).type('application/json').send(e.body());
+  });
+  app.setNotFoundHandler((_req, reply) => {
+    void reply.status(404).type('application/json').send({ detail: 'Not Found' });
+  });
+
+  const checkModel = (model: string | null | undefined): void => {
+    if (model !== undefined && model !== null && model !== served) throw modelNotFound(model);
+  };
+
+  /** Runs one choice through LMCache lookup, the engine, and LMCache store. */
+  const runChoice = async (reqId: string, ch: ChoiceSpec, cb: ChoiceCallbacks, arrivalWall: number): Promise<ChoiceResult> => {
+    const ids = ch.promptIds;
+    const P = ids.length;
+    const blocks = fastBlockIds(ids, blockSize);
+    bridge?.register(ids, blocks);
+    let chunks: LmcacheChunk[] = [];
+    let lmHitChunks = 0;
+    let loadedTokens = 0;
+    if (lmcache) {
+      chunks = lmcacheChunks(ids, lmcfg);
+      lmHitChunks = await lmcache.lookup(chunks);
+      metrics.inc(metrics.lmcacheRequested, P);
+      metrics.inc(metrics.lmcacheHit, lmHitChunks * lmcfg.chunkSize);
+      const local = engine.localHitTokens(blocks, blockSize);
+      const from = Math.min(lmHitChunks, Math.floor(local / lmcfg.chunkSize));
+      if (lmHitChunks > from) {
+        const r = await lmcache.retrieve(chunks, from, lmHitChunks);
+        lmHitChunks = from + r.chunks;
+      }
+      loadedTokens = Math.min(lmHitChunks * lmcfg.chunkSize, P);
+    }
+    const coreId = `${reqId}-${ch.index}`;
+    return new Promise<ChoiceResult>((resolve, reject) => {
+      let text = '';
+      let lastWall = 0;
+      let firstWall = 0;
+      let cached = 0;
+      let emitted = 0;
+      const err = engine.submit(
+        { id: coreId, promptTokens: P, outputTokens: ch.maxTokens, blocks, blockSize, loadedTokens },
+        {
+          token: (i, st) => {
+            const t = fillerToken(i, ch.seedOffset);
+            const now = performance.now();
+            if (i === 0) {
+              firstWall = now;
+              cached = st ? Math.max(0, st.hitTokens) + st.loadTokens : 0;
+              metrics.observe(metrics.ttft, (now - arrivalWall) / 1000);
+              metrics.inc(metrics.prefixQueries, P);
+              metrics.inc(metrics.prefixHits, Math.max(0, st?.hitTokens ?? 0));
+              if (lmcache) {
+                metrics.inc(metrics.externalQueries, Math.max(0, P - Math.max(0, st?.hitTokens ?? 0)));
+                metrics.inc(metrics.externalHits, st?.loadTokens ?? 0);
+                const storeFrom = lmHitChunks;
+                if (storeFrom < chunks.length) void lmcache.store(chunks, storeFrom).catch(() => undefined);
+              }
+            } else metrics.observe(metrics.itl, (now - lastWall) / 1000);
+            lastWall = now;
+            metrics.inc(metrics.generationTokens, 1);
+            text += t.text;
+            emitted = i + 1;
+            cb.token(ch, i, t.text, i + 1 >= ch.maxTokens);
+          },
+          preempted: () => {
+            preemptionsSeen++;
+            metrics.inc(metrics.preemptions, 1);
+          },
+          done: (st?: ReqState) => {
+            const now = performance.now();
+            metrics.inc(metrics.promptTokens, P);
+            metrics.inc(metrics.requestSuccess, 1, { finished_reason: ch.finishReason });
+            metrics.observe(metrics.e2e, (now - arrivalWall) / 1000);
+            metrics.observe(metrics.reqPromptTokens, P);
+            metrics.observe(metrics.reqGenTokens, emitted);
+            metrics.observe(metrics.reqMaxTokens, ch.maxTokens);
+            if (emitted > 1) metrics.observe(metrics.tpot, (now - firstWall) / 1000 / (emitted - 1));
+            if (st && st.firstScheduledAt >= 0) {
+              const s = engine.timeScale * 1000;
+              metrics.observe(metrics.queueTime, (st.firstScheduledAt - st.arrivedAt) / s);
+              metrics.observe(metrics.prefillTime, (st.firstTokenAt - st.firstScheduledAt) / s);
+              metrics.observe(metrics.decodeTime, (st.doneAt - st.firstTokenAt) / s);
+              metrics.observe(metrics.inferenceTime, (st.doneAt - st.firstScheduledAt) / s);
+            }
+            resolve({ text, tokens: emitted, cachedTokens: cached });
+          },
+          failed: (reason) => reject(internalError(`request ${coreId} failed: ${reason}`)),
+        },
+      );
+      if (err) reject(badRequest(`This model's maximum context length is ${maxModelLen} tokens: ${err}. Please reduce the length of the prompt or completion.`, 'max_tokens'));
+    });
+  };
+
+  /** Validates max_tokens / context length for a prompt; returns the output token count. */
+  const outputTokens = (P: number, maxTokens: number | null | undefined, field: string, dflt: number | 'chat'): { n: number; finish: 'length' | 'stop' } => {
+    if (P === 0) throw badRequest('The prompt must not be empty.', 'prompt');
+    if (maxTokens !== null && maxTokens !== undefined) {
+      if (maxTokens < 1) throw badRequest(`${field} must be at least 1, got ${maxTokens}.`, field);
+      const bad = engine.admissible(P, maxTokens);
+      if (bad) throw badRequest(`This model's maximum context length is ${maxModelLen} tokens. However, you requested ${P + maxTokens} tokens (${P} in the messages, ${maxTokens} in the completion). Please reduce the length of the messages or completion.`, field);
+      return { n: maxTokens, finish: 'length' };
+    }
+    if (P >= maxModelLen) throw badRequest(`This model's maximum context length is ${maxModelLen} tokens. However, your prompt has ${P} tokens. Please reduce the length of the messages.`, 'messages');
+    if (dflt === 'chat') {
+      const n = Math.min(defaultMaxTokens, maxModelLen - P);
+      const bad = engine.admissible(P, n);
+      if (bad) throw badRequest(bad, 'messages');
+      return { n, finish: n === defaultMaxTokens ? 'stop' : 'length' };
+    }
+    const n = dflt;
+    const bad = engine.admissible(P, n);
+    if (bad) throw badRequest(bad, field);
+    return { n, finish: 'length' };
+  };
+
+  const usageOf = (prompt: number, completion: number, cached: number, forStream: boolean): UsageInfo => {
+    const u: UsageInfo = { prompt_tokens: prompt, total_tokens: prompt + completion, completion_tokens: completion };
+    if (details && cached > 0) u.prompt_tokens_details = { cached_tokens: cached };
+    else if (!forStream) u.prompt_tokens_details = null;
+    return u;
+  };
+
+  /** Shared driver of both generation endpoints. */
+  const generate = async (
+    kind: 'completion' | 'chat',
+    req: FastifyRequest,
+    reply: FastifyReply,
+    choices: ChoiceSpec[],
+    prompts: number[][],
+    stream: boolean,
+    includeUsage: boolean,
+    continuousUsage: boolean,
+    echoTexts: string[] | null,
+  ): Promise<void> => {
+    const arrival = performance.now();
+    const rid = headerRequestId(req) ?? hex();
+    const id = kind === 'completion' ? `cmpl-${rid}` : `chatcmpl-${rid}`;
+    const createdAt = nowSec();
+    const promptTokens = prompts.reduce((a, p) => a + p.length, 0);
+    metrics.observe(metrics.reqN, choices.length / prompts.length);
+    const completionTokens = (): number => counts.reduce((a, b) => a + b, 0);
+    const counts = choices.map(() => 0);
+    const cachedPerPrompt = prompts.map(() => 0);
+
+    if (!stream) {
+      const results = await Promise.all(choices.map((c) => runChoice(rid, c, { token: () => undefined }, arrival)));
+      results.forEach((r, i) => {
+        counts[i] = r.tokens;
+        const pi = choices[i]!.promptIndex;
+        cachedPerPrompt[pi] = Math.max(cachedPerPrompt[pi]!, r.cachedTokens);
+      });
+      const usage = usageOf(promptTokens, completionTokens(), cachedPerPrompt.reduce((a, b) => a + b, 0), false);
+      void reply.header('x-request-id', rid);
+      if (kind === 'completion') {
+        return reply.send({
+          id,
+          object: 'text_completion',
+          created: createdAt,
+          model: served,
+          choices: results.map((r, i) => ({
+            index: i,
+            text: (echoTexts ? echoTexts[choices[i]!.promptIndex]! : '') + r.text,
+            logprobs: null,
+            finish_reason: choices[i]!.finishReason,
+            stop_reason: null,
+            prompt_logprobs: null,
+          })),
+          usage,
+          system_fingerprint: null,
+          kv_transfer_params: null,
+        });
+      }
+      return reply.send({
+        id,
+        object: 'chat.completion',
+        created: createdAt,
+        model: served,
+        choices: results.map((r, i) => ({
+          index: i,
+          message: { role: 'assistant', content: r.text, reasoning_content: null, tool_calls: [] },
+          logprobs: null,
+          finish_reason: choices[i]!.finishReason,
+          stop_reason: null,
+        })),
+        usage,
+        prompt_logprobs: null,
+        kv_transfer_params: null,
+      });
+    }
+
+    // ---- streaming
+    reply.hijack();
+    const raw = reply.raw;
+    let open = true;
+    raw.on('close', () => {
+      open = false;
+    });
+    raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'x-request-id': rid });
+    const send = (obj: unknown): void => {
+      if (open) raw.write(`data: ${JSON.stringify(obj)}\n\n`);
+    };
+    const started = choices.map(() => false);
+    const cb: ChoiceCallbacks = {
+      token: (ch, i, text, last) => {
+        counts[ch.index] = i + 1;
+        const usage = continuousUsage ? { prompt_tokens: promptTokens, completion_tokens: completionTokens(), total_tokens: promptTokens + completionTokens() } : undefined;
+        if (kind === 'completion') {
+          const echo = !started[ch.index] && echoTexts ? echoTexts[ch.promptIndex]! : '';
+          started[ch.index] = true;
+          send({
+            id,
+            object: 'text_completion',
+            created: createdAt,
+            model: served,
+            choices: [{ index: ch.index, text: echo + text, logprobs: null, finish_reason: last ? ch.finishReason : null, stop_reason: null }],
+            usage: usage ?? null,
+          });
+        } else {
+          const base = { id, object: 'chat.completion.chunk', created: createdAt, model: served };
+          if (!started[ch.index]) {
+            started[ch.index] = true;
+            send({ ...base, choices: [{ index: ch.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }], ...(usage ? { usage } : {}) });
+          }
+          const choice: Record<string, unknown> = { index: ch.index, delta: { content: text }, logprobs: null, finish_reason: last ? ch.finishReason : null };
+          if (last) choice.stop_reason = null;
+          send({ ...base, choices: [choice], ...(usage ? { usage } : {}) });
+        }
+      },
+    };
+    try {
+      const results = await Promise.all(choices.map((c) => runChoice(rid, c, cb, arrival)));
+      results.forEach((r, i) => {
+        const pi = choices[i]!.promptIndex;
+        cachedPerPrompt[pi] = Math.max(cachedPerPrompt[pi]!, r.cachedTokens);
+      });
+      if (includeUsage) {
+        send({
+          id,
+          object: kind === 'completion' ? 'text_completion' : 'chat.completion.chunk',
+          created: createdAt,
+          model: served,
+          choices: [],
+          usage: usageOf(promptTokens, completionTokens(), cachedPerPrompt.reduce((a, b) => a + b, 0), true),
+        });
+      }
+    } catch (e) {
+      send(toApiError(e).body());
+    }
+    if (open) raw.end('data: [DONE]\n\n');
+    open = false;
+  };
+
+  // ---------------------------------------------------------------------------------------
+  app.get('/health', async (_req, reply) => reply.status(200).send(''));
+  app.get('/version', async () => ({ version: '0.13.0+kvlab.emulator' }));
+  app.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4; charset=utf-8').send(await metrics.text()));
+  app.get('/v1/models', async () => ({
+    object: 'list',
+    data: [
+      {
+        id: served,
+        object: 'model',
+        created,
+        owned_by: 'vllm',
+        root: modelPath,
+        parent: null,
+        max_model_len: maxModelLen,
+        permission: [
+          {
+            id: `modelperm-${hex()}`,
+            object: 'model_permission',
+            created,
+            allow_create_engine: false,
+            allow_sampling: true,
+            allow_logprobs: true,
+            allow_search_indices: false,
+            allow_view: true,
+            allow_fine_tuning: false,
+            organization: '*',
+            group: null,
+            is_blocking: false,
+          },
+        ],
+      },
+    ],
+  }));
+  app.get('/emulator/status', async () => ({
+    model: served,
+    model_path: modelPath,
+    profile: profile.name,
+    time_scale: engine.timeScale,
+    running: engine.load.running,
+    waiting: engine.load.waiting,
+    inflight: engine.inflight,
+    kv_used_tokens: engine.core.kv.used,
+    kv_capacity_tokens: engine.core.kv.capacityTokens,
+    cached_blocks: engine.core.kv.blocks.size,
+    steps: engine.core.steps,
+    busy_ms: engine.core.busyMs,
+    preemptions: preemptionsSeen,
+    lmcache: lmcache ? { redis: opts.redisUrl, ...lmcfg, bytes_per_token: bytesPerToken } : null,
+    kv_events: opts.kvEvents ? { endpoint: opts.kvEvents.endpoint, replay_endpoint: opts.kvEvents.replayEndpoint ?? null, next_seq: Number(kvPub!.nextSeq) } : null,
+  }));
+
+  app.post('/tokenize', async (req) => {
+    const isChat = req.body !== null && typeof req.body === 'object' && 'messages' in req.body;
+    let tokens: number[];
+    let strs: boolean;
+    if (isChat) {
+      const body = parseBody(tokenizeChatSchema, req.body, 'tokenize');
+      checkModel(body.model);
+      tokens = encodeChat(body.messages as ChatMessage[], { addGenerationPrompt: body.add_generation_prompt ?? true, continueFinalMessage: body.continue_final_message ?? false });
+      if (body.add_special_tokens) tokens = [128000, ...tokens];
+      strs = body.return_token_strs ?? false;
+    } else {
+      const body = parseBody(tokenizeCompletionSchema, req.body, 'tokenize');
+      checkModel(body.model);
+      tokens = encodePrompt(body.prompt, body.add_special_tokens ?? true);
+      strs = body.return_token_strs ?? false;
+    }
+    return { count: tokens.length, max_model_len: maxModelLen, tokens, token_strs: strs ? tokens.map(tokenString) : null };
+  });
+
+  app.post('/detokenize', async (req) => {
+    const body = parseBody(detokenizeRequestSchema, req.body, 'detokenize');
+    checkModel(body.model);
+    const bad = body.tokens.findIndex((t) => t >= VOCAB_SIZE);
+    if (bad >= 0) throw badRequest(`tokens.${bad}: token id ${body.tokens[bad]} is out of vocabulary (size ${VOCAB_SIZE})`, 'tokens');
+    return { prompt: decodeTokens(body.tokens) };
+  });
+
+  app.post('/v1/completions', async (req, reply) => {
+    const body = parseBody(completionRequestSchema, req.body, 'completions');
+    checkModel(body.model);
+    if (body.stream_options && !body.stream) throw badRequest('Stream options can only be defined when `stream=True`.', 'stream_options');
+    if (body.logprobs !== null && body.logprobs !== undefined) throw badRequest('logprobs are not supported by the kvlab emulator', 'logprobs');
+    const addSpecial = body.add_special_tokens ?? true;
+    const raw = body.prompt;
+    const list: Array<string | number[]> = typeof raw === 'string' ? [raw] : typeof raw[0] === 'number' ? [raw as number[]] : (raw as Array<string | number[]>);
+    const prompts = list.map((p, i) => {
+      if (typeof p === 'string') return encodePrompt(p, addSpecial);
+      const bad = p.findIndex((t) => t >= VOCAB_SIZE);
+      if (bad >= 0) throw badRequest(`prompt: token id ${p[bad]} at ${list.length > 1 ? `${i}.` : ''}${bad} is out of vocabulary (size ${VOCAB_SIZE})`, 'prompt');
+      return p;
+    });
+    const n = body.n ?? 1;
+    const choices: ChoiceSpec[] = [];
+    prompts.forEach((ids, pi) => {
+      const out = outputTokens(ids.length, body.max_tokens, 'max_tokens', 16);
+      for (let j = 0; j < n; j++) choices.push({ index: choices.length, promptIndex: pi, promptIds: ids, maxTokens: out.n, finishReason: out.finish, seedOffset: (body.seed ?? 0) + j });
+    });
+    const echoTexts = body.echo ? list.map((p) => (typeof p === 'string' ? p : decodeTokens(p))) : null;
+    const so = body.stream_options;
+    await generate('completion', req, reply, choices, prompts, body.stream ?? false, !!so && (so.include_usage ?? true), !!so?.continuous_usage_stats, echoTexts);
+  });
+
+  app.post('/v1/chat/completions', async (req, reply) => {
+    const body = parseBody(chatRequestSchema, req.body, 'chat/completions');
+    checkModel(body.model);
+    if (body.stream_options && !body.stream) throw badRequest('Stream options can only be defined when `stream=True`.', 'stream_options');
+    if (body.logprobs) throw badRequest('logprobs are not supported by the kvlab emulator', 'logprobs');
+    let ids = encodeChat(body.messages as ChatMessage[], { addGenerationPrompt: body.add_generation_prompt ?? true, continueFinalMessage: body.continue_final_message ?? false });
+    if (body.add_special_tokens) ids = [128000, ...ids];
+    const field = body.max_completion_tokens !== undefined && body.max_completion_tokens !== null ? 'max_completion_tokens' : 'max_tokens';
+    const out = outputTokens(ids.length, body.max_completion_tokens ?? body.max_tokens, field, 'chat');
+    const n = body.n ?? 1;
+    const choices: ChoiceSpec[] = [];
+    for (let j = 0; j < n; j++) choices.push({ index: j, promptIndex: 0, promptIds: ids, maxTokens: out.n, finishReason: out.finish, seedOffset: (body.seed ?? 0) + j });
+    const so = body.stream_options;
+    await generate('chat', req, reply, choices, [ids], body.stream ?? false, !!so && (so.include_usage ?? true), !!so?.continuous_usage_stats, null);
+  });
+
+  await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 0 });
+  const addr = app.server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : (opts.port ?? 0);
+  const host = opts.host ?? '127.0.0.1';
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      engine.close('emulator shutting down');
+      await app.close();
+      await kvPub?.close();
+      if (redis) await redis.quit().catch(() => redis!.disconnect());
+    })();
+    return closing;
+  };
+  return { url: `http://${host}:${port}`, host, port, app, engine, model: served, lmcache: lmcfg, kvEvents: kvPub, close };
+}
+
+function headerRequestId(req: FastifyRequest): string | undefined {
+  const h = req.headers['x-request-id'];
+  const v = Array.isArray(h) ? h[0] : h;
+  return v && /^[\w.:-]{1,128}$/.test(v) ? v : undefined;
+}
+
+/** Maps anything thrown in a handler to an ApiError (fastify's own 4xx errors keep their status). */
+function toApiError(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  const e = err as { statusCode?: number; message?: string; code?: string };
+  if (e && typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+    const msg = e.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' ? 'request body must be a JSON object' : (e.message ?? 'bad request');
+    return e.statusCode === 404 ? new ApiError(404, msg, 'NotFoundError', null) : new ApiError(e.statusCode === 413 ? 413 : 400, msg, 'BadRequestError', null);
+  }
+  return internalError(e?.message ?? String(err));
+}
