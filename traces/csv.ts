@@ -81,22 +81,7 @@ export async function loadCsv(file: string, opts: LoadOptions = {}): Promise<Loa
   const { timeScale, skipBadLines, limit } = resolveLoadOptions(opts);
   await assertFile(file);
   const bad = new BadLines(file, skipBadLines);
-  const parser = createReadStream(file).pipe(
-    parse({
-      info: true,
-      bom: true,
-      relax_column_count: true,
-      skip_empty_lines: true,
-      record_delimiter: ['\r\n', '\n'],
-      skip_records_with_error: skipBadLines,
-    }),
-  );
   let syntaxSkipped = 0;
-  parser.on('skip', (err: Error & { lines?: number }) => {
-    syntaxSkipped++;
-    bad.report(err.lines ?? 0, `CSV syntax error: ${err.message}`);
-  });
-
   const requests: TraceRequest[] = [];
   let layout: Layout | null = null;
   let width = 0;
@@ -109,45 +94,54 @@ export async function loadCsv(file: string, opts: LoadOptions = {}): Promise<Loa
   let azureOrigin = NaN;
   const seenIds = new Set<string>();
 
-  try {
-    for await (const item of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
-      const { record, info } = item;
-      const line = info.lines;
-      if (record.length === 1 && record[0]!.trim() === '') continue; // whitespace-only line
+  // One csv-parse pass from byte `fromByte` (line `lineBase` + 1). A CSV syntax error ends the
+  // pass; when skipping, the next pass starts after the bad record (csv-parse cannot resync by
+  // itself: after a quote error it would swallow the rest of the file).
+  let fromByte = 0;
+  let lineBase = 0;
+  let lastLine = 0; // last line of the last record parsed
+  const handle = (item: { record: string[]; info: { lines: number } }): boolean => {
+    const { record, info } = item;
+    const line = lineBase + info.lines;
+    lastLine = line;
+    if (record.length === 1 && record[0]!.trim() === '') return true; // whitespace-only line
+    if (layout === null) {
+      const cols = record.map((c) => c.trim());
+      layout = LAYOUTS.find((l) => cols.includes(l.time) && cols.includes(l.input) && cols.includes(l.output)) ?? null;
       if (layout === null) {
-        const cols = record.map((c) => c.trim());
-        layout = LAYOUTS.find((l) => cols.includes(l.time) && cols.includes(l.input) && cols.includes(l.output)) ?? null;
-        if (layout === null) {
-          throw new TraceError(
-            file,
-            line,
-            `unrecognised CSV header ${showValue(cols.join(','))}: expected columns ` +
-              LAYOUTS.map((l) => `${l.time},${l.input},${l.output}`).join(' or '),
-          );
-        }
-        width = cols.length;
-        tIdx = cols.indexOf(layout.time);
-        inIdx = cols.indexOf(layout.input);
-        outIdx = cols.indexOf(layout.output);
-        idName = cols.includes('request_id') ? 'request_id' : 'id';
-        idIdx = cols.indexOf(idName);
-        continue;
+        throw new TraceError(
+          file,
+          line,
+          `unrecognised CSV header ${showValue(cols.join(','))}: expected columns ` +
+            LAYOUTS.map((l) => `${l.time},${l.input},${l.output}`).join(' or '),
+        );
       }
-      const index = records++;
-      const r = toRequest(record, line, index);
-      if (typeof r === 'string') bad.report(line, r);
-      else requests.push(r);
-      if (requests.length >= limit) break;
+      width = cols.length;
+      tIdx = cols.indexOf(layout.time);
+      inIdx = cols.indexOf(layout.input);
+      outIdx = cols.indexOf(layout.output);
+      idName = cols.includes('request_id') ? 'request_id' : 'id';
+      idIdx = cols.indexOf(idName);
+      return true;
     }
-  } catch (e) {
-    if (e instanceof TraceError) throw e;
-    const ce = e as Error & { lines?: number; code?: string };
-    if (typeof ce.code === 'string' && ce.code.startsWith('CSV_')) {
-      throw new TraceError(file, ce.lines ?? 0, `CSV syntax error: ${ce.message}`);
-    }
-    throw e;
-  } finally {
-    parser.destroy();
+    const index = records++;
+    const r = toRequest(record, line, index);
+    if (typeof r === 'string') bad.report(line, r);
+    else requests.push(r);
+    return requests.length < limit;
+  };
+
+  for (;;) {
+    const syntax = await parsePass(file, fromByte, handle);
+    if (syntax === null) break;
+    const at = await locateBadRecord(file, syntax.code, Math.max(lastLine, lineBase), lineBase + (syntax.lines ?? 1));
+    const reason = `CSV syntax error: ${syntax.message.replace(/ at line \d+/g, '')}`;
+    if (layout === null) throw new TraceError(file, at.line, reason);
+    bad.report(at.line, reason); // throws unless skipping
+    syntaxSkipped++;
+    if (at.nextByte === null) break;
+    fromByte = at.nextByte;
+    lineBase = at.line;
   }
   if (layout === null) throw new TraceError(file, 1, 'empty CSV: no header row');
 
@@ -210,4 +204,82 @@ export async function loadCsv(file: string, opts: LoadOptions = {}): Promise<Loa
       reordered,
     },
   };
+}
+
+type CsvSyntaxError = Error & { code: string; lines?: number };
+
+/**
+ * Runs csv-parse over `file` from byte `fromByte`, calling `onRecord` for each record in order
+ * (return false to stop). Resolves with the CSV syntax error that ended the pass, or null at the
+ * end (or stop). Rejects with what `onRecord` throws and with I/O errors. Records parsed before
+ * a syntax error are all delivered (events, not the async iterator, which drops buffered ones).
+ */
+function parsePass(
+  file: string,
+  fromByte: number,
+  onRecord: (item: { record: string[]; info: { lines: number } }) => boolean,
+): Promise<CsvSyntaxError | null> {
+  return new Promise((resolve, reject) => {
+    const input = createReadStream(file, { start: fromByte });
+    const parser = parse({
+      info: true,
+      bom: fromByte === 0,
+      relax_column_count: true,
+      skip_empty_lines: true,
+      record_delimiter: ['\r\n', '\n'],
+    });
+    let finished = false;
+    const finish = (settle: () => void) => {
+      if (finished) return;
+      finished = true;
+      input.destroy();
+      parser.destroy();
+      settle();
+    };
+    parser.on('data', (item: { record: string[]; info: { lines: number } }) => {
+      if (finished) return;
+      try {
+        if (!onRecord(item)) finish(() => resolve(null));
+      } catch (e) {
+        finish(() => reject(e));
+      }
+    });
+    parser.on('error', (e: Error & { code?: unknown }) => {
+      const isCsv = typeof e.code === 'string' && e.code.startsWith('CSV_');
+      finish(() => (isCsv ? resolve(e as CsvSyntaxError) : reject(e)));
+    });
+    parser.on('end', () => finish(() => resolve(null)));
+    input.on('error', (e) => finish(() => reject(e)));
+    input.pipe(parser);
+  });
+}
+
+/**
+ * Finds the bad record of a CSV syntax error: the error's line, except for an unclosed quote,
+ * where it is the first line after `after` holding a double quote (where the field opened).
+ * Returns that 1-based line and the byte offset of the line following it (null at EOF).
+ */
+async function locateBadRecord(
+  file: string,
+  code: string,
+  after: number,
+  errLine: number,
+): Promise<{ line: number; nextByte: number | null }> {
+  // target < 0: still looking for the line that opened an unclosed quote
+  let target = code === 'CSV_QUOTE_NOT_CLOSED' ? -1 : Math.max(errLine, after + 1);
+  let line = 1;
+  let pos = 0;
+  for await (const chunk of createReadStream(file) as AsyncIterable<Buffer>) {
+    for (let i = 0; i < chunk.length; i++) {
+      const c = chunk[i]!;
+      if (target < 0 && c === 34 /* " */ && line > after) target = line;
+      if (c === 10 /* \n */) {
+        if (target < 0 && line >= errLine) target = line;
+        if (line === target) return { line, nextByte: pos + i + 1 };
+        line++;
+      }
+    }
+    pos += chunk.length;
+  }
+  return { line: target < 0 ? line : target, nextByte: null };
 }
