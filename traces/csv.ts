@@ -72,9 +72,10 @@ function positiveInt(name: string, s: string): number | string {
  * i the 0-based index among the file's parsed data records (bad values included, CSV syntax
  * errors not). Result is stably sorted by arrival.
  *
- * @throws TraceError (`FILE:LINE: reason`, LINE = 1-based CSV line, the record's last line) for an
- *   unrecognised header, a CSV syntax error, a wrong column count or a bad value, unless
- *   `skipBadLines` (header errors always throw).
+ * @throws TraceError (`FILE:LINE: reason`, LINE = 1-based CSV line: the record's last line; for an
+ *   unclosed quote, the line where it opened) for an unrecognised header, a CSV syntax error, a
+ *   wrong column count or a bad value, unless `skipBadLines` (header errors always throw). When
+ *   skipping, parsing resumes on the line after a syntax error.
  * @throws Error when the file does not exist; RangeError for invalid options.
  */
 export async function loadCsv(file: string, opts: LoadOptions = {}): Promise<LoadedTrace> {
