@@ -1,4 +1,128 @@
-import type { Command } from 'commander';
+/**
+ * kvlab sub-commands of notebooks/: `report` (HTML/Markdown/SVG/PNG reports of runs, A/B
+ * comparisons, sweeps and diffs) and `sweep` (parameter grids over the simulator, in parallel).
+ */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { buildReport } from './report.js';
+import { formatProgress, parseSeeds, parseVary, runSweep, type SweepProgress } from './sweep.js';
 
-/** Registers this area's kvlab sub-commands on the root program. */
-export function registerReportCommands(_program: Command): void {}
+function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer');
+  return n;
+}
+
+function collect(v: string, prev: string[]): string[] {
+  return [...prev, v];
+}
+
+/** Writes progress lines to stderr: rewritten in place on a terminal, one per job otherwise. */
+export function progressPrinter(stream: NodeJS.WriteStream = process.stderr): (p: SweepProgress) => void {
+  return (p) => {
+    const line = formatProgress(p);
+    if (stream.isTTY) stream.write(`\r\x1b[2K${line.slice(0, (stream.columns ?? 120) - 1)}${p.done === p.total ? '\n' : ''}`);
+    else stream.write(line + '\n');
+  };
+}
+
+/** Registers `kvlab report` and `kvlab sweep` on the root program. */
+export function registerReportCommands(program: Command): void {
+  program
+    .command('report')
+    .summary('build an HTML + Markdown report with charts from runs, A/B, sweep or diff outputs')
+    .description(
+      [
+        'Build a report from one or more inputs. Each INPUT may be:',
+        '  - a run directory (summary.json, records.jsonl, timeseries.json, ...),',
+        '  - an A/B directory (ab.json; its per-strategy/seed runs are loaded too),',
+        '  - a sweep directory (sweep.json from `kvlab sweep`), or the sweep.json,',
+        '  - a diff.json from `kvlab diff`, or a directory containing one,',
+        '  - a directory with run directories below it.',
+        'Writes OUT/report.html (self-contained: vega, vega-lite and vega-embed',
+        'inlined; works offline), OUT/report.md (the tables, with PNG links) and',
+        'OUT/charts/ID.svg, ID.png and ID.vl.json (the spec with its data).',
+        'Charts whose data is absent are skipped with a note in the report.',
+      ].join('\n'),
+    )
+    .argument('<inputs...>', 'run, ab or sweep directories, or diff.json files')
+    .requiredOption('-o, --out <dir>', 'output directory (created)')
+    .option('--title <text>', 'report title', 'kvlab report')
+    .option('--request <id>', "request shown in the time-line chart (default: the slowest request's id)")
+    .option('--request-strategy <name>', 'take the time-line request from runs of this strategy')
+    .option('--no-png', 'skip PNG rendering (SVG only; faster)')
+    .addHelpText('after', '\nExamples:\n  kvlab report runs/ab --out runs/ab/report\n  kvlab report runs/ab runs/sweep runs/diff/diff.json --out report --request r42')
+    .action(async (inputs: string[], o: { out: string; title: string; request?: string; requestStrategy?: string; png: boolean }) => {
+      const t0 = Date.now();
+      const r = await buildReport(inputs, {
+        out: o.out,
+        title: o.title,
+        png: o.png,
+        timeline: { requestId: o.request, strategy: o.requestStrategy },
+      });
+      const drawn = r.charts.filter((c) => !c.skipped);
+      const skipped = r.charts.filter((c) => c.skipped);
+      process.stderr.write(`report: ${drawn.length} charts, ${r.tables.length} tables in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+      for (const c of skipped) process.stderr.write(`report: skipped ${c.id}: ${c.skipped}\n`);
+      for (const w of r.warnings) process.stderr.write(`report: warning: ${w}\n`);
+      process.stdout.write(`${r.html}\n${r.md}\n`);
+    });
+
+  program
+    .command('sweep')
+    .summary('run strategies x seeds over a parameter grid in parallel; writes sweep.json')
+    .description(
+      [
+        'Run every strategy and seed at every point of a parameter grid, in',
+        'parallel on all cores, and write OUT/sweep.json = [{params, strategy,',
+        'seed, summary}] in grid order. Progress goes to stderr.',
+        'Parameters (--vary NAME=V1,V2,...):',
+        '  rate           --workload: arrival rate, req/s (workloadOptions.rate);',
+        '                 --trace: rate multiplier (timeScale = 1/rate)',
+        '  kdn_gbps       KDN link bandwidth, Gbit/s (overrides.kdn_gbps)',
+        '  instances      number of instances',
+        '  workload.NAME  a workload generator option (workloadOptions.NAME)',
+        '  anything else  passed to the simulator as overrides.NAME',
+        'A failed run is recorded with its error and the sweep goes on; the exit',
+        'code is then 1.',
+      ].join('\n'),
+    )
+    .addOption(new Option('--trace <file>', 'trace file to replay').conflicts('workload'))
+    .addOption(new Option('--workload <name>', 'built-in workload instead of a trace').choices(['synthetic', 'nq']))
+    .requiredOption('--strategies <list>', 'comma-separated strategy names (the first is the baseline)')
+    .option('--vary <name=values>', 'a grid dimension, repeatable: --vary rate=1,2,4,8 --vary kdn_gbps=1,10,100', collect, [])
+    .option('--seeds <k|list>', 'number of seeds (1..K) or a list', '3')
+    .option('--instances <n>', 'instances per run', positiveInt)
+    .option('--cluster <file>', 'cluster config file')
+    .option('--jobs <n>', `parallel runs (default: all cores, here ${availableParallelism()})`, positiveInt)
+    .option('--keep-runs', 'keep every run directory under OUT/runs/ (records, timeseries)')
+    .option('--report', 'build a report of the sweep into OUT/report afterwards')
+    .requiredOption('-o, --out <dir>', 'output directory (created)')
+    .addHelpText('after', '\nExample:\n  kvlab sweep --trace trace.jsonl --strategies round-robin,kvlab --vary rate=1,2,4,8 --vary kdn_gbps=1,10,100 --seeds 3 --out runs/sweep')
+    .action(
+      async (o: { trace?: string; workload?: 'synthetic' | 'nq'; strategies: string; vary: string[]; seeds: string; instances?: number; cluster?: string; jobs?: number; keepRuns?: boolean; report?: boolean; out: string }) => {
+        const strategies = o.strategies.split(',').map((s) => s.trim()).filter(Boolean);
+        const spec = {
+          trace: o.trace,
+          workload: o.trace ? undefined : (o.workload ?? 'synthetic'),
+          strategies,
+          vary: parseVary(o.vary),
+          seeds: parseSeeds(o.seeds),
+          instances: o.instances,
+          cluster: o.cluster,
+          out: o.out,
+          keepRuns: o.keepRuns,
+        };
+        const r = await runSweep(spec, { concurrency: o.jobs, onProgress: progressPrinter() });
+        process.stderr.write(`sweep: wrote ${r.file} (${r.entries.length} runs, ${r.failed} failed)\n`);
+        for (const e of r.entries.filter((x) => x.error).slice(0, 5)) process.stderr.write(`sweep: failed ${e.strategy} ${JSON.stringify(e.params)} seed ${e.seed}: ${e.error}\n`);
+        if (o.report) {
+          const rep = await buildReport([o.out], { out: join(o.out, 'report'), title: 'kvlab sweep' });
+          process.stderr.write(`sweep: report ${rep.html}\n`);
+        }
+        process.stdout.write(`${r.file}\n`);
+        if (r.failed > 0) process.exitCode = 1;
+      },
+    );
+}

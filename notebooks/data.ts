@@ -119,15 +119,36 @@ function fmtInt(n: number): string {
 /** A chart's datasets and placeholder values, or the reason it cannot be drawn. */
 export type ChartData = { datasets: Record<string, object[]>; vars: Record<string, string> } | null;
 
-/** TTFT CDF per strategy, pooled over seeds: 'cdf' = [{strategy, ttft_ms, p}]. */
+/**
+ * The quantile function averaged over runs (Vincentisation) from summary.json `ttft_quantiles_ms`
+ * (n levels k/(n-1)); [] when no run has them or their lengths differ.
+ */
+export function averagedQuantiles(runs: readonly RunData[]): { value: number; p: number }[] {
+  const qs = runs.map((r) => r.summary?.ttft_quantiles_ms).filter((q): q is number[] => Array.isArray(q) && q.length >= 2);
+  if (qs.length === 0 || qs.some((q) => q.length !== qs[0]!.length)) return [];
+  const n = qs[0]!.length;
+  return Array.from({ length: n }, (_, k) => ({ value: qs.reduce((a, q) => a + q[k]!, 0) / qs.length, p: k / (n - 1) }));
+}
+
+/**
+ * TTFT CDF per strategy: 'cdf' = [{strategy, ttft_ms, p}]. From records.jsonl (completed requests
+ * pooled over seeds, <= 200 quantile points), else from summary.json `ttft_quantiles_ms`
+ * averaged over seeds.
+ */
 export function cdfData(inputs: ReportInputs): ChartData {
   const rows: object[] = [];
   const notes: string[] = [];
   for (const [s, runs] of runsByStrategy(inputs)) {
     const v = runs.flatMap((r) => okRecords(r).map((x) => Math.max(x.observed!.ttft_ms, 1e-3)));
-    if (v.length === 0) continue;
-    for (const p of cdfPoints(v, CDF_POINTS)) rows.push({ strategy: s, ttft_ms: p.value, p: p.p });
-    notes.push(`${s}: ${fmtInt(v.length)}`);
+    if (v.length > 0) {
+      for (const p of cdfPoints(v, CDF_POINTS)) rows.push({ strategy: s, ttft_ms: p.value, p: p.p });
+      notes.push(`${s}: ${fmtInt(v.length)} requests`);
+      continue;
+    }
+    const q = averagedQuantiles(runs);
+    if (q.length === 0) continue;
+    for (const p of q) rows.push({ strategy: s, ttft_ms: Math.max(p.value, 1e-3), p: p.p });
+    notes.push(`${s}: percentiles of ${runs.length} run(s)`);
   }
   if (rows.length === 0) return null;
   return { datasets: { cdf: rows }, vars: { subtitle: `completed requests pooled over seeds (${notes.join(', ')})` } };

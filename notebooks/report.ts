@@ -43,7 +43,7 @@ export interface ChartDef {
 
 /** Every chart, in report order. */
 export const CHARTS: readonly ChartDef[] = [
-  { id: 'ttft-cdf', spec: 'ttft-cdf', title: 'TTFT distribution per strategy', section: 'Latency', needs: 'records.jsonl in a run directory', data: (i) => cdfData(i) },
+  { id: 'ttft-cdf', spec: 'ttft-cdf', title: 'TTFT distribution per strategy', section: 'Latency', needs: 'records.jsonl, or summary.json with ttft_quantiles_ms', data: (i) => cdfData(i) },
   { id: 'ttft-percentiles', spec: 'ttft-percentiles', title: 'TTFT percentiles with 95% CI across seeds', section: 'Latency', needs: 'summary.json in run directories, or ab.json', data: (i) => percentileData(i) },
   { id: 'sweep-ttft-load', spec: 'sweep-ttft-load', title: 'TTFT against offered load', section: 'Load and bandwidth (sweep)', needs: 'a sweep.json that varies rate', data: (i) => sweepData(i, 'rate', 'ttft') },
   { id: 'sweep-throughput-load', spec: 'sweep-throughput-load', title: 'Throughput against offered load', section: 'Load and bandwidth (sweep)', needs: 'a sweep.json that varies rate', data: (i) => sweepData(i, 'rate', 'throughput') },

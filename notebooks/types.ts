@@ -111,6 +111,8 @@ export interface SummaryJson {
   ttft_ms: Stat4;
   tpot_ms: Stat4;
   e2e_ms: Stat4;
+  /** TTFT at quantile levels k/(n-1), k = 0..n-1 (sim writes 101: 0 %, 1 %, ..., 100 %), ms. */
+  ttft_quantiles_ms?: number[];
   /** completed requests per second of run time. */
   throughput_rps: number;
   duration_ms: number;

@@ -1,0 +1,285 @@
+/**
+ * `kvlab sweep`: runs strategies x seeds over a parameter grid (e.g. rate x kdn_gbps) in
+ * parallel on all cores (piscina worker pool), reports progress on stderr and writes
+ * DIR/sweep.json = [{params, strategy, seed, summary, error?, run_dir?, wall_ms}] in grid order.
+ *
+ * Parameter mapping (`toSimOptions`):
+ * - `rate`: a generated workload's arrival rate (workloadOptions.rate, req/s); for a trace, a
+ *   rate multiplier (timeScale = 1 / rate: rate 2 replays the trace twice as fast);
+ * - `kdn_gbps`: overrides.kdn_gbps (KDN link bandwidth, Gbit/s);
+ * - `instances`: the instance count;
+ * - `workload.NAME`: workloadOptions.NAME (e.g. workload.docMedianTokens);
+ * - anything else: overrides.NAME.
+ */
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Piscina } from 'piscina';
+import { loadSimulator, type SimOptions, type SimResult, type SimRunner } from './sim-api.js';
+import type { SweepEntry, SweepParams } from './types.js';
+
+/** What to sweep. */
+export interface SweepSpec {
+  /** trace file; exclusive with `workload`. */
+  trace?: string;
+  workload?: 'synthetic' | 'nq';
+  workloadOptions?: Record<string, unknown>;
+  strategies: string[];
+  /** parameter name -> values, in grid order (first key varies slowest). */
+  vary: Record<string, (number | string)[]>;
+  seeds: number[];
+  instances?: number;
+  cluster?: string;
+  overrides?: Record<string, unknown>;
+  /** output directory (sweep.json; runs/ with --keep-runs). */
+  out: string;
+  /** keep every run's directory under out/runs/ (default false: summaries only). */
+  keepRuns?: boolean;
+}
+
+/** One simulation of the grid. */
+export interface SweepJob {
+  /** position in grid order (sweep.json keeps this order). */
+  index: number;
+  params: SweepParams;
+  strategy: string;
+  seed: number;
+  sim: SimOptions;
+}
+
+/** Progress after each finished job. */
+export interface SweepProgress {
+  done: number;
+  total: number;
+  failed: number;
+  elapsedMs: number;
+  /** estimated time to finish, ms (NaN before the first job finishes). */
+  etaMs: number;
+  last: { job: SweepJob; wallMs: number; error?: string };
+}
+
+/**
+ * Parses `--vary NAME=V1,V2,...` options into {NAME: [values]} (numbers where they parse).
+ * @throws Error naming the malformed option, or a name given twice.
+ */
+export function parseVary(specs: readonly string[]): Record<string, (number | string)[]> {
+  const out: Record<string, (number | string)[]> = {};
+  for (const s of specs) {
+    const m = /^\s*([A-Za-z_][\w.]*)\s*=\s*(.+)$/.exec(s);
+    if (!m) throw new Error(`--vary "${s}": expected NAME=V1,V2,... (e.g. rate=1,2,4,8)`);
+    const name = m[1]!;
+    if (name in out) throw new Error(`--vary ${name} given twice`);
+    const values = m[2]!.split(',').map((v) => v.trim());
+    if (values.some((v) => v === '')) throw new Error(`--vary "${s}": empty value`);
+    out[name] = values.map((v) => (/^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(v) ? Number(v) : v));
+    if (new Set(out[name]).size !== out[name]!.length) throw new Error(`--vary "${s}": repeated value`);
+  }
+  return out;
+}
+
+/**
+ * Parses `--seeds`: a count K (seeds 1..K) or a comma-separated list ("1,5,9").
+ * @throws Error for anything else.
+ */
+export function parseSeeds(s: string): number[] {
+  const t = s.trim();
+  if (/^\d+$/.test(t)) {
+    const k = Number(t);
+    if (k < 1) throw new Error(`--seeds ${s}: need at least one seed`);
+    return Array.from({ length: k }, (_, i) => i + 1);
+  }
+  if (/^\d+(\s*,\s*\d+)+$/.test(t)) return t.split(',').map((x) => Number(x.trim()));
+  throw new Error(`--seeds "${s}": expected a count (3 = seeds 1,2,3) or a list (1,5,9)`);
+}
+
+/** Cartesian product of the varied values, first key varying slowest; [{}] when nothing varies. */
+export function expandGrid(vary: Readonly<Record<string, readonly (number | string)[]>>): SweepParams[] {
+  let grid: SweepParams[] = [{}];
+  for (const [k, values] of Object.entries(vary)) {
+    if (values.length === 0) throw new Error(`--vary ${k}: no values`);
+    grid = grid.flatMap((g) => values.map((v) => ({ ...g, [k]: v })));
+  }
+  return grid;
+}
+
+/** Directory name of a grid point, e.g. "kdn_gbps=10,rate=4". */
+export function paramSlug(p: SweepParams): string {
+  const s = Object.entries(p)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(',')
+    .replace(/[^\w.=,+-]/g, '_');
+  return s || 'base';
+}
+
+/**
+ * The simulator options of one grid point (see the file comment for the mapping).
+ * @throws Error when `rate` is not a positive number.
+ */
+export function toSimOptions(spec: SweepSpec, params: SweepParams, strategy: string, seed: number): SimOptions {
+  const o: SimOptions = { strategy, seed };
+  if (spec.trace) o.trace = spec.trace;
+  else o.workload = spec.workload ?? 'synthetic';
+  const wl: Record<string, unknown> = { ...(spec.workloadOptions ?? {}) };
+  const ov: Record<string, unknown> = { ...(spec.overrides ?? {}) };
+  if (spec.instances !== undefined) o.instances = spec.instances;
+  if (spec.cluster) o.cluster = spec.cluster;
+  for (const [k, v] of Object.entries(params)) {
+    if (k === 'rate') {
+      if (typeof v !== 'number' || !(v > 0)) throw new Error(`rate must be a positive number, got ${JSON.stringify(v)}`);
+      if (spec.trace) o.timeScale = 1 / v;
+      else wl['rate'] = v;
+    } else if (k === 'kdn_gbps') {
+      ov['kdn_gbps'] = v;
+    } else if (k === 'instances') {
+      if (typeof v !== 'number') throw new Error(`instances must be a number, got ${JSON.stringify(v)}`);
+      o.instances = v;
+    } else if (k.startsWith('workload.')) {
+      wl[k.slice('workload.'.length)] = v;
+    } else ov[k] = v;
+  }
+  if (!spec.trace && Object.keys(wl).length) o.workloadOptions = wl;
+  if (Object.keys(ov).length) o.overrides = ov;
+  if (spec.keepRuns) o.out = join(resolve(spec.out), 'runs', paramSlug(params), strategy, `seed-${seed}`);
+  return o;
+}
+
+/**
+ * Every job of a sweep, in grid order: grid point (slowest), then strategy, then seed.
+ * @throws Error when there is no strategy or seed, or both/neither of trace and workload... (a
+ *   trace wins over a workload when both are set).
+ */
+export function planJobs(spec: SweepSpec): SweepJob[] {
+  if (spec.strategies.length === 0) throw new Error('sweep: no strategy (--strategies a,b,c)');
+  if (spec.seeds.length === 0) throw new Error('sweep: no seed (--seeds K)');
+  const jobs: SweepJob[] = [];
+  for (const params of expandGrid(spec.vary)) {
+    for (const strategy of spec.strategies) {
+      for (const seed of spec.seeds) jobs.push({ index: jobs.length, params, strategy, seed, sim: toSimOptions(spec, params, strategy, seed) });
+    }
+  }
+  return jobs;
+}
+
+/** Formats milliseconds as m:ss or h:mm:ss. */
+export function fmtDuration(ms: number): string {
+  if (!Number.isFinite(ms)) return '--:--';
+  const s = Math.round(ms / 1000);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const ss = String(s % 60).padStart(2, '0');
+  return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${ss}` : `${m}:${ss}`;
+}
+
+/** One progress line, e.g. "sweep 12/108 (11%) · 0 failed · 0:42 elapsed · ~5:10 left · last: kvlab rate=4 seed 2 (3.1 s)". */
+export function formatProgress(p: SweepProgress): string {
+  const pct = Math.floor((p.done / Math.max(1, p.total)) * 100);
+  const j = p.last.job;
+  const params = Object.entries(j.params).map(([k, v]) => `${k}=${v}`).join(' ');
+  const last = `${j.strategy}${params ? ` ${params}` : ''} seed ${j.seed} (${(p.last.wallMs / 1000).toFixed(1)} s${p.last.error ? `, FAILED: ${p.last.error}` : ''})`;
+  return `sweep ${p.done}/${p.total} (${pct}%) · ${p.failed} failed · ${fmtDuration(p.elapsedMs)} elapsed · ~${fmtDuration(p.etaMs)} left · last: ${last}`;
+}
+
+/** How jobs are executed. */
+export interface SweepExecution {
+  /** run jobs in-process with this function (tests inject a fake); default: the worker pool. */
+  runner?: SimRunner;
+  /** parallel jobs (default: all cores). */
+  concurrency?: number;
+  /** worker module for the pool (default: notebooks/sweep-worker.js, compiled). */
+  workerFile?: string;
+  /** simulator module the workers import (default: sim/run.js). */
+  simModule?: string;
+  onProgress?: (p: SweepProgress) => void;
+}
+
+/**
+ * The compiled worker file: sweep-worker.js beside this module, or dist/notebooks/sweep-worker.js
+ * when running from TypeScript sources. Undefined when neither exists.
+ */
+export function defaultWorkerFile(): string | undefined {
+  const here = dirname(fileURLToPath(import.meta.url));
+  return [join(here, 'sweep-worker.js'), join(here, '..', 'dist', 'notebooks', 'sweep-worker.js')].find((f) => existsSync(f));
+}
+
+/**
+ * Runs jobs with bounded concurrency and returns one entry per job, in job order (whatever the
+ * completion order). A failing job becomes an entry with summary null and `error`; the others go on.
+ */
+export async function runJobs(jobs: readonly SweepJob[], exec: SweepExecution = {}): Promise<SweepEntry[]> {
+  const concurrency = Math.max(1, exec.concurrency ?? availableParallelism());
+  let pool: Piscina | undefined;
+  let run: (job: SweepJob) => Promise<SimResult>;
+  if (exec.runner) {
+    const runner = exec.runner;
+    run = (job) => runner(job.sim);
+  } else {
+    const workerFile = exec.workerFile ?? defaultWorkerFile();
+    if (!workerFile) {
+      // sources without a build: no worker file to start threads from; run in this thread
+      const runner = await loadSimulator(exec.simModule);
+      run = (job) => runner(job.sim);
+    } else {
+      pool = new Piscina({ filename: workerFile, minThreads: Math.min(concurrency, jobs.length || 1), maxThreads: concurrency, idleTimeout: 1000 });
+      const p = pool;
+      run = (job) => p.run({ opts: job.sim, simModule: exec.simModule }) as Promise<SimResult>;
+    }
+  }
+  const results: SweepEntry[] = new Array(jobs.length);
+  const t0 = Date.now();
+  let done = 0;
+  let failed = 0;
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < jobs.length) {
+      const job = jobs[next++]!;
+      const start = Date.now();
+      let entry: SweepEntry;
+      let error: string | undefined;
+      try {
+        const r = await run(job);
+        entry = { params: job.params, strategy: job.strategy, seed: job.seed, summary: r.summary };
+        if (r.outDir) entry.run_dir = r.outDir;
+      } catch (e) {
+        error = e instanceof Error ? e.message : String(e);
+        entry = { params: job.params, strategy: job.strategy, seed: job.seed, summary: null, error };
+        failed++;
+      }
+      const wallMs = Date.now() - start;
+      entry.wall_ms = wallMs;
+      results[job.index] = entry;
+      done++;
+      const elapsedMs = Date.now() - t0;
+      exec.onProgress?.({ done, total: jobs.length, failed, elapsedMs, etaMs: (elapsedMs / done) * (jobs.length - done), last: { job, wallMs, error } });
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: Math.min(concurrency, jobs.length) }, worker));
+  } finally {
+    await pool?.destroy();
+  }
+  return results;
+}
+
+/** What `runSweep` did. */
+export interface SweepOutcome {
+  file: string;
+  entries: SweepEntry[];
+  failed: number;
+}
+
+/**
+ * Plans, runs and writes a sweep (DIR/sweep.json). Without an injected runner it first loads the
+ * simulator in this thread, so a missing sim/run fails at once.
+ * @throws SimulatorUnavailableError ("simulator not available: ...") when sim/run.ts does not exist yet.
+ */
+export async function runSweep(spec: SweepSpec, exec: SweepExecution = {}): Promise<SweepOutcome> {
+  const jobs = planJobs(spec);
+  if (!exec.runner) await loadSimulator(exec.simModule);
+  const out = resolve(spec.out);
+  mkdirSync(out, { recursive: true });
+  const entries = await runJobs(jobs, exec);
+  const file = join(out, 'sweep.json');
+  writeFileSync(file, JSON.stringify(entries, null, 1) + '\n');
+  return { file, entries, failed: entries.filter((e) => e.summary === null).length };
+}
