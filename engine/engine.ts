@@ -94,6 +94,8 @@ export class Engine {
   private readonly matchBuf: Int32Array;
   private readonly predictOnRoute: boolean;
   private readonly dispatched = new Map<string, Dispatched>();
+  /** the last decision's context and prediction, reused by onDispatch when it matches. */
+  private last: { req: EngineRequest; now: number; ctx: DecideContext; d: Decision; pred: Prediction } | null = null;
   /** decisions made, per intent. */
   readonly intentCounts: Record<Intent, number> = { none: 0, text: 0, kvcache: 0, hybrid: 0 };
 
@@ -140,9 +142,8 @@ export class Engine {
       if (intent === 'hybrid' && reuse >= (kc?.reuseTokens ?? 0)) intent = 'kvcache';
       if (intent !== 'text' && reuse <= 0) intent = 'text';
     }
-    const pred =
-      c.prediction && c.prediction !== undefined && intent === c.intent ? c.prediction : ctx.predict(c.instance, intent, reuse);
-    return {
+    const pred = c.prediction !== undefined && intent === c.intent ? c.prediction : ctx.predict(c.instance, intent, reuse);
+    const d: Decision = {
       requestId: req.id,
       strategy: this.strategy.name,
       instance: c.instance,
@@ -162,6 +163,8 @@ export class Engine {
       alternatives: c.alternatives,
       reason,
     };
+    this.last = { req, now, ctx, d, pred };
+    return d;
   }
 
   /**
@@ -170,8 +173,11 @@ export class Engine {
    * @returns the predicted link start time (ms) when a transfer was reserved, else -1.
    */
   onDispatch(req: EngineRequest, d: Decision, now: number): number {
-    const ctx = this.context(req, now);
-    const pred = ctx.predict(d.instance, d.intent, d.reusedTokens);
+    const last = this.last;
+    this.last = null;
+    const reuse = last !== null && last.req === req && last.now === now && last.d === d;
+    const ctx = reuse ? last.ctx : this.context(req, now);
+    const pred = reuse ? last.pred : ctx.predict(d.instance, d.intent, d.reusedTokens);
     this.loads.book(req.id, d.instance, now, pred.computeTokens, req.inputTokens + req.outputTokens, req.inputTokens, pred.workMs);
     let start = -1;
     if (d.kdn >= 0 && pred.transferTokens > 0) {

@@ -4,7 +4,9 @@
  * request it holds (contiguous prefix match, like Dynamo's radix tree / llm-d's index).
  *
  * Representation: per block id a bitmask of instances (30 bits per word, so every word is a V8
- * small integer); per instance an insertion-ordered Map used as an LRU for the bound.
+ * small integer); per instance an insertion-ordered Set: when the bound is exceeded the
+ * oldest-inserted block is dropped (FIFO; re-adding a present block does not reorder it, which
+ * keeps the hot path allocation-free).
  * Complexity: match O(depth × words); add/remove O(blocks).
  */
 export class PrefixIndex {
@@ -12,8 +14,8 @@ export class PrefixIndex {
   /** block id -> mask word(s). words === 1: number; otherwise number[]. */
   private readonly masks1 = new Map<number, number>();
   private readonly masksN = new Map<number, number[]>();
-  /** per-instance LRU (Map insertion order: oldest first). */
-  private readonly lru: Map<number, true>[];
+  /** per-instance membership in insertion order (oldest first). */
+  private readonly lru: Set<number>[];
   private readonly caps: number[];
 
   /**
@@ -25,7 +27,7 @@ export class PrefixIndex {
     capacityBlocks: number | number[],
   ) {
     this.words = Math.max(1, Math.ceil(instances / 30));
-    this.lru = Array.from({ length: instances }, () => new Map<number, true>());
+    this.lru = Array.from({ length: instances }, () => new Set<number>());
     this.caps = Array.isArray(capacityBlocks) ? capacityBlocks.slice() : new Array<number>(instances).fill(capacityBlocks);
   }
 
@@ -46,7 +48,7 @@ export class PrefixIndex {
     return this.caps[instance]!;
   }
 
-  /** Marks `blocks` as cached on `instance` (refreshing their recency); enforces the bound. */
+  /** Marks `blocks` as cached on `instance`; enforces the bound (drops the oldest inserted). */
   add(instance: number, blocks: readonly number[]): void {
     const lru = this.lru[instance]!;
     const cap = this.caps[instance]!;
@@ -54,12 +56,8 @@ export class PrefixIndex {
     const bit = 1 << instance % 30;
     for (let i = 0; i < blocks.length; i++) {
       const id = blocks[i]!;
-      if (lru.has(id)) {
-        lru.delete(id);
-        lru.set(id, true);
-        continue;
-      }
-      lru.set(id, true);
+      if (lru.has(id)) continue;
+      lru.add(id);
       this.setBit(id, w, bit);
       if (lru.size > cap) {
         const oldest = lru.keys().next().value as number;

@@ -89,6 +89,8 @@ export interface InstanceCoreOptions {
   noise?: (step: number) => number;
   /** keep finished request states readable (default true; the simulator drops them). */
   keepDone?: boolean;
+  /** list decode tokens in StepEvents.token (default true; the simulator does not need them). */
+  reportTokens?: boolean;
 }
 
 /** The vLLM-V1-like instance. Not re-entrant: one step runs at a time. */
@@ -105,6 +107,7 @@ export class InstanceCore {
   private readonly states = new Map<string, ReqState>();
   private readonly noise?: (step: number) => number;
   private readonly keepDone: boolean;
+  private readonly reportTokens: boolean;
   /** steps remaining in a coalesced decode run (>= 1 while busy). */
   private runSteps = 0;
   private stepStart = 0;
@@ -127,6 +130,7 @@ export class InstanceCore {
     this.kv = new KvCache(spec.engine.kvCapacityTokens, opts.onKvEvent);
     this.noise = opts.noise;
     this.keepDone = opts.keepDone ?? true;
+    this.reportTokens = opts.reportTokens ?? true;
   }
 
   /** true while a step is running. */
@@ -186,6 +190,7 @@ export class InstanceCore {
       if (d >= 0) return d;
     }
     const c = this.schedule(nowMs);
+    this.kv.flushEvents();
     if (c === null) return -1;
     let d = stepMs(this.model, c) + this.pendingLoadMs;
     this.pendingLoadMs = 0;
@@ -464,7 +469,7 @@ export class InstanceCore {
         r.computed += k;
         r.private += k;
         r.generated += k;
-        ev.token.push(r.req.id);
+        if (this.reportTokens) ev.token.push(r.req.id);
       } else {
         r.computed += r.sched;
         if (r.nextBlock < r.req.blocks.length) this.registerBlocks(r);
@@ -473,7 +478,7 @@ export class InstanceCore {
           if (r.generated === 1) {
             r.firstTokenAt = nowMs;
             ev.firstToken.push(r.req.id);
-          } else ev.token.push(r.req.id);
+          } else if (this.reportTokens) ev.token.push(r.req.id);
         }
       }
       r.sched = 0;
@@ -486,8 +491,14 @@ export class InstanceCore {
         if (!this.keepDone) this.states.delete(r.req.id);
       }
     }
-    if (anyDone) this.running = this.running.filter((r) => r.state === RUNNING);
+    if (anyDone) {
+      let w = 0;
+      const run = this.running;
+      for (let j = 0; j < run.length; j++) if (run[j]!.state === RUNNING) run[w++] = run[j]!;
+      run.length = w;
+    }
     sched.length = 0;
+    this.kv.flushEvents();
     return ev;
   }
 

@@ -6,6 +6,7 @@
  * - Prompt blocks (trace block ids, chained hashes) become cached once fully computed; a cached
  *   block is shared by reference count. Blocks with no reference stay resident and reusable
  *   until evicted, least recently freed first (vLLM's free-block queue).
+ * - KV events are buffered and delivered in batches by `flushEvents` (once per step).
  * - Private tokens (a partial block being computed, decode output, prompts without block ids)
  *   are counted but never shared.
  */
@@ -34,6 +35,8 @@ export class KvCache {
   readonly blocks = new Map<number, BlockEntry>();
   private head: BlockEntry | null = null; // least recently freed (evicted first)
   private tail: BlockEntry | null = null;
+  /** block ids stored / removed since the last `flushEvents` (only when a sink is set). */
+  private storedBuf: number[] = [];
   private removedBuf: number[] = [];
 
   /**
@@ -93,7 +96,6 @@ export class KvCache {
     }
     if (free + this.evictable < n) return false;
     while (this.capacityTokens - this.used < n) this.evictOne();
-    this.flushRemoved();
     this.used += n;
     return true;
   }
@@ -118,15 +120,31 @@ export class KvCache {
     const e = new BlockEntry(id, tokens);
     e.refs = 1;
     this.blocks.set(id, e);
-    if (this.sink) this.sink('stored', [id]);
+    if (this.sink) this.storedBuf.push(id);
     return e;
   }
 
   /** Drops every unreferenced block (vLLM reset_prefix_cache); emits `cleared`. */
   clear(): void {
+    this.flushEvents();
     while (this.head) this.evictOne();
-    this.removedBuf.length = 0;
+    this.removedBuf = [];
     if (this.sink) this.sink('cleared', []);
+  }
+
+  /** Delivers buffered KV events to the sink: removed blocks first, then stored ones. */
+  flushEvents(): void {
+    if (!this.sink) return;
+    if (this.removedBuf.length) {
+      const b = this.removedBuf;
+      this.removedBuf = [];
+      this.sink('removed', b);
+    }
+    if (this.storedBuf.length) {
+      const b = this.storedBuf;
+      this.storedBuf = [];
+      this.sink('stored', b);
+    }
   }
 
   private evictOne(): void {
@@ -137,14 +155,6 @@ export class KvCache {
     this.evictable -= e.tokens;
     this.evictions++;
     if (this.sink) this.removedBuf.push(e.id);
-  }
-
-  private flushRemoved(): void {
-    if (this.sink && this.removedBuf.length) {
-      const b = this.removedBuf;
-      this.removedBuf = [];
-      this.sink('removed', b);
-    }
   }
 
   private unlink(e: BlockEntry): void {

@@ -1,0 +1,195 @@
+/**
+ * Cluster files (YAML or JSON, schema-validated; errors name the file and field) and the
+ * resolution of CLI flags + file into a ClusterSpec.
+ *
+ * ```yaml
+ * profile: rtx5090x8-llama3-70b        # default instance profile (name or path)
+ * instances: 4                         # a count, or a list of {id, profile, <engine overrides>}
+ * engine: { kvCapacityTokens: 200000 }  # engine overrides for every instance
+ * kdns:                                # knowledge delivery nodes
+ *   - { id: kdn0, compression: 3.41, knowledge: all, textFetchMs: 4 }
+ * links:
+ *   default: { bandwidthGbps: 10, latencyMs: 0.5, efficiency: 0.825 }
+ *   overrides: [ { kdn: kdn0, instance: i0, bandwidthGbps: 1 } ]
+ * kvEventDelayMs: 0
+ * chunkTokens: 256
+ * strategyParams: { kvlab: { workWeight: 0 } }
+ * sim: { stepNoiseCv: 0.02 }
+ * ```
+ */
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import type { ClusterSpec, EngineSettings, KdnSpec, LinkSpec } from '../engine/types.js';
+import { formatZodError, instanceSpecFromProfile, loadProfile } from './profiles.js';
+
+const pos = z.number().finite().positive();
+const nonneg = z.number().finite().nonnegative();
+const capacity = z.union([pos, z.literal('inf'), z.literal('Infinity')]);
+
+const engineOverrides = z
+  .object({
+    maxNumBatchedTokens: pos.int(),
+    maxNumSeqs: pos.int(),
+    maxModelLen: pos.int(),
+    kvCapacityTokens: capacity,
+    blockSizeTokens: pos.int(),
+    longPrefillTokenThreshold: nonneg.int(),
+  })
+  .partial()
+  .strict();
+
+const linkSchema = z.object({ bandwidthGbps: pos, latencyMs: nonneg, efficiency: z.number().gt(0).lte(1) }).strict();
+
+/** Schema of a cluster file. */
+export const clusterFileSchema = z
+  .object({
+    profile: z.string().min(1).optional(),
+    instances: z
+      .union([
+        pos.int(),
+        z.array(engineOverrides.extend({ id: z.string().min(1).optional(), profile: z.string().min(1).optional() }).strict()).min(1),
+      ])
+      .optional(),
+    engine: engineOverrides.optional(),
+    kdns: z
+      .array(
+        z
+          .object({
+            id: z.string().min(1),
+            compression: pos.optional(),
+            knowledge: z.union([z.literal('all'), z.array(z.string())]).optional(),
+            textFetchMs: nonneg.optional(),
+          })
+          .strict(),
+      )
+      .optional(),
+    links: z
+      .object({
+        default: linkSchema.partial().optional(),
+        overrides: z.array(linkSchema.partial().extend({ kdn: z.string(), instance: z.string() }).strict()).optional(),
+      })
+      .strict()
+      .optional(),
+    kvEventDelayMs: nonneg.optional(),
+    chunkTokens: pos.int().optional(),
+    strategyParams: z.record(z.string(), z.record(z.string(), z.unknown())).optional(),
+    sim: z.object({ stepNoiseCv: nonneg.max(0.5).optional() }).strict().optional(),
+  })
+  .strict();
+
+export type ClusterFile = z.infer<typeof clusterFileSchema>;
+
+/** Defaults of a KDN and a link when the cluster file does not say. */
+export const KDN_DEFAULTS = {
+  /** 327,680 B/token / 3.41 ≈ 0.096 MB/token: CacheRoute's KV network size (§5.4), CacheGen-like. */
+  compression: 3.41,
+  textFetchMs: 4,
+};
+export const LINK_DEFAULTS: LinkSpec = { bandwidthGbps: 10, latencyMs: 0.5, efficiency: 0.825 };
+
+/**
+ * Reads and validates a cluster file (YAML or JSON by content).
+ * @throws Error "FILE: field.path: message" for schema errors, "FILE: ..." for parse errors.
+ */
+export function readClusterFile(file: string): ClusterFile {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new Error(`cluster file ${file}: ${(e as Error).message}`);
+  }
+  let obj: unknown;
+  try {
+    obj = parseYaml(text);
+  } catch (e) {
+    throw new Error(`${file}: not valid YAML/JSON: ${(e as Error).message}`);
+  }
+  const r = clusterFileSchema.safeParse(obj ?? {});
+  if (!r.success) throw new Error(formatZodError(file, r.error));
+  return r.data;
+}
+
+/** CLI-level cluster options (override the file). */
+export interface ClusterOptions {
+  profile?: string;
+  instances?: number;
+  /** tokens, or Infinity. */
+  kvCapacityTokens?: number;
+  kdnGbps?: number;
+  kvEventDelayMs?: number;
+}
+
+/** Resolved cluster plus the simulator settings and strategy parameters of the file. */
+export interface ResolvedCluster {
+  spec: ClusterSpec;
+  strategyParams: Record<string, Record<string, unknown>>;
+  stepNoiseCv: number;
+}
+
+/**
+ * Builds the ClusterSpec from an optional cluster file and CLI options (CLI wins).
+ * Defaults: `defaultProfile`, 4 instances, one KDN `kdn0` holding all knowledge,
+ * 10 Gbit/s links.
+ * @throws Error naming the field for unknown profiles or link overrides.
+ */
+export function resolveCluster(file: ClusterFile | null, opts: ClusterOptions, defaultProfile: string): ResolvedCluster {
+  const f = file ?? {};
+  const profileName = opts.profile ?? f.profile ?? defaultProfile;
+  const baseEngine: Partial<EngineSettings> = normEngine(f.engine ?? {});
+  if (opts.kvCapacityTokens !== undefined) baseEngine.kvCapacityTokens = opts.kvCapacityTokens;
+  let list: { id?: string; profile?: string; over: Partial<EngineSettings> }[];
+  if (opts.instances !== undefined) list = Array.from({ length: opts.instances }, () => ({ over: {} }));
+  else if (Array.isArray(f.instances)) list = f.instances.map((x) => ({ id: x.id, profile: x.profile, over: normEngine(x) }));
+  else list = Array.from({ length: typeof f.instances === 'number' ? f.instances : 4 }, () => ({ over: {} }));
+  const instances = list.map((x, i) => {
+    const prof = loadProfile(x.profile ?? profileName);
+    const over = { ...baseEngine, ...x.over };
+    if (opts.kvCapacityTokens !== undefined) over.kvCapacityTokens = opts.kvCapacityTokens;
+    return instanceSpecFromProfile(prof, i, over, x.id);
+  });
+  const ids = new Set<string>();
+  for (const s of instances) {
+    if (ids.has(s.id)) throw new Error(`cluster: duplicate instance id "${s.id}"`);
+    ids.add(s.id);
+  }
+  const kdnDefs = f.kdns ?? [{ id: 'kdn0' }];
+  const kdns: KdnSpec[] = kdnDefs.map((k) => ({
+    id: k.id,
+    compression: k.compression ?? KDN_DEFAULTS.compression,
+    knowledge: k.knowledge === undefined || k.knowledge === 'all' ? null : new Set(k.knowledge),
+    textFetchMs: k.textFetchMs ?? KDN_DEFAULTS.textFetchMs,
+  }));
+  const def: LinkSpec = { ...LINK_DEFAULTS, ...(f.links?.default ?? {}) };
+  if (opts.kdnGbps !== undefined) def.bandwidthGbps = opts.kdnGbps;
+  const links: LinkSpec[][] = kdns.map(() => instances.map(() => ({ ...def })));
+  for (const [n, o] of (f.links?.overrides ?? []).entries()) {
+    const k = kdns.findIndex((x) => x.id === o.kdn);
+    const i = instances.findIndex((x) => x.id === o.instance);
+    if (k < 0) throw new Error(`cluster: links.overrides.${n}.kdn: unknown KDN "${o.kdn}"`);
+    if (i < 0) throw new Error(`cluster: links.overrides.${n}.instance: unknown instance "${o.instance}"`);
+    const { kdn: _k, instance: _i, ...rest } = o;
+    links[k]![i] = { ...links[k]![i]!, ...rest };
+  }
+  return {
+    spec: {
+      instances,
+      kdns,
+      links,
+      kvEventDelayMs: opts.kvEventDelayMs ?? f.kvEventDelayMs ?? 0,
+      chunkTokens: f.chunkTokens ?? 256,
+    },
+    strategyParams: f.strategyParams ?? {},
+    stepNoiseCv: f.sim?.stepNoiseCv ?? 0.02,
+  };
+}
+
+function normEngine(o: Record<string, unknown>): Partial<EngineSettings> {
+  const out: Partial<EngineSettings> = {};
+  for (const k of ['maxNumBatchedTokens', 'maxNumSeqs', 'maxModelLen', 'blockSizeTokens', 'longPrefillTokenThreshold'] as const) {
+    if (typeof o[k] === 'number') out[k] = o[k] as number;
+  }
+  const c = o.kvCapacityTokens;
+  if (c !== undefined) out.kvCapacityTokens = c === 'inf' || c === 'Infinity' ? Infinity : (c as number);
+  return out;
+}

@@ -1,0 +1,260 @@
+/**
+ * Timing records, summary and time series of a simulated run (formats: docs/FORMATS.md).
+ */
+import { mean as ssMean, quantileSorted } from 'simple-statistics';
+import type { Decision, Intent } from '../engine/types.js';
+import type { SimOutcome } from './simulator.js';
+import { ST_OK, ST_REJECTED } from './simulator.js';
+
+/** mean / p50 / p90 / p99 of a metric (ms). null values when there is no sample. */
+export interface Dist {
+  mean: number | null;
+  p50: number | null;
+  p90: number | null;
+  p99: number | null;
+  n: number;
+}
+
+/** Rounds to 3 decimals (stable, compact JSON). */
+export function r3(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
+/** Distribution of `values` (unsorted; copied). */
+export function dist(values: ArrayLike<number>): Dist {
+  const n = values.length;
+  if (n === 0) return { mean: null, p50: null, p90: null, p99: null, n: 0 };
+  const s = Float64Array.from(values).sort();
+  const arr = Array.from(s);
+  return { mean: r3(ssMean(arr)), p50: r3(quantileSorted(arr, 0.5)), p90: r3(quantileSorted(arr, 0.9)), p99: r3(quantileSorted(arr, 0.99)), n };
+}
+
+/** Per-request observed metrics (ms), -1 when not applicable. */
+export interface Observed {
+  ttft: Float64Array;
+  tpot: Float64Array;
+  e2e: Float64Array;
+}
+
+/** Computes TTFT / TPOT / E2E per request (ms; -1 when the request did not complete). */
+export function observed(o: SimOutcome): Observed {
+  const N = o.requests.length;
+  const ttft = new Float64Array(N).fill(-1);
+  const tpot = new Float64Array(N).fill(-1);
+  const e2e = new Float64Array(N).fill(-1);
+  for (let r = 0; r < N; r++) {
+    if (o.status[r] !== ST_OK) continue;
+    const req = o.requests[r]!;
+    const api = o.apiMs[o.decisions[r]!.instance]!;
+    ttft[r] = o.firstTokenAt[r]! + api - req.arrivalMs;
+    e2e[r] = o.doneAt[r]! + api - req.arrivalMs;
+    if (req.outputTokens > 1) tpot[r] = (o.doneAt[r]! - o.firstTokenAt[r]!) / (req.outputTokens - 1);
+  }
+  return { ttft, tpot, e2e };
+}
+
+function pick(a: Float64Array): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < a.length; i++) if (a[i]! >= 0) out.push(a[i]!);
+  return out;
+}
+
+/** Summary fields of a run (without run-identity fields, which the caller adds). */
+export interface SummaryCore {
+  requests: number;
+  completed: number;
+  rejected: number;
+  failed: number;
+  prefix_hit_ratio: number;
+  kv_reuse_ratio: number;
+  ttft_ms: Dist;
+  tpot_ms: Dist;
+  e2e_ms: Dist;
+  throughput_rps: number;
+  duration_ms: number;
+  intent_mix: Record<Intent, number>;
+  load_cov: number;
+  kv_bytes_moved: number;
+  preemptions: number;
+  per_instance: { id: string; requests: number; prompt_tokens: number; hit_tokens: number; computed_tokens: number; busy_ms: number; evictions: number; preemptions: number }[];
+}
+
+/** Aggregates a simulated run. */
+export function summarize(o: SimOutcome, obs: Observed = observed(o)): SummaryCore {
+  const N = o.requests.length;
+  let completed = 0;
+  let rejected = 0;
+  let prompt = 0;
+  let hit = 0;
+  let loaded = 0;
+  let preemptions = 0;
+  let firstArrival = Infinity;
+  let lastDone = 0;
+  const intentMix: Record<Intent, number> = { none: 0, text: 0, kvcache: 0, hybrid: 0 };
+  const per = o.instances.map((s) => ({ id: s.id, requests: 0, prompt_tokens: 0, hit_tokens: 0, computed_tokens: 0, busy_ms: r3(s.busyMs), evictions: s.evictions, preemptions: s.preemptions }));
+  for (let r = 0; r < N; r++) {
+    const req = o.requests[r]!;
+    const d = o.decisions[r]!;
+    intentMix[d.intent]++;
+    if (req.arrivalMs < firstArrival) firstArrival = req.arrivalMs;
+    preemptions += o.preemptions[r]!;
+    const p = per[d.instance]!;
+    p.requests++;
+    if (o.status[r] === ST_REJECTED) rejected++;
+    if (o.status[r] !== ST_OK) continue;
+    completed++;
+    prompt += req.inputTokens;
+    hit += o.hitTokens[r]!;
+    loaded += o.loadTokens[r]!;
+    p.prompt_tokens += req.inputTokens;
+    p.hit_tokens += o.hitTokens[r]!;
+    p.computed_tokens += req.inputTokens - o.hitTokens[r]! - o.loadTokens[r]!;
+    const done = o.doneAt[r]! + o.apiMs[d.instance]!;
+    if (done > lastDone) lastDone = done;
+  }
+  const comp = per.map((p) => p.computed_tokens);
+  const m = comp.reduce((a, b) => a + b, 0) / Math.max(1, comp.length);
+  const sd = Math.sqrt(comp.reduce((a, b) => a + (b - m) * (b - m), 0) / Math.max(1, comp.length));
+  const duration = completed ? lastDone - firstArrival : 0;
+  return {
+    requests: N,
+    completed,
+    rejected,
+    failed: N - completed - rejected,
+    prefix_hit_ratio: prompt ? r3(hit / prompt * 1000) / 1000 : 0,
+    kv_reuse_ratio: prompt ? r3((hit + loaded) / prompt * 1000) / 1000 : 0,
+    ttft_ms: dist(pick(obs.ttft)),
+    tpot_ms: dist(pick(obs.tpot)),
+    e2e_ms: dist(pick(obs.e2e)),
+    throughput_rps: duration > 0 ? r3((completed / duration) * 1000) : 0,
+    duration_ms: r3(duration),
+    intent_mix: intentMix,
+    load_cov: m > 0 ? r3(sd / m) : 0,
+    kv_bytes_moved: Math.round(o.kvBytesMoved),
+    preemptions,
+    per_instance: per,
+  };
+}
+
+function decisionJson(d: Decision, ids: string[]): string {
+  let alts = '';
+  for (let j = 0; j < d.alternatives.length; j++) {
+    const a = d.alternatives[j]!;
+    if (j) alts += ',';
+    alts += `{"instance":${JSON.stringify(ids[a.instance])},"intent":"${a.intent}","score":${r3(a.score)}`;
+    if (a.ttftMs !== undefined) alts += `,"ttft_ms":${r3(a.ttftMs)}`;
+    if (a.reusedTokens !== undefined) alts += `,"reused_tokens":${a.reusedTokens}`;
+    alts += '}';
+  }
+  return `{"strategy":${JSON.stringify(d.strategy)},"reason":${JSON.stringify(d.reason)},"reused_tokens":${d.reusedTokens},"cached_tokens":${d.cachedTokens},"alternatives":[${alts}]}`;
+}
+
+/**
+ * Serialises every timing record as JSONL (one line per request, request order).
+ * @param kdnIds KDN ids by index; instance ids come from the outcome
+ */
+export function recordsJsonl(o: SimOutcome, obs: Observed, kdnIds: string[]): string {
+  const ids = o.instances.map((s) => s.id);
+  const parts: string[] = new Array(o.requests.length);
+  for (let r = 0; r < o.requests.length; r++) {
+    const q = o.requests[r]!;
+    const d = o.decisions[r]!;
+    const st = o.status[r] === ST_OK ? 'ok' : o.status[r] === ST_REJECTED ? 'rejected' : 'failed';
+    const p = d.predicted;
+    const pred = `{"prepare_ms":${r3(p.prepareMs)},"link_wait_ms":${r3(p.linkWaitMs)},"transfer_ms":${r3(p.transferMs)},"kv_load_ms":${r3(p.kvLoadMs)},"queue_ms":${r3(p.queueMs)},"prefill_ms":${r3(p.prefillMs)},"ttft_ms":${r3(p.ttftMs)}}`;
+    let obsJ = 'null';
+    if (o.status[r] === ST_OK) {
+      const api = o.apiMs[d.instance]!;
+      const ready = o.readyAt[r]!;
+      const queue = o.firstSchedAt[r]! - ready;
+      const prefill = o.firstTokenAt[r]! + api - o.firstSchedAt[r]! - o.kvLoadMs[r]!;
+      obsJ =
+        `{"prepare_ms":${r3(o.prepareMs[r]!)},"link_wait_ms":${r3(o.linkWaitMs[r]!)},"transfer_ms":${r3(o.transferMs[r]!)},"kv_load_ms":${r3(o.kvLoadMs[r]!)},` +
+        `"queue_ms":${r3(queue)},"prefill_ms":${r3(prefill)},"ttft_ms":${r3(obs.ttft[r]!)},"tpot_ms":${obs.tpot[r]! >= 0 ? r3(obs.tpot[r]!) : 'null'},"e2e_ms":${r3(obs.e2e[r]!)},` +
+        `"cached_tokens":${o.hitTokens[r]!},"loaded_tokens":${o.loadTokens[r]!},"transfer_tokens":${o.transferTokens[r]!},"preemptions":${o.preemptions[r]!},` +
+        `"first_token_at_ms":${r3(o.firstTokenAt[r]! + api)},"done_at_ms":${r3(o.doneAt[r]! + api)}}`;
+    }
+    parts[r] =
+      `{"id":${JSON.stringify(q.id)},"arrival_ms":${r3(q.arrivalMs)},"status":"${st}","error":${st === 'rejected' ? '"prompt + output tokens exceed max_model_len"' : 'null'},` +
+      `"input_tokens":${q.inputTokens},"output_tokens":${q.outputTokens},"knowledge_tokens":${q.knowledgeTokens},` +
+      `"instance":${JSON.stringify(ids[d.instance])},"kdn":${d.kdn >= 0 ? JSON.stringify(kdnIds[d.kdn]) : 'null'},"intent":"${d.intent}",` +
+      `"decision":${decisionJson(d, ids)},"predicted":${pred},"observed":${obsJ},"source":"sim"}`;
+  }
+  return parts.join('\n') + (parts.length ? '\n' : '');
+}
+
+/** Per-bucket time series for charts (docs/FORMATS.md timeseries.json). */
+export function timeseries(o: SimOutcome, kdnIds: string[], bucketMs?: number): Record<string, unknown> {
+  const N = o.requests.length;
+  const span = Math.max(1, o.endMs - (N ? o.requests[0]!.arrivalMs : 0));
+  const b = bucketMs ?? Math.max(1000, Math.ceil(span / 120 / 1000) * 1000);
+  const nb = Math.ceil(span / b) + 1;
+  const t0 = N ? o.requests[0]!.arrivalMs : 0;
+  const zero = () => new Array<number>(nb).fill(0);
+  const intents: Record<Intent, number[]> = { none: zero(), text: zero(), kvcache: zero(), hybrid: zero() };
+  const inst: Record<string, { requests: number[]; hit_ratio: number[]; booked_prefill_tokens: number[]; running: number[]; intent: Record<Intent, number[]> }> = {};
+  const hitT: number[][] = [];
+  const promptT: number[][] = [];
+  const bookedMax: number[][] = [];
+  const runMax: number[][] = [];
+  for (const s of o.instances) {
+    inst[s.id] = { requests: zero(), hit_ratio: zero(), booked_prefill_tokens: zero(), running: zero(), intent: { none: zero(), text: zero(), kvcache: zero(), hybrid: zero() } };
+    hitT.push(zero());
+    promptT.push(zero());
+    bookedMax.push(zero());
+    runMax.push(zero());
+  }
+  const ids = o.instances.map((s) => s.id);
+  for (let r = 0; r < N; r++) {
+    const q = o.requests[r]!;
+    const d = o.decisions[r]!;
+    const k = Math.min(nb - 1, Math.floor((q.arrivalMs - t0) / b));
+    intents[d.intent][k]!++;
+    const I = inst[ids[d.instance]!]!;
+    I.requests[k]!++;
+    I.intent[d.intent][k]!++;
+    bookedMax[d.instance]![k] = Math.max(bookedMax[d.instance]![k]!, o.bookedPrefillAtArrival[r]!);
+    runMax[d.instance]![k] = Math.max(runMax[d.instance]![k]!, o.runningAtArrival[r]!);
+    if (o.status[r] === ST_OK) {
+      const kf = Math.min(nb - 1, Math.floor((o.firstTokenAt[r]! - t0) / b));
+      hitT[d.instance]![kf]! += o.hitTokens[r]!;
+      promptT[d.instance]![kf]! += q.inputTokens;
+    }
+  }
+  o.instances.forEach((s, i) => {
+    const I = inst[s.id]!;
+    for (let k = 0; k < nb; k++) {
+      I.hit_ratio[k] = promptT[i]![k]! ? r3(hitT[i]![k]! / promptT[i]![k]!) : 0;
+      I.booked_prefill_tokens[k] = bookedMax[i]![k]!;
+      I.running[k] = runMax[i]![k]!;
+    }
+  });
+  const links: Record<string, { busy_frac: number[]; mean_wait_ms: number[] }> = {};
+  o.transfers.forEach((arr, kd) => {
+    const per = new Map<number, { busy: number[]; wait: number[]; cnt: number[] }>();
+    for (let j = 0; j < arr.length; j += 4) {
+      const i = arr[j]!;
+      const start = arr[j + 1]!;
+      const end = arr[j + 2]!;
+      const wait = arr[j + 3]!;
+      let e = per.get(i);
+      if (!e) {
+        e = { busy: zero(), wait: zero(), cnt: zero() };
+        per.set(i, e);
+      }
+      const ks = Math.min(nb - 1, Math.floor((start - t0) / b));
+      e.wait[ks]! += wait;
+      e.cnt[ks]!++;
+      for (let k = ks; k < nb; k++) {
+        const bs = t0 + k * b;
+        const be = bs + b;
+        if (bs >= end) break;
+        e.busy[k]! += Math.min(end, be) - Math.max(start, bs);
+      }
+    }
+    for (const [i, e] of [...per.entries()].sort((x, y) => x[0] - y[0])) {
+      links[`${kdnIds[kd]}->${ids[i]}`] = { busy_frac: e.busy.map((x) => r3(x / b)), mean_wait_ms: e.wait.map((w, k) => (e.cnt[k] ? r3(w / e.cnt[k]!) : 0)) };
+    }
+  });
+  return { bucket_ms: b, t_ms: Array.from({ length: nb }, (_, k) => t0 + k * b), intent: intents, instances: inst, links };
+}

@@ -1,0 +1,279 @@
+/**
+ * Run orchestration: load a trace or workload, resolve the cluster, simulate one strategy
+ * (`runSim`) or several strategies × seeds on the same schedule (`runAb`), and write run
+ * directories (docs/FORMATS.md).
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { createStrategy } from '../engine/strategies/index.js';
+import type { TraceRequest } from '../engine/types.js';
+import { KVLAB_VERSION } from '../engine/version.js';
+import { meanCI95, relativeChange } from '../notebooks/stats.js';
+import { loadTrace, loadWorkload, type WorkloadName } from '../traces/load.js';
+import type { LoadedTrace } from '../traces/schema.js';
+import { readClusterFile, resolveCluster, type ClusterOptions, type ResolvedCluster } from './cluster.js';
+import { observed, r3, recordsJsonl, summarize, timeseries, type SummaryCore } from './metrics.js';
+import { DEFAULT_LONG_CONTEXT_PROFILE, DEFAULT_PROFILE } from './profiles.js';
+import { simulate } from './simulator.js';
+
+/** Where requests come from. */
+export interface InputSpec {
+  /** trace file (.jsonl Mooncake, .csv) or NQ directory. */
+  trace?: string;
+  /** built-in workload (default synthetic when no trace). */
+  workload?: WorkloadName;
+  workloadOptions?: Record<string, unknown>;
+  timeScale?: number;
+  skipBadLines?: boolean;
+  limit?: number;
+}
+
+/** Options of one simulated run. */
+export interface RunOptions extends InputSpec, ClusterOptions {
+  strategy: string;
+  strategyParams?: Record<string, unknown>;
+  seed?: number;
+  /** cluster file (YAML/JSON). */
+  cluster?: string;
+  /** overrides from sweeps: kdn_gbps, rate, ... */
+  overrides?: Record<string, unknown>;
+  /** run directory to write; nothing written when absent. */
+  out?: string;
+  /** write records.jsonl (default true). */
+  records?: boolean;
+  /** step-time noise CV (default from cluster file, else 0.02). */
+  stepNoiseCv?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Full summary.json content. */
+export interface Summary extends SummaryCore {
+  kvlab_version: string;
+  source: 'sim';
+  strategy: string;
+  seed: number;
+  trace: string;
+  instances: number;
+  profile: string;
+  ttft_quantiles_ms: number[];
+  wall_ms: number;
+  sim_requests_per_s: number;
+}
+
+/**
+ * Loads the requests of an input spec. Synthetic/NQ workloads take `seed` unless their options
+ * set one. Returns the loaded trace (sorted by arrival).
+ */
+export async function loadInput(spec: InputSpec, seed = 1): Promise<LoadedTrace> {
+  const lo = { timeScale: spec.timeScale, skipBadLines: spec.skipBadLines, limit: spec.limit };
+  if (spec.trace) return loadTrace(spec.trace, lo);
+  const name = spec.workload ?? 'synthetic';
+  return loadWorkload(name, { seed, ...(spec.workloadOptions ?? {}), ...(spec.timeScale !== undefined ? { timeScale: spec.timeScale } : {}) } as never);
+}
+
+/** Default profile and instance count for a loaded trace: Mooncake → 16 × H100, else 4 × RTX 5090. */
+export function defaultsFor(t: LoadedTrace): { profile: string; instances: number } {
+  return t.meta.format === 'mooncake' ? { profile: DEFAULT_LONG_CONTEXT_PROFILE, instances: 16 } : { profile: DEFAULT_PROFILE, instances: 4 };
+}
+
+/** Resolves the cluster of a run (file + CLI options + trace-dependent defaults). */
+export function clusterFor(t: LoadedTrace, opts: RunOptions): ResolvedCluster {
+  const file = opts.cluster ? readClusterFile(opts.cluster) : null;
+  const def = defaultsFor(t);
+  const o: ClusterOptions = {
+    profile: opts.profile,
+    instances: opts.instances ?? (file?.instances === undefined ? def.instances : undefined),
+    kvCapacityTokens: opts.kvCapacityTokens,
+    kdnGbps: opts.kdnGbps ?? (typeof opts.overrides?.kdn_gbps === 'number' ? (opts.overrides.kdn_gbps as number) : undefined),
+    kvEventDelayMs: opts.kvEventDelayMs,
+  };
+  return resolveCluster(file, o, def.profile);
+}
+
+/** Result of one run. */
+export interface RunResult {
+  summary: Summary;
+  outDir?: string;
+}
+
+/**
+ * Simulates one strategy on already-loaded requests and writes the run directory if `out`.
+ * @throws Error for an unknown strategy / bad parameters / cluster errors.
+ */
+export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster = clusterFor(t, opts)): RunResult {
+  const seed = opts.seed ?? 1;
+  const params = { ...(rc.strategyParams[opts.strategy] ?? {}), ...(opts.strategyParams ?? {}) };
+  const strategy = createStrategy(opts.strategy, params);
+  const noise = opts.stepNoiseCv ?? rc.stepNoiseCv;
+  const t0 = performance.now();
+  const o = simulate(t.requests, { cluster: rc.spec, strategy, seed, stepNoiseCv: noise, onProgress: opts.onProgress });
+  const obs = observed(o);
+  const core = summarize(o, obs);
+  const kdnIds = rc.spec.kdns.map((k) => k.id);
+  const ttfts: number[] = [];
+  for (let i = 0; i < obs.ttft.length; i++) if (obs.ttft[i]! >= 0) ttfts.push(obs.ttft[i]!);
+  ttfts.sort((a, b) => a - b);
+  const quant = ttfts.length ? Array.from({ length: 101 }, (_, k) => r3(ttfts[Math.min(ttfts.length - 1, Math.round((k / 100) * (ttfts.length - 1)))]!)) : [];
+  let outDir: string | undefined;
+  let recordsText: string | null = null;
+  if (opts.out) {
+    outDir = resolve(opts.out);
+    mkdirSync(outDir, { recursive: true });
+    if (opts.records !== false) recordsText = recordsJsonl(o, obs, kdnIds);
+  }
+  const wall = performance.now() - t0;
+  const summary: Summary = {
+    kvlab_version: KVLAB_VERSION,
+    source: 'sim',
+    strategy: opts.strategy,
+    seed,
+    trace: t.meta.file ?? t.meta.name,
+    instances: rc.spec.instances.length,
+    profile: rc.spec.instances[0]!.profile.name,
+    ...core,
+    ttft_quantiles_ms: quant,
+    wall_ms: Math.round(wall),
+    sim_requests_per_s: wall > 0 ? Math.round((t.requests.length / wall) * 1000) : 0,
+  };
+  if (outDir) {
+    if (recordsText !== null) writeFileSync(join(outDir, 'records.jsonl'), recordsText);
+    writeFileSync(join(outDir, 'summary.json'), JSON.stringify(summary, null, 1) + '\n');
+    writeFileSync(join(outDir, 'timeseries.json'), JSON.stringify(timeseries(o, kdnIds)) + '\n');
+    writeFileSync(join(outDir, 'config.json'), JSON.stringify(configJson(t, opts, rc, params, seed, noise), null, 1) + '\n');
+  }
+  return { summary, outDir };
+}
+
+function configJson(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster, params: Record<string, unknown>, seed: number, noise: number): Record<string, unknown> {
+  return {
+    kvlab_version: KVLAB_VERSION,
+    trace: t.meta,
+    input: { trace: opts.trace ?? null, workload: opts.trace ? null : (opts.workload ?? 'synthetic'), workload_options: opts.workloadOptions ?? {}, time_scale: opts.timeScale ?? 1 },
+    strategy: opts.strategy,
+    strategy_params: params,
+    seed,
+    sim: { step_noise_cv: noise },
+    cluster: {
+      instances: rc.spec.instances.map((s) => ({ id: s.id, profile: s.profile.name, engine: { ...s.engine, kvCapacityTokens: Number.isFinite(s.engine.kvCapacityTokens) ? s.engine.kvCapacityTokens : 'inf' } })),
+      kdns: rc.spec.kdns.map((k) => ({ id: k.id, compression: k.compression, text_fetch_ms: k.textFetchMs, knowledge: k.knowledge ? [...k.knowledge] : 'all' })),
+      links: rc.spec.links,
+      kv_event_delay_ms: rc.spec.kvEventDelayMs,
+      chunk_tokens: rc.spec.chunkTokens,
+    },
+  };
+}
+
+/**
+ * One-call API (used by `kvlab sweep` and notebooks): load, simulate, write.
+ */
+export async function runSim(opts: RunOptions): Promise<RunResult> {
+  const t = await loadInput(opts, opts.seed ?? 1);
+  return runLoaded(t, opts);
+}
+
+/** Options of an A/B comparison. */
+export interface AbOptions extends Omit<RunOptions, 'strategy' | 'seed' | 'out'> {
+  strategies: string[];
+  /** number of seeds (1..K) or explicit list. */
+  seeds: number[];
+  out: string;
+  onRun?: (strategy: string, seed: number, s: Summary) => void;
+}
+
+/** ab.json metric with mean, 95% CI and per-seed values. */
+export interface AbMetric {
+  mean: number | null;
+  ci95: [number | null, number | null];
+  values: (number | null)[];
+}
+
+const LAT = ['mean', 'p50', 'p90', 'p99'] as const;
+const FAMILIES = ['ttft_ms', 'tpot_ms', 'e2e_ms'] as const;
+
+/**
+ * Runs every strategy on the same schedule for every seed and writes DIR/ab.json plus one run
+ * directory per (strategy, seed) (records.jsonl only when `records` is true).
+ * For trace inputs the schedule is the same for every seed; for generated workloads the seed
+ * also generates the workload (the same one for every strategy).
+ */
+export async function runAb(opts: AbOptions): Promise<Record<string, unknown>> {
+  if (opts.strategies.length === 0) throw new Error('ab: --strategies is empty');
+  const outDir = resolve(opts.out);
+  mkdirSync(outDir, { recursive: true });
+  const perSeed = new Map<number, LoadedTrace>();
+  const summaries = new Map<string, Map<number, Summary>>();
+  let traceName = '';
+  let instances = 0;
+  for (const seed of opts.seeds) {
+    let t = perSeed.get(seed);
+    if (!t) {
+      t = opts.trace && perSeed.size ? perSeed.values().next().value! : await loadInput(opts, seed);
+      perSeed.set(seed, t);
+    }
+    traceName = t.meta.file ?? t.meta.name;
+    const rc = clusterFor(t, { ...opts, strategy: opts.strategies[0]! });
+    instances = rc.spec.instances.length;
+    for (const s of opts.strategies) {
+      const res = runLoaded(t, { ...opts, strategy: s, seed, out: join(outDir, s, `seed-${seed}`), records: opts.records ?? false }, rc);
+      if (!summaries.has(s)) summaries.set(s, new Map());
+      summaries.get(s)!.set(seed, res.summary);
+      opts.onRun?.(s, seed, res.summary);
+    }
+  }
+  const base = opts.strategies[0]!;
+  const strategies: Record<string, unknown> = {};
+  const metricMap = (s: string, get: (x: Summary) => number | null) => {
+    const m = new Map<number, number>();
+    for (const [seed, sum] of summaries.get(s)!) {
+      const v = get(sum);
+      if (v !== null && Number.isFinite(v)) m.set(seed, v);
+    }
+    return m;
+  };
+  const metric = (s: string, get: (x: Summary) => number | null): AbMetric => {
+    const vals = opts.seeds.map((seed) => get(summaries.get(s)!.get(seed)!));
+    const ci = meanCI95(vals.filter((v): v is number => v !== null));
+    return { mean: nz(ci.mean), ci95: [nz(ci.lo), nz(ci.hi)], values: vals.map((v) => (v === null ? null : r3(v))) };
+  };
+  for (const s of opts.strategies) {
+    const e: Record<string, unknown> = { runs: opts.seeds.map((seed) => join(outDir, s, `seed-${seed}`)) };
+    const vs: Record<string, unknown> = {};
+    for (const f of FAMILIES) {
+      const fam: Record<string, AbMetric> = {};
+      for (const st of LAT) {
+        const get = (x: Summary) => x[f][st];
+        fam[st] = metric(s, get);
+        if (s !== base) {
+          const rc = relativeChange(metricMap(s, get), metricMap(base, get));
+          if (rc) vs[`${f}.${st}`] = { change: r3(rc.change * 1000) / 1000, ci95: [r3(rc.lo * 1000) / 1000, r3(rc.hi * 1000) / 1000], significant: rc.significant };
+        }
+      }
+      e[f] = fam;
+    }
+    for (const k of ['throughput_rps', 'prefix_hit_ratio', 'kv_reuse_ratio', 'load_cov'] as const) {
+      const get = (x: Summary) => x[k];
+      e[k] = metric(s, get);
+      if (s !== base) {
+        const rc = relativeChange(metricMap(s, get), metricMap(base, get));
+        if (rc) vs[k] = { change: r3(rc.change * 1000) / 1000, ci95: [r3(rc.lo * 1000) / 1000, r3(rc.hi * 1000) / 1000], significant: rc.significant };
+      }
+    }
+    e.intent_mix = summaries.get(s)!.get(opts.seeds[0]!)!.intent_mix;
+    e.completed = metric(s, (x) => x.completed);
+    e.rejected = metric(s, (x) => x.rejected);
+    e.vs_baseline = vs;
+    strategies[s] = e;
+  }
+  const ab = { kvlab_version: KVLAB_VERSION, trace: traceName, seeds: opts.seeds, baseline: base, instances, strategies };
+  writeFileSync(join(outDir, 'ab.json'), JSON.stringify(ab, null, 1) + '\n');
+  return ab;
+}
+
+function nz(x: number): number | null {
+  return Number.isFinite(x) ? r3(x) : null;
+}
+
+/** Requests of a loaded trace (helper for tests). */
+export function requestsOf(t: LoadedTrace): TraceRequest[] {
+  return t.requests;
+}

@@ -1,0 +1,364 @@
+/**
+ * The discrete-event simulator: replays requests through the policy engine and one
+ * InstanceCore per instance on a virtual clock (ms).
+ *
+ * Per request: arrival -> engine.decide + onDispatch -> knowledge preparation (text fetch, or
+ * KV transfer on the FIFO link KDN->instance) -> API frontend (FIFO, `frontendMsPerRequest`) ->
+ * engine core (vLLM V1 scheduling) -> first token / completion, fed back to the engine.
+ * KV events (stored/removed) reach the engine after `kvEventDelayMs`.
+ * Output is a function of (cluster, requests, strategy, seed): no wall clock is read.
+ */
+import { Engine, type Strategy } from '../engine/engine.js';
+import { kvWireBytes, transferMs } from '../engine/costmodel.js';
+import type { ClusterSpec, Decision, Intent, TraceRequest } from '../engine/types.js';
+import { EventQueue } from './events.js';
+import { InstanceCore, type CoreRequest } from './instance.js';
+
+const EV_READY = 0; // knowledge prepared: go through the frontend (a = request)
+const EV_CORE = 1; // request reaches the engine core (a = request)
+const EV_STEP = 2; // step/run end (a = instance, b = generation)
+const EV_KV = 3; // KV events delivered to the engine (a = batch id)
+const EV_XFER = 4; // KV transfer ACK (a = request)
+
+/** Status codes of a simulated request. */
+export const ST_PENDING = 0;
+export const ST_OK = 1;
+export const ST_REJECTED = 2;
+
+/** Simulator options. */
+export interface SimOptions {
+  cluster: ClusterSpec;
+  strategy: Strategy;
+  seed?: number;
+  /** coefficient of variation of multiplicative step-time noise (0 = none). */
+  stepNoiseCv?: number;
+  /** called about every `progressEvery` requests dispatched. */
+  onProgress?: (dispatched: number, total: number) => void;
+  progressEvery?: number;
+  /** timeseries bucket (ms); default: span / 120 rounded up to a second. */
+  bucketMs?: number;
+}
+
+/** Per-request results, in request order (typed arrays; -1 = did not happen). */
+export interface SimOutcome {
+  requests: TraceRequest[];
+  decisions: Decision[];
+  status: Uint8Array;
+  /** times (ms, absolute virtual): */
+  readyAt: Float64Array;
+  coreAt: Float64Array;
+  firstSchedAt: Float64Array;
+  firstTokenAt: Float64Array;
+  doneAt: Float64Array;
+  /** durations (ms): */
+  prepareMs: Float64Array;
+  linkWaitMs: Float64Array;
+  transferMs: Float64Array;
+  kvLoadMs: Float64Array;
+  /** tokens: */
+  hitTokens: Float64Array;
+  loadTokens: Float64Array;
+  transferTokens: Float64Array;
+  preemptions: Uint16Array;
+  /** bytes moved on KDN links, total. */
+  kvBytesMoved: number;
+  /** per instance: busy ms, steps, evicted blocks, preemptions. */
+  instances: { id: string; busyMs: number; steps: number; evictions: number; preemptions: number }[];
+  /** link busy intervals for utilisation charts: [kdn, instance, start, end, waitMs]. */
+  transfers: Float64Array[];
+  /** engine load samples at arrivals: per request, booked prefill tokens and running count of its instance. */
+  bookedPrefillAtArrival: Float64Array;
+  runningAtArrival: Float64Array;
+  endMs: number;
+  events: number;
+  apiMs: number[];
+}
+
+/**
+ * Runs the simulation to completion.
+ * @param requests sorted by arrivalMs (ties keep order); ids must be unique
+ * @throws Error when ids repeat or arrivals are not sorted
+ */
+export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome {
+  const cluster = opts.cluster;
+  const N = requests.length;
+  const nI = cluster.instances.length;
+  const engine = new Engine(cluster, opts.strategy, { seed: opts.seed ?? 1 });
+  const q = new EventQueue();
+  const seed = (opts.seed ?? 1) >>> 0;
+  const cv = opts.stepNoiseCv ?? 0;
+  const idToIdx = new Map<string, number>();
+  for (let r = 0; r < N; r++) {
+    const req = requests[r]!;
+    if (idToIdx.has(req.id)) throw new Error(`duplicate request id "${req.id}"`);
+    idToIdx.set(req.id, r);
+    if (r > 0 && req.arrivalMs < requests[r - 1]!.arrivalMs) throw new Error(`requests must be sorted by arrival (request ${req.id})`);
+  }
+  // KV event plumbing: per-instance buffers flushed after each step start/finish
+  const kvBuf: { kind: 'stored' | 'removed' | 'cleared'; blocks: number[] }[][] = Array.from({ length: nI }, () => []);
+  const kvBatches: { instance: number; items: { kind: 'stored' | 'removed' | 'cleared'; blocks: number[] }[] }[] = [];
+  const cores = cluster.instances.map(
+    (spec, i) =>
+      new InstanceCore(spec, {
+        keepDone: true,
+        reportTokens: false,
+        onKvEvent: (kind, blocks) => {
+          const buf = kvBuf[i]!;
+          const last = buf[buf.length - 1];
+          if (last && last.kind === kind && kind !== 'cleared') for (const b of blocks) last.blocks.push(b);
+          else buf.push({ kind, blocks: blocks.slice() });
+        },
+        noise: cv > 0 ? (step) => noiseFactor(seed, i, step, cv) : undefined,
+      }),
+  );
+  const delay = cluster.kvEventDelayMs;
+  const flushKv = (i: number, t: number) => {
+    const buf = kvBuf[i]!;
+    if (buf.length === 0) return;
+    kvBuf[i] = [];
+    if (delay <= 0) {
+      for (const e of buf) engine.onKvEvent({ instance: i, kind: e.kind, blocks: e.blocks });
+    } else {
+      kvBatches.push({ instance: i, items: buf });
+      q.push(t + delay, EV_KV, kvBatches.length - 1, 0);
+    }
+  };
+  const gen = new Float64Array(nI);
+  const frontendFree = new Float64Array(nI);
+  const linkFree = cluster.kdns.map(() => new Float64Array(nI));
+  const transfers = cluster.kdns.map(() => [] as number[]);
+
+  const out: SimOutcome = {
+    requests,
+    decisions: new Array<Decision>(N),
+    status: new Uint8Array(N),
+    readyAt: new Float64Array(N).fill(-1),
+    coreAt: new Float64Array(N).fill(-1),
+    firstSchedAt: new Float64Array(N).fill(-1),
+    firstTokenAt: new Float64Array(N).fill(-1),
+    doneAt: new Float64Array(N).fill(-1),
+    prepareMs: new Float64Array(N),
+    linkWaitMs: new Float64Array(N),
+    transferMs: new Float64Array(N),
+    kvLoadMs: new Float64Array(N),
+    hitTokens: new Float64Array(N),
+    loadTokens: new Float64Array(N),
+    transferTokens: new Float64Array(N),
+    preemptions: new Uint16Array(N),
+    kvBytesMoved: 0,
+    instances: [],
+    transfers: [],
+    bookedPrefillAtArrival: new Float64Array(N),
+    runningAtArrival: new Float64Array(N),
+    endMs: 0,
+    events: 0,
+    apiMs: cluster.instances.map((s) => s.profile.step.apiMs),
+  };
+  const instOf = new Int32Array(N).fill(-1);
+
+  const startRun = (i: number, t: number) => {
+    const core = cores[i]!;
+    const d = core.startRun(t, Infinity);
+    flushKv(i, t);
+    if (d < 0) return;
+    gen[i]!++;
+    q.push(t + d, EV_STEP, i, gen[i]!);
+  };
+
+  const toFrontend = (r: number, t: number) => {
+    const i = instOf[r]!;
+    const fe = cluster.instances[i]!.profile.step.frontendMsPerRequest;
+    const at = Math.max(t, frontendFree[i]!) + fe;
+    frontendFree[i] = at;
+    out.readyAt[r] = t;
+    q.push(at, EV_CORE, r, 0);
+  };
+
+  const progressEvery = opts.progressEvery ?? 2000;
+  let next = 0;
+  let events = 0;
+  for (;;) {
+    const tq = q.peekTime();
+    const ta = next < N ? requests[next]!.arrivalMs : Infinity;
+    if (tq === Infinity && ta === Infinity) break;
+    events++;
+    if (ta < tq) {
+      // ---- arrival: decide and dispatch
+      const r = next++;
+      const req = requests[r]!;
+      const t = ta;
+      const d = engine.decide(req, t);
+      engine.onDispatch(req, d, t);
+      out.decisions[r] = d;
+      const i = d.instance;
+      instOf[r] = i;
+      const l = engine.loads.loads[i]!;
+      out.bookedPrefillAtArrival[r] = l.prefillTokens;
+      out.runningAtArrival[r] = cores[i]!.load.running;
+      if (opts.onProgress && r % progressEvery === 0) opts.onProgress(r, N);
+      if ((d.intent === 'kvcache' || d.intent === 'hybrid') && d.kdn >= 0) {
+        const xt = Math.max(0, d.reusedTokens - d.cachedTokens);
+        out.transferTokens[r] = xt;
+        if (req.knowledgeTokens > d.reusedTokens) out.prepareMs[r] = cluster.kdns[d.kdn]!.textFetchMs;
+        if (xt > 0) {
+          const k = d.kdn;
+          const bytes = kvWireBytes(xt, cluster.instances[i]!.profile.model.kvBytesPerToken, cluster.kdns[k]!);
+          const link = cluster.links[k]![i]!;
+          const ready = t + out.prepareMs[r]!;
+          const start = Math.max(ready, linkFree[k]![i]!);
+          const dur = transferMs(bytes, link);
+          const end = start + dur;
+          linkFree[k]![i] = end;
+          out.linkWaitMs[r] = start - ready;
+          out.transferMs[r] = dur;
+          out.kvBytesMoved += bytes;
+          transfers[k]!.push(i, start, end, start - ready);
+          q.push(end, EV_XFER, r, 0);
+          continue;
+        }
+      } else if (d.intent === 'text' && req.knowledgeTokens > 0) {
+        const k = d.kdn >= 0 ? d.kdn : 0;
+        out.prepareMs[r] = cluster.kdns[k]?.textFetchMs ?? 0;
+      }
+      if (out.prepareMs[r]! > 0) q.push(t + out.prepareMs[r]!, EV_READY, r, 0);
+      else toFrontend(r, t);
+      continue;
+    }
+    q.pop();
+    const t = q.time;
+    switch (q.type) {
+      case EV_READY:
+        toFrontend(q.argA, t);
+        break;
+      case EV_XFER: {
+        const r = q.argA;
+        engine.onKvTransferDone(requests[r]!.id, t);
+        toFrontend(r, t);
+        break;
+      }
+      case EV_CORE: {
+        const r = q.argA;
+        const req = requests[r]!;
+        const i = instOf[r]!;
+        const d = out.decisions[r]!;
+        out.coreAt[r] = t;
+        const cr: CoreRequest = {
+          id: req.id,
+          promptTokens: req.inputTokens,
+          outputTokens: req.outputTokens,
+          blocks: req.blocks,
+          blockSize: req.blockSize,
+          loadedTokens: d.intent === 'kvcache' || d.intent === 'hybrid' ? d.reusedTokens : 0,
+        };
+        const core = cores[i]!;
+        if (!core.add(cr, t)) {
+          out.status[r] = ST_REJECTED;
+          engine.onAbort(req.id, t);
+          break;
+        }
+        if (!core.busy) startRun(i, t);
+        else {
+          const end = core.truncateRun(t);
+          if (end >= 0) {
+            gen[i]!++;
+            q.push(end, EV_STEP, i, gen[i]!);
+          }
+        }
+        break;
+      }
+      case EV_STEP: {
+        const i = q.argA;
+        if (q.argB !== gen[i]) break; // superseded by a truncated run
+        const core = cores[i]!;
+        const ev = core.finishStep(t);
+        for (const id of ev.firstToken) {
+          const r = idToIdx.get(id)!;
+          out.firstTokenAt[r] = t;
+          const s = core.get(id);
+          if (s) {
+            out.firstSchedAt[r] = s.firstScheduledAt;
+            out.hitTokens[r] = s.hitTokens;
+            out.loadTokens[r] = s.loadTokens;
+            out.kvLoadMs[r] = s.kvLoadMs;
+          }
+          engine.onFirstToken(id, t);
+        }
+        for (const id of ev.done) {
+          const r = idToIdx.get(id)!;
+          out.doneAt[r] = t;
+          out.status[r] = ST_OK;
+          if (out.firstTokenAt[r]! < 0) out.firstTokenAt[r] = t;
+          core.forget(id);
+          engine.onComplete(id, t);
+        }
+        for (const id of ev.preempted) {
+          const r = idToIdx.get(id)!;
+          out.preemptions[r]!++;
+        }
+        flushKv(i, t);
+        startRun(i, t);
+        break;
+      }
+      case EV_KV: {
+        const b = kvBatches[q.argA]!;
+        for (const e of b.items) engine.onKvEvent({ instance: b.instance, kind: e.kind, blocks: e.blocks });
+        kvBatches[q.argA] = { instance: b.instance, items: [] };
+        break;
+      }
+      default:
+        throw new Error(`unknown event type ${q.type}`);
+    }
+    out.endMs = t;
+  }
+  out.events = events;
+  out.instances = cores.map((c, i) => ({
+    id: cluster.instances[i]!.id,
+    busyMs: c.busyMs,
+    steps: c.steps,
+    evictions: c.kv.evictions,
+    preemptions: c.preemptions,
+  }));
+  out.transfers = transfers.map((x) => Float64Array.from(x));
+  return out;
+}
+
+const NOISE_TABLE_BITS = 12;
+const noiseTables = new Map<number, Float64Array>();
+
+/** 4,096 standard normal variates (Box-Muller over a counter hash) for a seed, cached. */
+function normalTable(seed: number): Float64Array {
+  let t = noiseTables.get(seed);
+  if (t) return t;
+  t = new Float64Array(1 << NOISE_TABLE_BITS);
+  for (let j = 0; j < t.length; j++) {
+    const u1 = (mix32(seed, 2 * j + 1) + 0.5) / 4294967296;
+    const u2 = (mix32(seed ^ 0x5bd1e995, 2 * j + 2) + 0.5) / 4294967296;
+    t[j] = Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
+  }
+  if (noiseTables.size > 64) noiseTables.clear();
+  noiseTables.set(seed, t);
+  return t;
+}
+
+/**
+ * Deterministic step-time noise factor for (seed, instance, step): 1 + cv·z with z ~ N(0, 1)
+ * picked from a per-seed table by a counter hash of (instance, step), so coalesced runs equal
+ * single stepping. Clamped to [0.5, 1.5].
+ */
+export function noiseFactor(seed: number, instance: number, step: number, cv: number): number {
+  const z = normalTable(seed)[mix32(Math.imul(instance + 1, 0x9e3779b1), step) & ((1 << NOISE_TABLE_BITS) - 1)]!;
+  const f = 1 + cv * z;
+  return f < 0.5 ? 0.5 : f > 1.5 ? 1.5 : f;
+}
+
+function mix32(a: number, b: number): number {
+  let h = (a ^ Math.imul(b, 0x27d4eb2d)) >>> 0;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) >>> 0;
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35) >>> 0;
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+/** Intent of a decision as a small integer (for typed-array bookkeeping). */
+export function intentCode(i: Intent): number {
+  return i === 'none' ? 0 : i === 'text' ? 1 : i === 'kvcache' ? 2 : 3;
+}
