@@ -6,6 +6,7 @@
 
 interface Reservation {
   id: string;
+  readyAt: number;
   start: number;
   durMs: number;
   done: boolean;
@@ -47,7 +48,7 @@ export class LinkBook {
   reserve(id: string, k: number, i: number, readyAt: number, durMs: number): number {
     const start = Math.max(readyAt, this.free[k]![i]!);
     this.free[k]![i] = start + durMs;
-    const r: Reservation = { id, start, durMs, done: false };
+    const r: Reservation = { id, readyAt, start, durMs, done: false };
     this.pending[k]![i]!.push(r);
     this.byId.set(id, { k, i, r });
     this.bookedMs[k]![i]! += durMs;
@@ -69,9 +70,9 @@ export class LinkBook {
     if (idx >= 0) list.splice(idx, 1);
     let t = now;
     for (const r of list) {
-      // reservations already started keep their start; later ones chain after
-      if (r.start < t) r.start = t;
-      t = r.start + r.durMs;
+      // started transfers keep their start; queued ones chain after the previous one
+      if (r.start > now) r.start = Math.max(r.readyAt, t);
+      t = Math.max(t, r.start + r.durMs);
     }
     this.free[e.k]![e.i] = Math.max(t, now);
     return true;

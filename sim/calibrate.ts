@@ -114,7 +114,7 @@ export const SHORT_PROMPT_ANCHORS: readonly Anchor[] = [
 ].map(([promptTokens, ttftMs]) => ({ promptTokens: promptTokens!, ttftMs: ttftMs! }));
 
 /** Default curve knots, tokens per step (knots[0] = 0 where the curve is 0). */
-export const DEFAULT_KNOTS: readonly number[] = [0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
+export const DEFAULT_KNOTS: readonly number[] = [0, 32, 64, 96, 128, 256, 384, 512, 1024, 2048, 4096, 8192, 16384];
 
 /**
  * Frontend stagger, ms between simultaneous requests reaching the engine core. vLLM's API server

@@ -37,6 +37,8 @@ export interface SimOptions {
   progressEvery?: number;
   /** timeseries bucket (ms); default: span / 120 rounded up to a second. */
   bucketMs?: number;
+  /** engine predict-on-route (default true). */
+  predictOnRoute?: boolean;
 }
 
 /** Per-request results, in request order (typed arrays; -1 = did not happen). */
@@ -83,7 +85,7 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
   const cluster = opts.cluster;
   const N = requests.length;
   const nI = cluster.instances.length;
-  const engine = new Engine(cluster, opts.strategy, { seed: opts.seed ?? 1 });
+  const engine = new Engine(cluster, opts.strategy, { seed: opts.seed ?? 1, predictOnRoute: opts.predictOnRoute });
   const q = new EventQueue();
   const seed = (opts.seed ?? 1) >>> 0;
   const cv = opts.stepNoiseCv ?? 0;

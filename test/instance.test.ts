@@ -1,0 +1,215 @@
+import { describe, expect, it } from 'vitest';
+import { stepMs } from '../engine/costmodel.js';
+import { InstanceCore, type CoreRequest } from '../sim/instance.js';
+import { KvCache } from '../sim/kvcache.js';
+import { instanceSpecFromProfile } from '../sim/profiles.js';
+import { testProfile } from './helpers/sim.js';
+
+function core(over = {}, opts = {}) {
+  return new InstanceCore(instanceSpecFromProfile(testProfile(), 0, over), opts);
+}
+
+function req(id: string, prompt: number, output: number, blocks: number[] = [], blockSize = 16, loaded = 0): CoreRequest {
+  return { id, promptTokens: prompt, outputTokens: output, blocks, blockSize, loadedTokens: loaded };
+}
+
+/** Runs single steps until idle; returns per-request first-token and done times. */
+function runAll(c: InstanceCore, t0 = 0): { t: number; first: Map<string, number>; done: Map<string, number>; steps: number } {
+  let t = t0;
+  const first = new Map<string, number>();
+  const done = new Map<string, number>();
+  let steps = 0;
+  for (;;) {
+    const d = c.startStep(t);
+    if (d < 0) break;
+    t += d;
+    steps++;
+    const ev = c.finishStep(t);
+    for (const id of ev.firstToken) first.set(id, t);
+    for (const id of ev.done) done.set(id, t);
+    if (steps > 100000) throw new Error('runaway');
+  }
+  return { t, first, done, steps };
+}
+
+describe('InstanceCore (vLLM V1 scheduling)', () => {
+  it('respects the token budget: a long prompt is prefilled in budget-sized chunks', () => {
+    const c = core({ maxNumBatchedTokens: 1000 });
+    c.add(req('a', 2500, 1), 0);
+    const tokens: number[] = [];
+    let t = 0;
+    for (;;) {
+      const d = c.startStep(t);
+      if (d < 0) break;
+      tokens.push(c.lastStep.tokens);
+      t += d;
+      c.finishStep(t);
+    }
+    expect(tokens).toEqual([1000, 1000, 500]);
+  });
+
+  it('never schedules more than the token budget in one step, across requests', () => {
+    const c = core({ maxNumBatchedTokens: 512, maxNumSeqs: 100 });
+    for (let i = 0; i < 20; i++) c.add(req(`r${i}`, 100 + i * 37, 5), 0);
+    let t = 0;
+    for (;;) {
+      const d = c.startStep(t);
+      if (d < 0) break;
+      expect(c.lastStep.tokens).toBeLessThanOrEqual(512);
+      t += d;
+      c.finishStep(t);
+    }
+  });
+
+  it('caps running requests at max_num_seqs', () => {
+    const c = core({ maxNumSeqs: 3 });
+    for (let i = 0; i < 5; i++) c.add(req(`r${i}`, 10, 50), 0);
+    c.startStep(0);
+    expect(c.lastStep.prefillSeqs).toBe(3);
+    expect(c.load.running).toBe(3);
+    expect(c.load.waiting).toBe(2);
+  });
+
+  it('a burst: the first request runs alone, the rest batch into the next step', () => {
+    const c = core();
+    c.add(req('a', 500, 1), 0);
+    const d1 = c.startStep(0);
+    c.add(req('b', 500, 1), 3);
+    c.add(req('c', 500, 1), 6);
+    c.finishStep(d1);
+    const d2 = c.startStep(d1);
+    expect(c.lastStep.prefillSeqs).toBe(2);
+    expect(c.lastStep.tokens).toBe(1000);
+    expect(d2).toBeGreaterThan(d1);
+  });
+
+  it('rejects prompt + output > max_model_len without truncating', () => {
+    const c = core({ maxModelLen: 100 });
+    expect(c.add(req('long', 90, 20), 0)).toBe(false);
+    expect(c.add(req('ok', 90, 10), 0)).toBe(true);
+  });
+
+  it('prefix caching: a second request with the same blocks hits them (capped at prompt - 1)', () => {
+    const c = core();
+    const blocks = [1, 2, 3, 4];
+    c.add(req('a', 64, 1, blocks), 0);
+    runAll(c);
+    c.add(req('b', 64, 1, blocks), 1000);
+    c.startStep(1000);
+    expect(c.get('b')!.hitTokens).toBe(63);
+    expect(c.lastStep.tokens).toBe(1);
+    c.add(req('c', 80, 1, [1, 2, 9, 10, 11]), 2000);
+  });
+
+  it('only the contiguous prefix hits', () => {
+    const c = core();
+    c.add(req('a', 64, 1, [1, 2, 3, 4]), 0);
+    runAll(c);
+    c.add(req('b', 64, 1, [1, 2, 7, 4]), 100);
+    c.startStep(100);
+    expect(c.get('b')!.hitTokens).toBe(32);
+  });
+
+  it('evicts least recently freed blocks when KV memory is full (and emits removed events)', () => {
+    const events: [string, number[]][] = [];
+    const c = core({ kvCapacityTokens: 64 }, { onKvEvent: (k: string, b: number[]) => events.push([k, b.slice()]) });
+    c.add(req('a', 32, 1, [1, 2]), 0);
+    runAll(c);
+    c.add(req('b', 32, 1, [3, 4]), 10);
+    runAll(c, 10);
+    // both resident (64 tokens), a third request needs room: a's blocks go first (tail first)
+    c.add(req('c', 32, 1, [5, 6]), 20);
+    runAll(c, 20);
+    expect(c.kv.blocks.has(1)).toBe(false);
+    expect(c.kv.blocks.has(2)).toBe(false);
+    expect(c.kv.blocks.has(3)).toBe(true);
+    expect(c.kv.evictions).toBe(2);
+    const removed = events.filter(([k]) => k === 'removed').flatMap(([, b]) => b);
+    expect(removed.sort()).toEqual([1, 2]);
+    const stored = events.filter(([k]) => k === 'stored').flatMap(([, b]) => b);
+    expect(stored.sort((x, y) => x - y)).toEqual([1, 2, 3, 4, 5, 6]);
+  });
+
+  it('preempts the most recently admitted request when decode runs out of KV, then recomputes it', () => {
+    // capacity 100 tokens: two requests of 40 prompt tokens decoding 30 tokens each cannot both finish
+    const c = core({ kvCapacityTokens: 100 });
+    c.add(req('a', 40, 30), 0);
+    c.add(req('b', 40, 30), 0);
+    const r = runAll(c);
+    expect(c.preemptions).toBeGreaterThan(0);
+    expect(c.get('b')!.preemptions).toBeGreaterThan(0);
+    expect(c.get('a')!.preemptions).toBe(0);
+    expect(r.done.has('a') && r.done.has('b')).toBe(true);
+    // the victim finishes after the survivor
+    expect(r.done.get('b')!).toBeGreaterThan(r.done.get('a')!);
+    expect(c.kv.used).toBe(c.kv.evictable); // everything released
+  });
+
+  it('coalesced decode runs are exact: same completion times as single stepping', () => {
+    const mk = () => {
+      const c = core({}, { noise: (s: number) => 1 + 0.05 * Math.sin(s) });
+      c.add(req('a', 300, 40), 0);
+      c.add(req('b', 200, 25), 0);
+      c.add(req('c', 100, 60), 0);
+      return c;
+    };
+    const single = runAll(mk());
+    const c = mk();
+    let t = 0;
+    const done = new Map<string, number>();
+    let runs = 0;
+    for (;;) {
+      const d = c.startRun(t, Infinity);
+      if (d < 0) break;
+      runs++;
+      t += d;
+      const ev = c.finishStep(t);
+      for (const id of ev.done) done.set(id, t);
+    }
+    expect(runs).toBeLessThan(single.steps);
+    for (const id of ['a', 'b', 'c']) expect(done.get(id)!).toBeCloseTo(single.done.get(id)!, 6);
+  });
+
+  it('truncating a coalesced run at an arrival ends it at the step in progress', () => {
+    const c = core();
+    c.add(req('a', 100, 50), 0);
+    let t = c.startStep(0);
+    c.finishStep(t); // prefill done, first token
+    const d = c.startRun(t, Infinity);
+    expect(c.currentRunSteps).toBe(49);
+    const oneStep = d / 49;
+    const end = c.truncateRun(t + 2.5 * oneStep);
+    expect(end).toBeCloseTo(t + 3 * oneStep, 1);
+    expect(c.currentRunSteps).toBe(3);
+    const ev = c.finishStep(end);
+    expect(ev.done).toEqual([]);
+    expect(c.get('a')!.generated).toBe(4);
+    t = end;
+  });
+
+  it('external KV (LMCache) beyond the local hit is loaded and charged to the admitting step', () => {
+    const c = core();
+    c.add(req('a', 1000, 1, [], 16, 768), 0);
+    const d = c.startStep(0);
+    const s = c.get('a')!;
+    expect(s.loadTokens).toBe(768);
+    expect(s.kvLoadMs).toBeGreaterThan(12);
+    expect(c.lastStep.tokens).toBe(232);
+    expect(d).toBeCloseTo(stepMs(testProfile().step, c.lastStep) + s.kvLoadMs, 6);
+  });
+});
+
+describe('KvCache', () => {
+  it('never exceeds capacity and refuses allocations that cannot fit', () => {
+    const kv = new KvCache(100);
+    expect(kv.allocate(60)).toBe(true);
+    expect(kv.allocate(50)).toBe(false);
+    expect(kv.used).toBe(60);
+    const e = kv.register(7, 40);
+    kv.unref(e);
+    expect(kv.evictable).toBe(40);
+    expect(kv.allocate(70)).toBe(true); // evicts block 7
+    expect(kv.blocks.has(7)).toBe(false);
+    expect(kv.used).toBeLessThanOrEqual(100);
+  });
+});
