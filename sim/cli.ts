@@ -4,6 +4,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { STRATEGY_NAMES } from '../engine/strategies/index.js';
 import { WORKLOAD_NAMES, type WorkloadName } from '../traces/load.js';
+import { registerProfileCommands } from './calibrate.js';
 import { runAb, runSim, type Summary } from './run.js';
 
 /** Parses a positive number option. */
@@ -220,6 +221,8 @@ export function registerSimCommands(program: Command): void {
     if (o.json) process.stdout.write(JSON.stringify(ab, null, 1) + '\n');
     else process.stdout.write(`${abTable(ab)}\n\nwrote ${o.out}/ab.json (${Math.round(performance.now() - t0)} ms)\n`);
   });
+
+  registerProfileCommands(program);
 
   program
     .command('strategies')
