@@ -154,6 +154,8 @@ function collectingLogger(): CollectingLogger {
 /** An SVG rendering and what vega-lite/vega complained about while producing it. */
 export interface SvgResult {
   svg: string;
+  /** the vega spec compiled from the vega-lite spec (what the HTML report embeds). */
+  vega: Record<string, unknown>;
   /** compiler and runtime warnings (e.g. an infinite value on a log scale). */
   warnings: string[];
 }
@@ -170,7 +172,7 @@ export async function renderSvg(spec: Record<string, unknown>): Promise<SvgResul
   try {
     const svg = await view.toSVG();
     if (logger.errors.length) throw new Error(logger.errors.join('; '));
-    return { svg, warnings: logger.warnings };
+    return { svg, vega: compiled as unknown as Record<string, unknown>, warnings: logger.warnings };
   } finally {
     view.finalize();
   }

@@ -25,7 +25,7 @@ import {
 } from './data.js';
 import { loadInputs, type ReportInputs } from './load.js';
 import { buildSpec, renderSvg, svgToPng } from './render.js';
-import { abTables, diffTables, esc, predictionTable, runsTable, sweepTable, tableToHtml, tableToMarkdown, type Table } from './tables.js';
+import { abTables, abWideTables, diffTables, esc, predictionTable, runsTable, sweepTable, tableToHtml, tableToMarkdown, type Table } from './tables.js';
 import { KVLAB_VERSION } from '../engine/version.js';
 
 /** One chart the report knows how to draw. */
@@ -88,8 +88,10 @@ export interface ChartOutcome {
   svg?: string;
   png?: string;
   specFile?: string;
-  /** the full vega-lite spec with data (for the HTML). */
+  /** the full vega-lite spec with data. */
   spec?: Record<string, unknown>;
+  /** the same compiled to vega (what the HTML embeds, so the browser need not compile). */
+  vega?: Record<string, unknown>;
   /** renderer warnings. */
   warnings: string[];
   /** rows embedded across datasets (what keeps the report small). */
@@ -169,10 +171,17 @@ th { background: #f1f3f4; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.strong { font-weight: 700; }
 td.good { color: var(--good); }
-td.bad { color: var(--bad); }
+td.bad, .sub.bad { color: var(--bad); }
+.sub { font-size: 11.5px; color: var(--muted); margin-top: 1px; }
+.sub.good { color: var(--good); }
+.sub.strong { font-weight: 700; }
 `;
 
-/** The script that embeds every chart (vega-embed, SVG renderer) and records the outcome in window.__kvlabReport. */
+/**
+ * The script that embeds every chart (vega-embed, SVG renderer; specs are pre-compiled to vega in
+ * Node so the browser does not compile vega-lite) and records the outcome in window.__kvlabReport:
+ * {expected, rendered, failed: ["id: message"], done, ms (performance.now() when all finished)}.
+ */
 const EMBED_JS = `
 (function () {
   var figs = Array.prototype.slice.call(document.querySelectorAll('figure[data-chart]'));
@@ -181,7 +190,7 @@ const EMBED_JS = `
     var id = fig.getAttribute('data-chart');
     var el = fig.querySelector('.vis');
     var spec = JSON.parse(document.getElementById('spec-' + id).textContent);
-    return vegaEmbed(el, spec, { renderer: 'svg', actions: { export: true, source: false, compiled: false, editor: false } })
+    return vegaEmbed(el, spec, { mode: 'vega', renderer: 'svg', actions: { export: true, source: false, compiled: false, editor: false } })
       .then(function () { state.rendered++; })
       .catch(function (e) { state.failed.push(id + ': ' + (e && e.message)); el.textContent = 'This chart failed to render: ' + (e && e.message); console.error(e); });
   })).then(function () { state.done = true; state.ms = performance.now(); document.body.setAttribute('data-ready', '1'); });
@@ -192,28 +201,35 @@ function slug(s: string): string {
   return s.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
 }
 
-function renderHtml(title: string, inputs: ReportInputs, inputPaths: readonly string[], charts: ChartOutcome[], tables: Table[], warnings: string[]): string {
+function renderHtml(title: string, inputs: ReportInputs, inputPaths: readonly string[], charts: ChartOutcome[], abHtml: Table[], otherTables: Table[], warnings: string[]): string {
   const sections = [...new Set(charts.filter((c) => !c.skipped).map((c) => c.section))];
-  const nav = ['Tables', ...sections, ...(charts.some((c) => c.skipped) ? ['Skipped charts'] : [])]
-    .map((s) => `<a href="#${slug(s)}">${esc(s)}</a>`)
-    .join('');
+  // the latency charts first, then the A/B tables, then the other charts, then the other tables
+  const order: string[] = [];
+  if (sections.includes('Latency')) order.push('Latency');
+  if (abHtml.length) order.push('A/B comparison');
+  order.push(...sections.filter((s) => s !== 'Latency'));
+  if (otherTables.length) order.push('More tables');
+  if (charts.some((c) => c.skipped)) order.push('Skipped charts');
+  const nav = order.map((s) => `<a href="#${slug(s)}">${esc(s)}</a>`).join('');
   const parts: string[] = [];
   if (warnings.length) parts.push(`<div class="warnings"><strong>Warnings</strong><ul>${warnings.map((w) => `<li>${esc(w)}</li>`).join('')}</ul></div>`);
-  parts.push(`<h2 id="tables">Tables</h2>`);
-  parts.push(tables.length ? tables.map(tableToHtml).join('\n') : '<p class="note">No tables: the inputs hold no summaries.</p>');
-  for (const sec of sections) {
+  for (const sec of order) {
     parts.push(`<h2 id="${slug(sec)}">${esc(sec)}</h2>`);
-    for (const c of charts.filter((x) => x.section === sec && !x.skipped)) {
-      const links = [c.svg && `<a href="${esc(c.svg)}">SVG</a>`, c.png && `<a href="${esc(c.png)}">PNG</a>`, c.specFile && `<a href="${esc(c.specFile)}">vega-lite spec</a>`].filter(Boolean).join('');
-      parts.push(
-        `<figure id="chart-${c.id}" data-chart="${c.id}"><div class="vis"></div><figcaption>${links}<span>${c.rows.toLocaleString('en-US')} data rows embedded</span></figcaption></figure>` +
-          `<script type="application/json" id="spec-${c.id}">${scriptJson(c.spec)}</script>`,
-      );
+    if (sec === 'A/B comparison') {
+      parts.push(abHtml.map(tableToHtml).join('\n'));
+    } else if (sec === 'More tables') {
+      parts.push(otherTables.map(tableToHtml).join('\n'));
+    } else if (sec === 'Skipped charts') {
+      parts.push(`<ul class="skipped">${charts.filter((c) => c.skipped).map((c) => `<li><strong>${esc(c.title)}</strong>: ${esc(c.skipped!)}</li>`).join('')}</ul>`);
+    } else {
+      for (const c of charts.filter((x) => x.section === sec && !x.skipped)) {
+        const links = [c.svg && `<a href="${esc(c.svg)}">SVG</a>`, c.png && `<a href="${esc(c.png)}">PNG</a>`, c.specFile && `<a href="${esc(c.specFile)}">vega-lite spec</a>`].filter(Boolean).join('');
+        parts.push(
+          `<figure id="chart-${c.id}" data-chart="${c.id}"><div class="vis"></div><figcaption>${links}<span>${c.rows.toLocaleString('en-US')} data rows embedded</span></figcaption></figure>` +
+            `<script type="application/json" id="spec-${c.id}">${scriptJson(c.vega)}</script>`,
+        );
+      }
     }
-  }
-  const skipped = charts.filter((c) => c.skipped);
-  if (skipped.length) {
-    parts.push(`<h2 id="skipped-charts">Skipped charts</h2><ul class="skipped">${skipped.map((c) => `<li><strong>${esc(c.title)}</strong>: ${esc(c.skipped!)}</li>`).join('')}</ul>`);
   }
   const libs = browserLibs();
   const meta = `kvlab ${esc(KVLAB_VERSION)} · ${inputs.runs.length} run(s), ${inputs.abs.length} ab, ${inputs.sweeps.length} sweep, ${inputs.diffs.length} diff · inputs: ${inputPaths.map(esc).join(', ')}`;
@@ -278,12 +294,13 @@ export async function buildReportFromInputs(inputs: ReportInputs, inputPaths: re
     const spec = buildSpec(def.spec, d.datasets, d.vars, { strategy: order, group: order });
     let svg: string;
     let w: string[];
+    let vg: Record<string, unknown>;
     try {
-      ({ svg, warnings: w } = await renderSvg(spec));
+      ({ svg, vega: vg, warnings: w } = await renderSvg(spec));
     } catch (e) {
       throw new Error(`chart ${def.id} (notebooks/charts/${def.spec}.vl.json) failed to render: ${(e as Error).message}`);
     }
-    const c: ChartOutcome = { id: def.id, title: def.title, section: def.section, spec, warnings: w, rows: countRows(spec) };
+    const c: ChartOutcome = { id: def.id, title: def.title, section: def.section, spec, vega: vg, warnings: w, rows: countRows(spec) };
     writeFileSync(join(chartDir, `${def.id}.svg`), svg);
     c.svg = `charts/${def.id}.svg`;
     writeFileSync(join(chartDir, `${def.id}.vl.json`), JSON.stringify(spec, null, 1));
@@ -296,18 +313,19 @@ export async function buildReportFromInputs(inputs: ReportInputs, inputPaths: re
     log(`chart ${def.id}: ${c.rows} rows`);
     charts.push(c);
   }
-  const tables: Table[] = [];
-  const rt = runsTable(inputs);
-  tables.push(...abTables(inputs));
+  const ab = abTables(inputs);
+  const others: Table[] = [];
   const pt = predictionTable(inputs);
-  if (pt) tables.push(pt);
-  tables.push(...diffTables(inputs));
+  if (pt) others.push(pt);
+  others.push(...diffTables(inputs));
   const st = sweepTable(inputs);
-  if (st) tables.push(st);
-  if (rt) tables.push(rt);
+  if (st) others.push(st);
+  const rt = runsTable(inputs);
+  if (rt) others.push(rt);
+  const tables = [...ab, ...others];
   const shownPaths = inputPaths.map((p) => relative(process.cwd(), resolve(p)) || '.');
   const html = join(out, 'report.html');
-  const htmlText = renderHtml(title, inputs, shownPaths, charts, tables, warnings);
+  const htmlText = renderHtml(title, inputs, shownPaths, charts, abWideTables(inputs), others, warnings);
   writeFileSync(html, htmlText);
   const md = join(out, 'report.md');
   writeFileSync(md, renderMarkdown(title, shownPaths, charts, tables, warnings));

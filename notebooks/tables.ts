@@ -27,6 +27,8 @@ export interface Cell {
   tone?: 'good' | 'bad';
   /** right-align (numbers). */
   num?: boolean;
+  /** a second line under the text (HTML only), e.g. the change against the baseline. */
+  sub?: Cell;
 }
 
 /** A table: title, optional note under it, column headers and rows of cells. */
@@ -124,6 +126,42 @@ export function abTables(inputs: ReportInputs): Table[] {
     }
   }
   if (rows.length) tables.push({ id: 'ab-throughput', title: 'Throughput and prefix-cache hit ratio', note, columns: ['strategy', 'metric', 'value [95% CI]', `change vs ${baseline} [95% CI]`], rows });
+  return tables;
+}
+
+/**
+ * The A/B comparison in wide form for HTML: one row per strategy, one column per statistic, each
+ * cell the value [95% CI] with the change against the baseline [95% CI] as a second line.
+ * Families as in `abTables`; empty when there are no summaries.
+ */
+export function abWideTables(inputs: ReportInputs): Table[] {
+  const t = seedTable(inputs);
+  if (t.size === 0) return [];
+  const baseline = baselineOf(inputs) ?? [...t.keys()][0]!;
+  const seeds = [...new Set([...t.values()].flatMap((m) => [...m.keys()]))].sort((a, b) => a - b);
+  const note =
+    `Mean across seeds ${seeds.join(', ')} [95% Student-t CI]; second line: change against ${baseline} ` +
+    `[95% CI of the paired per-seed difference], **bold** when that CI excludes zero (green: better, red: worse).`;
+  const cell = (s: string, key: string, lowerIsBetter: boolean, scale = 1): Cell => {
+    const vals = [...metricBySeed(t, s, key).values()];
+    const c = valueCell(vals, scale);
+    if (vals.length && s !== baseline) c.sub = changeCell(abChange(t, s, baseline, key), lowerIsBetter);
+    return c;
+  };
+  const tables: Table[] = [];
+  for (const fam of LATENCY_FAMILIES) {
+    const info = METRIC_INFO[fam]!;
+    const rows = [...t.keys()]
+      .filter((s) => LATENCY_STATS.some((st) => metricBySeed(t, s, `${fam}.${st}`).size > 0))
+      .map((s) => [{ text: s + (s === baseline ? ' (baseline)' : '') }, ...LATENCY_STATS.map((st) => cell(s, `${fam}.${st}`, info.lowerIsBetter))]);
+    if (rows.length) tables.push({ id: `ab-${fam}`, title: `${info.label} (${info.unit})`, note: tables.length === 0 ? note : undefined, columns: ['strategy', ...LATENCY_STATS], rows });
+  }
+  const rows = [...t.keys()].map((s) => [
+    { text: s + (s === baseline ? ' (baseline)' : '') },
+    cell(s, 'throughput_rps', false),
+    cell(s, 'prefix_hit_ratio', false, 100),
+  ]);
+  tables.push({ id: 'ab-throughput', title: 'Throughput and prefix-cache hit ratio', note: tables.length === 0 ? note : undefined, columns: ['strategy', 'throughput (req/s)', 'prefix hit ratio (%)'], rows });
   return tables;
 }
 
@@ -235,12 +273,16 @@ export function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 }
 
-/** Renders a table as an HTML <table> (classes: num, strong, good, bad). */
+function cls(c: Cell): string {
+  return [c.num ? 'num' : '', c.strong ? 'strong' : '', c.tone ?? ''].filter(Boolean).join(' ');
+}
+
+/** Renders a table as an HTML <table> (classes: num, strong, good, bad; `sub` lines in div.sub). */
 export function tableToHtml(t: Table): string {
   const note = t.note ? `<p class="note">${esc(t.note).replace(/\*\*(.+?)\*\*/g, '<strong>$1</strong>')}</p>` : '';
   const head = `<tr>${t.columns.map((c) => `<th>${esc(c)}</th>`).join('')}</tr>`;
   const body = t.rows
-    .map((r) => `<tr>${r.map((c) => `<td class="${[c.num ? 'num' : '', c.strong ? 'strong' : '', c.tone ?? ''].filter(Boolean).join(' ')}">${esc(c.text)}</td>`).join('')}</tr>`)
+    .map((r) => `<tr>${r.map((c) => `<td class="${cls(c)}">${esc(c.text)}${c.sub ? `<div class="sub ${cls(c.sub)}">${esc(c.sub.text)}</div>` : ''}</td>`).join('')}</tr>`)
     .join('\n');
   return `<section class="table" id="${esc(t.id)}"><h3>${esc(t.title)}</h3>${note}<div class="scroll"><table>\n<thead>${head}</thead>\n<tbody>\n${body}\n</tbody></table></div></section>`;
 }
