@@ -1,4 +1,227 @@
+/**
+ * Live-mode sub-commands of `kvlab`:
+ *
+ *   kvlab emulate --port P [--profile NAME] [--redis URL] [--model NAME] [--bytes-per-token N]
+ *                 [--kv-events tcp://127.0.0.1:PORT] [--time-scale X] ...
+ *   kvlab kdn --port 9101 --redis URL --model PATH [--link HOST:PORT=GBPS,LAT_MS,EFF] ...
+ *
+ * Each command lives in its own `register*` function; add gateway / replay / diff / live demo
+ * the same way. Servers print one `ready <url>` line on stdout once listening (for scripts that
+ * spawn them) and close gracefully on SIGINT/SIGTERM.
+ */
 import type { Command } from 'commander';
+import type { LinkSpec } from '../engine/types.js';
+import { DEFAULT_PROFILE } from '../sim/profiles.js';
+import { startEmulator } from './emulator.js';
+import { startKdn, type KnowledgeFormat } from './kdn.js';
+import type { ChunkHashVariant } from './lmcache.js';
 
 /** Registers this area's kvlab sub-commands on the root program. */
-export function registerLiveCommands(_program: Command): void {}
+export function registerLiveCommands(program: Command): void {
+  registerEmulate(program);
+  registerKdn(program);
+}
+
+// ------------------------------------------------------------------------------------------
+// option parsing helpers (errors name the option)
+
+/** A commander argument parser for a finite number within [min, max]. */
+export function numberOption(flag: string, min = -Infinity, max = Infinity, integer = false): (v: string) => number {
+  return (v: string) => {
+    const x = Number(v);
+    if (v.trim() === '' || !Number.isFinite(x) || x < min || x > max || (integer && !Number.isInteger(x))) {
+      const kind = integer ? 'an integer' : 'a number';
+      const range = min > -Infinity && max < Infinity ? `${kind} in [${min}, ${max}]` : min > -Infinity ? `${kind} >= ${min}` : max < Infinity ? `${kind} <= ${max}` : kind;
+      throw new Error(`${flag} must be ${range} (got "${v}")`);
+    }
+    return x;
+  };
+}
+
+/** A commander parser accepting one of `choices`. */
+export function choiceOption<T extends string>(flag: string, choices: readonly T[]): (v: string) => T {
+  return (v: string) => {
+    if (!(choices as readonly string[]).includes(v)) throw new Error(`${flag} must be one of ${choices.join(', ')} (got "${v}")`);
+    return v as T;
+  };
+}
+
+/** Collects a repeatable string option. */
+const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+
+/** Parses `HOST:PORT[/DB]=GBPS,LATENCY_MS,EFFICIENCY` (a `--link` value). */
+export function parseLinkOverride(v: string): [string, LinkSpec] {
+  const m = /^([^=\s]+:\d+(?:\/\d+)?)=([^,]+),([^,]+),([^,]+)$/.exec(v.trim());
+  if (!m) throw new Error(`--link must look like HOST:PORT[/DB]=GBPS,LATENCY_MS,EFFICIENCY (got "${v}")`);
+  return [m[1]!, { bandwidthGbps: numberOption('--link bandwidth', 0)(m[2]!), latencyMs: numberOption('--link latency', 0)(m[3]!), efficiency: numberOption('--link efficiency', 0, 1)(m[4]!) }];
+}
+
+/**
+ * Runs until SIGINT/SIGTERM, then calls `close` once (a second signal exits at once).
+ * Resolves after `close` finished.
+ */
+export function untilSignal(name: string, close: () => Promise<void>): Promise<void> {
+  return new Promise((resolve) => {
+    let stopping = false;
+    const onSignal = (sig: NodeJS.Signals): void => {
+      if (stopping) process.exit(130);
+      stopping = true;
+      process.stderr.write(`${name}: ${sig}, shutting down\n`);
+      close()
+        .catch((e: unknown) => process.stderr.write(`${name}: error while closing: ${(e as Error).message}\n`))
+        .finally(() => {
+          process.off('SIGINT', onSignal);
+          process.off('SIGTERM', onSignal);
+          resolve();
+        });
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+}
+
+// ------------------------------------------------------------------------------------------
+
+interface EmulateFlags {
+  host: string;
+  port: number;
+  profile: string;
+  redis?: string;
+  model?: string;
+  modelPath?: string;
+  bytesPerToken: number;
+  kvEvents?: string;
+  kvEventsReplay?: string;
+  kvEventsTopic: string;
+  timeScale: number;
+  worldSize: number;
+  hashVariant: ChunkHashVariant;
+  hashSeed: string;
+  promptTokensDetails: boolean;
+  defaultMaxTokens: number;
+  maxModelLen?: number;
+  kvCapacityTokens?: number;
+  coldStart: boolean;
+  log: boolean;
+}
+
+function registerEmulate(program: Command): void {
+  program
+    .command('emulate')
+    .description('Run a vLLM-compatible server (OpenAI API, /tokenize, /metrics, LMCache Redis, KV events) timed by the instance model, no GPU needed.')
+    .option('--host <addr>', 'listen address', '127.0.0.1')
+    .option('--port <n>', 'listen port (0 = any)', numberOption('--port', 0, 65535, true), 8000)
+    .option('--profile <name|path>', 'instance profile (engine/profiles/<name>.json or a file)', DEFAULT_PROFILE)
+    .option('--redis <url>', 'LMCache Redis URL (enables LMCache lookups/stores), e.g. redis://127.0.0.1:6379/0')
+    .option('--model <name>', 'served model name (default: the profile model name)')
+    .option('--model-path <path>', 'vLLM --model path, used in LMCache keys and /v1/models root (default: --model)')
+    .option('--bytes-per-token <n>', 'synthesised LMCache KV bytes per token', numberOption('--bytes-per-token', 1, Infinity, true), 64)
+    .option('--kv-events <endpoint>', 'publish vLLM KV events on this ZMQ PUB endpoint (bound), e.g. tcp://127.0.0.1:5557')
+    .option('--kv-events-replay <endpoint>', 'ZMQ ROUTER endpoint for KV-event replay (bound)')
+    .option('--kv-events-topic <topic>', 'ZMQ topic frame of KV events', '')
+    .option('--time-scale <x>', 'run the model clock x times faster than the wall clock', numberOption('--time-scale', 1e-6), 1)
+    .option('--world-size <n>', 'TP world size in LMCache keys (one key per rank)', numberOption('--world-size', 1, 1024, true), 1)
+    .option('--hash-variant <v>', 'LMCache chunk-hash recipe: cacheroute (0.3.11 + CacheRoute patch) | upstream (>= 0.3.12)', choiceOption('--hash-variant', ['cacheroute', 'upstream'] as const), 'cacheroute')
+    .option('--hash-seed <s>', 'PYTHONHASHSEED of the emulated vLLM (NONE_HASH seed)', '0')
+    .option('--no-prompt-tokens-details', 'do not report usage.prompt_tokens_details (vLLM without --enable-prompt-tokens-details)')
+    .option('--default-max-tokens <n>', 'output tokens of a chat request without max_tokens', numberOption('--default-max-tokens', 1, Infinity, true), 256)
+    .option('--max-model-len <n>', 'override the profile max_model_len', numberOption('--max-model-len', 1, Infinity, true))
+    .option('--kv-capacity-tokens <n>', 'override the profile KV capacity (tokens)', numberOption('--kv-capacity-tokens', 1, Infinity, true))
+    .option('--no-cold-start', "skip the profile's cold-start delay on the first request")
+    .option('--log', 'log requests (pino)', false)
+    .action(async (f: EmulateFlags) => {
+      const engine: Record<string, number> = {};
+      if (f.maxModelLen !== undefined) engine.maxModelLen = f.maxModelLen;
+      if (f.kvCapacityTokens !== undefined) engine.kvCapacityTokens = f.kvCapacityTokens;
+      if (f.kvEventsReplay && !f.kvEvents) throw new Error('--kv-events-replay needs --kv-events');
+      const em = await startEmulator({
+        host: f.host,
+        port: f.port,
+        profile: f.profile,
+        engine,
+        model: f.model,
+        modelPath: f.modelPath,
+        redisUrl: f.redis,
+        bytesPerToken: f.bytesPerToken,
+        lmcache: { worldSize: f.worldSize, variant: f.hashVariant, hashSeed: f.hashSeed },
+        kvEvents: f.kvEvents ? { endpoint: f.kvEvents, replayEndpoint: f.kvEventsReplay, topic: f.kvEventsTopic } : undefined,
+        timeScale: f.timeScale,
+        enablePromptTokensDetails: f.promptTokensDetails,
+        defaultMaxTokens: f.defaultMaxTokens,
+        coldStart: f.coldStart,
+        logger: f.log,
+      });
+      process.stderr.write(
+        `emulate: model ${em.model} (profile ${f.profile}, time scale ${f.timeScale})` +
+          `${f.redis ? `, LMCache Redis ${f.redis}` : ''}${em.kvEvents ? `, KV events ${em.kvEvents.endpoint}${em.kvEvents.replayEndpoint ? ` (replay ${em.kvEvents.replayEndpoint})` : ''}` : ''}\n`,
+      );
+      process.stdout.write(`ready ${em.url}\n`);
+      await untilSignal('emulate', () => em.close());
+    });
+}
+
+interface KdnFlags {
+  host: string;
+  port: number;
+  redis: string;
+  model: string;
+  modelAlias: string[];
+  bytesPerToken: number;
+  wireBytesPerToken?: number;
+  format: KnowledgeFormat;
+  tokenizeUrl?: string;
+  bandwidthGbps: number;
+  latencyMs: number;
+  efficiency: number;
+  link: string[];
+  worldSize: number;
+  hashVariant: ChunkHashVariant;
+  hashSeed: string;
+  timeScale: number;
+  log: boolean;
+}
+
+function registerKdn(program: Command): void {
+  program
+    .command('kdn')
+    .description('Run a KDN (knowledge delivery node): knowledge text + KV chunks in Redis, injected into instances\' LMCache Redis over paced links (CacheRoute KDN API).')
+    .option('--host <addr>', 'listen address', '127.0.0.1')
+    .option('--port <n>', 'listen port (0 = any)', numberOption('--port', 0, 65535, true), 9101)
+    .requiredOption('--redis <url>', "the KDN's own Redis URL, e.g. redis://127.0.0.1:6390/0")
+    .requiredOption('--model <path>', 'LMCache model_name of the target instances (their vLLM --model path)')
+    .option('--model-alias <name>', 'another accepted inject_ready_kv model name (repeatable)', collect, [])
+    .option('--bytes-per-token <n>', 'synthesised KV bytes per token (summed over ranks)', numberOption('--bytes-per-token', 1, Infinity, true), 64)
+    .option('--wire-bytes-per-token <n>', 'bytes per token charged by the link model (default: --bytes-per-token)', numberOption('--wire-bytes-per-token', 0))
+    .option('--format <f>', 'knowledge prefix layout: chat-system | completion', choiceOption('--format', ['chat-system', 'completion'] as const), 'chat-system')
+    .option('--tokenize-url <url>', 'tokenise via this instance /tokenize instead of the local Llama-3 tokenizer')
+    .option('--bandwidth-gbps <g>', 'default link bandwidth, Gbit/s', numberOption('--bandwidth-gbps', 1e-9), 1)
+    .option('--latency-ms <ms>', 'default link latency, ms', numberOption('--latency-ms', 0), 10)
+    .option('--efficiency <e>', 'default link efficiency (0, 1]', numberOption('--efficiency', 1e-9, 1), 0.8)
+    .option('--link <spec>', 'per-target link HOST:PORT[/DB]=GBPS,LATENCY_MS,EFFICIENCY (repeatable)', collect, [])
+    .option('--world-size <n>', 'target TP world size (one key per rank)', numberOption('--world-size', 1, 1024, true), 1)
+    .option('--hash-variant <v>', 'LMCache chunk-hash recipe: cacheroute | upstream', choiceOption('--hash-variant', ['cacheroute', 'upstream'] as const), 'cacheroute')
+    .option('--hash-seed <s>', 'PYTHONHASHSEED of the target vLLM', '0')
+    .option('--time-scale <x>', 'divide link durations by x', numberOption('--time-scale', 1e-6), 1)
+    .option('--log', 'log requests (pino)', false)
+    .action(async (f: KdnFlags) => {
+      const kdn = await startKdn({
+        host: f.host,
+        port: f.port,
+        redisUrl: f.redis,
+        model: f.model,
+        modelAliases: f.modelAlias,
+        bytesPerToken: f.bytesPerToken,
+        wireBytesPerToken: f.wireBytesPerToken,
+        format: f.format,
+        tokenizeUrl: f.tokenizeUrl,
+        link: { bandwidthGbps: f.bandwidthGbps, latencyMs: f.latencyMs, efficiency: f.efficiency },
+        links: Object.fromEntries(f.link.map(parseLinkOverride)),
+        lmcache: { worldSize: f.worldSize, variant: f.hashVariant, hashSeed: f.hashSeed },
+        timeScale: f.timeScale,
+        logger: f.log,
+      });
+      process.stderr.write(`kdn: model ${f.model}, store ${f.redis}, link ${f.bandwidthGbps} Gbit/s ${f.latencyMs} ms x${f.efficiency}\n`);
+      process.stdout.write(`ready ${kdn.url}\n`);
+      await untilSignal('kdn', () => kdn.close());
+    });
+}

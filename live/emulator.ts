@@ -227,6 +227,8 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   let lmcache: LmcacheRedis | undefined;
   if (opts.redisUrl) {
     redis = new Redis(opts.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2, enableOfflineQueue: true });
+    // connection errors surface on the commands that fail (lookups then count as misses)
+    redis.on('error', () => undefined);
     try {
       await redis.connect();
     } catch (e) {
@@ -252,6 +254,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     onStepFinished: bridge ? () => bridge!.flush() : undefined,
   });
   let preemptionsSeen = 0;
+  let lmcacheErrors = 0;
   metrics = new EmulatorMetrics(
     served,
     maxModelLen,
@@ -301,14 +304,21 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     let loadedTokens = 0;
     if (lmcache) {
       chunks = lmcacheChunks(ids, lmcfg);
-      lmHitChunks = await lmcache.lookup(chunks);
-      metrics.inc(metrics.lmcacheRequested, P);
-      metrics.inc(metrics.lmcacheHit, lmHitChunks * lmcfg.chunkSize);
-      const local = engine.localHitTokens(blocks, blockSize);
-      const from = Math.min(lmHitChunks, Math.floor(local / lmcfg.chunkSize));
-      if (lmHitChunks > from) {
-        const r = await lmcache.retrieve(chunks, from, lmHitChunks);
-        lmHitChunks = from + r.chunks;
+      try {
+        lmHitChunks = await lmcache.lookup(chunks);
+        metrics.inc(metrics.lmcacheRequested, P);
+        metrics.inc(metrics.lmcacheHit, lmHitChunks * lmcfg.chunkSize);
+        const local = engine.localHitTokens(blocks, blockSize);
+        const from = Math.min(lmHitChunks, Math.floor(local / lmcfg.chunkSize));
+        if (lmHitChunks > from) {
+          const r = await lmcache.retrieve(chunks, from, lmHitChunks);
+          lmHitChunks = from + r.chunks;
+        }
+      } catch (e) {
+        // like LMCache with an unreachable remote backend: log and serve as a miss
+        lmcacheErrors++;
+        app.log.warn(`LMCache Redis lookup failed (${(e as Error).message}); treating as a miss`);
+        lmHitChunks = 0;
       }
       loadedTokens = Math.min(lmHitChunks * lmcfg.chunkSize, P);
     }
@@ -335,7 +345,11 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
                 metrics.inc(metrics.externalQueries, Math.max(0, P - Math.max(0, st?.hitTokens ?? 0)));
                 metrics.inc(metrics.externalHits, st?.loadTokens ?? 0);
                 const storeFrom = lmHitChunks;
-                if (storeFrom < chunks.length) void lmcache.store(chunks, storeFrom).catch(() => undefined);
+                if (storeFrom < chunks.length)
+                  void lmcache.store(chunks, storeFrom).catch((e: Error) => {
+                    lmcacheErrors++;
+                    app.log.warn(`LMCache Redis store failed: ${e.message}`);
+                  });
               }
             } else metrics.observe(metrics.itl, (now - lastWall) / 1000);
             lastWall = now;
@@ -580,8 +594,8 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     steps: engine.core.steps,
     busy_ms: engine.core.busyMs,
     preemptions: preemptionsSeen,
-    lmcache: lmcache ? { redis: opts.redisUrl, ...lmcfg, bytes_per_token: bytesPerToken } : null,
-    kv_events: opts.kvEvents ? { endpoint: opts.kvEvents.endpoint, replay_endpoint: opts.kvEvents.replayEndpoint ?? null, next_seq: Number(kvPub!.nextSeq) } : null,
+    lmcache: lmcache ? { redis: opts.redisUrl, ...lmcfg, bytes_per_token: bytesPerToken, errors: lmcacheErrors } : null,
+    kv_events: kvPub ? { endpoint: kvPub.endpoint, replay_endpoint: kvPub.replayEndpoint ?? null, next_seq: Number(kvPub.nextSeq) } : null,
   }));
 
   app.post('/tokenize', async (req) => {

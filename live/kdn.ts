@@ -181,6 +181,7 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
   const links = new LinkTable(opts.link ?? { bandwidthGbps: 1, latencyMs: 10, efficiency: 0.8 }, opts.links ?? {}, opts.timeScale ?? 1);
 
   const redis = new Redis(opts.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2 });
+  redis.on('error', () => undefined); // failures surface on the commands (HTTP 500 with the reason)
   try {
     await redis.connect();
   } catch (e) {

@@ -295,6 +295,16 @@ export class KvEventPublisher {
     return new KvEventPublisher(pub, router, opts);
   }
 
+  /** The bound PUB endpoint (with the real port when the option used port 0). */
+  get endpoint(): string {
+    return this.pub.lastEndpoint ?? this.opts.endpoint;
+  }
+
+  /** The bound replay endpoint, or undefined. */
+  get replayEndpoint(): string | undefined {
+    return this.router ? (this.router.lastEndpoint ?? this.opts.replayEndpoint) : undefined;
+  }
+
   /** Next sequence number to be used (= batches published so far). */
   get nextSeq(): bigint {
     return this.seq;

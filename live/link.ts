@@ -67,8 +67,8 @@ export class PacedLink {
     const model = transferMs(bytes, this.spec) / this.timeScale;
     try {
       const result = await work();
-      const left = model - (performance.now() - t1);
-      if (left > 0.5) await sleep(left);
+      // timers may fire a little early (libuv's cached loop time): sleep until really done
+      for (let left = model - (performance.now() - t1); left > 0.25; left = model - (performance.now() - t1)) await sleep(left);
       const t2 = performance.now();
       this.bytes += bytes;
       this.completed++;

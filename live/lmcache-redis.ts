@@ -25,12 +25,17 @@ export class LmcacheRedis {
     readonly bytesPerToken: number,
   ) {}
 
-  /** Number of leading chunks whose metadata exists on every rank (one pipelined round trip). */
+  /**
+   * Number of leading chunks whose metadata exists on every rank (one pipelined round trip).
+   * Throws on a Redis error (connection lost).
+   */
   async lookup(chunks: readonly LmcacheChunk[]): Promise<number> {
     if (chunks.length === 0) return 0;
     const p = this.redis.pipeline();
     for (const c of chunks) for (const k of c.keys) p.exists(metadataKey(k));
     const res = (await p.exec()) ?? [];
+    const failed = res.find(([e]) => e);
+    if (failed) throw failed[0];
     const ws = this.cfg.worldSize;
     let hit = 0;
     for (let i = 0; i < chunks.length; i++) {
@@ -49,6 +54,7 @@ export class LmcacheRedis {
    * Loads chunks `[from, to)`: GET metadata, then GET kv_bytes, for every rank. Stops at the
    * first chunk whose metadata or kv_bytes is missing or whose kv_bytes length disagrees with
    * its metadata (a missing kv_bytes deletes the orphan metadata, as LMCache does).
+   * Throws on a Redis error (connection lost).
    */
   async retrieve(chunks: readonly LmcacheChunk[], from: number, to: number): Promise<RetrieveResult> {
     if (to <= from) return { chunks: 0, bytes: 0 };
@@ -59,6 +65,8 @@ export class LmcacheRedis {
     const pk = this.redis.pipeline();
     for (const c of range) for (const k of c.keys) pk.getBuffer(kvBytesKey(k));
     const kvs = (await pk.exec()) ?? [];
+    const failed = [...metas, ...kvs].find(([e]) => e);
+    if (failed) throw failed[0];
     const ws = this.cfg.worldSize;
     let n = 0;
     let bytes = 0;

@@ -101,6 +101,28 @@ export function pingRedis(host: string, port: number, timeoutMs = 500): Promise<
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** `process_id` from `INFO server` of the Redis at host:port, or undefined on failure. */
+export function redisPid(host: string, port: number, timeoutMs = 1000): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    const sock = createConnection({ host, port });
+    let buf = '';
+    const done = (v: number | undefined): void => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolve(v);
+    };
+    const timer = setTimeout(() => done(undefined), timeoutMs);
+    sock.once('error', () => done(undefined));
+    sock.on('data', (d) => {
+      buf += d.toString('latin1');
+      const m = /process_id:(\d+)/.exec(buf);
+      if (m) done(Number(m[1]));
+      else if (buf.startsWith('-')) done(undefined);
+    });
+    sock.once('connect', () => sock.write('INFO server\r\n'));
+  });
+}
+
 /**
  * Starts redis-server on 127.0.0.1 and waits until it answers PING.
  * Errors: redis-server missing (names the Debian package), the process exiting early (its log
@@ -161,7 +183,16 @@ async function startOnce(bin: string, port: number, opts: LaunchRedisOptions): P
       cleanupDir();
       throw new Error(`redis-server exited early (code ${exited}) on port ${port}:\n${log.trim()}`);
     }
-    if (await pingRedis('127.0.0.1', port, 300)) break;
+    if (await pingRedis('127.0.0.1', port, 300)) {
+      // make sure the PONG came from our child, not from a server already on that port
+      const pid = await redisPid('127.0.0.1', port);
+      if (pid === child.pid) break;
+      if (pid !== undefined) {
+        child.kill('SIGKILL');
+        cleanupDir();
+        throw new Error(`redis-server: port ${port} is already used by another redis-server (pid ${pid}): Address already in use`);
+      }
+    }
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
       cleanupDir();

@@ -149,10 +149,16 @@ export class WallClockEngine {
     this.opts.onStep?.(this.core.lastStep.tokens, d);
     const end = start + d;
     this.stepEnd = end;
+    this.armStep(end);
+  }
+
+  /** Fires `finish(end)` once the model clock reaches `end` (re-arming if a timer fires early). */
+  private armStep(end: number): void {
     const wall = Math.max(0, (end - this.nowModel()) / this.timeScale);
     this.stepTimer = setTimeout(() => {
       this.stepTimer = undefined;
       if (this.closed) return;
+      if ((end - this.nowModel()) / this.timeScale > 0.25) return this.armStep(end);
       this.finish(end);
       this.kick();
     }, wall);

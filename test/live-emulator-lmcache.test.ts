@@ -128,3 +128,19 @@ describe('emulator LMCache behaviour', () => {
     expect((await redis.getBuffer(keys.find((k) => k.endsWith('kv_bytes'))!))!.length).toBe((256 * 32) / 4);
   });
 });
+
+describe('LMCache Redis unavailable', () => {
+  it('serves requests as misses when its Redis goes away (as LMCache does)', async () => {
+    const own = await startTestRedis();
+    const e = await startEmulator({ profile: testProfile(), redisUrl: own.url });
+    emus.push(e);
+    const prompt = 'Resilience matters for a cache backend. '.repeat(40);
+    expect((await postJson(`${e.url}/v1/completions`, { prompt, max_tokens: 1 })).status).toBe(200);
+    await own.stop();
+    const r = await postJson(`${e.url}/v1/completions`, { prompt: `Other ${prompt}`, max_tokens: 2 });
+    expect(r.status).toBe(200);
+    expect(r.json.usage.completion_tokens).toBe(2);
+    const st = JSON.parse((await getText(`${e.url}/emulator/status`)).text);
+    expect(st.lmcache.errors).toBeGreaterThan(0);
+  });
+});
