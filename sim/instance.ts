@@ -215,6 +215,9 @@ export class InstanceCore {
     const sched = this.scheduled;
     sched.length = 0;
     let preempted = false;
+    // fast path: free memory covers a full budget, so no allocation below can fail or evict
+    const fast = this.kv.capacityTokens - this.kv.used >= budget;
+    let fastTokens = 0;
     // 1) running requests, in order
     for (let i = 0; i < running.length && budget > 0; i++) {
       const r = running[i]!;
@@ -222,6 +225,15 @@ export class InstanceCore {
       let n = target - r.computed;
       if (n > budget) n = budget;
       if (n > this.threshold) n = this.threshold;
+      if (fast) {
+        fastTokens += n;
+        r.private += n;
+        r.sched = n;
+        sched.push(r);
+        budget -= n;
+        this.account(c, r, n);
+        continue;
+      }
       let ok = true;
       while (!this.kv.allocate(n)) {
         const victim = running.pop()!;
@@ -239,6 +251,7 @@ export class InstanceCore {
       budget -= n;
       this.account(c, r, n);
     }
+    if (fastTokens) this.kv.used += fastTokens;
     // 2) waiting requests, FCFS, only if nothing was preempted
     if (!preempted) {
       while (budget > 0 && running.length < this.maxSeqs && this.wHead < this.waiting.length) {

@@ -136,51 +136,85 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o)): SummaryCo
   };
 }
 
-function decisionJson(d: Decision, ids: string[]): string {
-  let alts = '';
-  for (let j = 0; j < d.alternatives.length; j++) {
-    const a = d.alternatives[j]!;
-    if (j) alts += ',';
-    alts += `{"instance":${JSON.stringify(ids[a.instance])},"intent":"${a.intent}","score":${r3(a.score)}`;
-    if (a.ttftMs !== undefined) alts += `,"ttft_ms":${r3(a.ttftMs)}`;
-    if (a.reusedTokens !== undefined) alts += `,"reused_tokens":${a.reusedTokens}`;
-    alts += '}';
+/** Columnar alternatives: {"instance":[...],"intent":[...],"score":[...],"ttft_ms":[...],"reused_tokens":[...]}. */
+function alternativesJson(d: Decision, quotedIds: string[]): string {
+  const alts = d.alternatives;
+  let inst = '';
+  let intent = '';
+  let score = '';
+  let ttft = '';
+  let reused = '';
+  let hasTtft = false;
+  let hasReused = false;
+  for (let j = 0; j < alts.length; j++) {
+    const a = alts[j]!;
+    const sep = j ? ',' : '';
+    inst += sep + quotedIds[a.instance];
+    intent += sep + '"' + a.intent + '"';
+    score += sep + r3(a.score);
+    if (a.ttftMs !== undefined) hasTtft = true;
+    if (a.reusedTokens !== undefined) hasReused = true;
+    ttft += sep + (a.ttftMs !== undefined ? r3(a.ttftMs) : 'null');
+    reused += sep + (a.reusedTokens !== undefined ? a.reusedTokens : 'null');
   }
-  return `{"strategy":${JSON.stringify(d.strategy)},"reason":${JSON.stringify(d.reason)},"reused_tokens":${d.reusedTokens},"cached_tokens":${d.cachedTokens},"alternatives":[${alts}]}`;
+  return `{"instance":[${inst}],"intent":[${intent}],"score":[${score}]` + (hasTtft ? `,"ttft_ms":[${ttft}]` : '') + (hasReused ? `,"reused_tokens":[${reused}]` : '') + '}';
+}
+
+function decisionJson(d: Decision, quotedIds: string[]): string {
+  return `{"strategy":${JSON.stringify(d.strategy)},"reason":${JSON.stringify(d.reason)},"reused_tokens":${d.reusedTokens},"cached_tokens":${d.cachedTokens},"alternatives":${alternativesJson(d, quotedIds)}}`;
+}
+
+/** One timing record line (no trailing newline). */
+function recordLine(o: SimOutcome, obs: Observed, r: number, quotedIds: string[], quotedKdns: string[]): string {
+  const q = o.requests[r]!;
+  const d = o.decisions[r]!;
+  const st = o.status[r] === ST_OK ? 'ok' : o.status[r] === ST_REJECTED ? 'rejected' : 'failed';
+  const p = d.predicted;
+  const pred = `{"prepare_ms":${r3(p.prepareMs)},"link_wait_ms":${r3(p.linkWaitMs)},"transfer_ms":${r3(p.transferMs)},"kv_load_ms":${r3(p.kvLoadMs)},"queue_ms":${r3(p.queueMs)},"prefill_ms":${r3(p.prefillMs)},"ttft_ms":${r3(p.ttftMs)}}`;
+  let obsJ = 'null';
+  if (o.status[r] === ST_OK) {
+    const api = o.apiMs[d.instance]!;
+    const ready = o.readyAt[r]!;
+    const queue = o.firstSchedAt[r]! - ready;
+    const prefill = o.firstTokenAt[r]! + api - o.firstSchedAt[r]! - o.kvLoadMs[r]!;
+    obsJ =
+      `{"prepare_ms":${r3(o.prepareMs[r]!)},"link_wait_ms":${r3(o.linkWaitMs[r]!)},"transfer_ms":${r3(o.transferMs[r]!)},"kv_load_ms":${r3(o.kvLoadMs[r]!)},` +
+      `"queue_ms":${r3(queue)},"prefill_ms":${r3(prefill)},"ttft_ms":${r3(obs.ttft[r]!)},"tpot_ms":${obs.tpot[r]! >= 0 ? r3(obs.tpot[r]!) : 'null'},"e2e_ms":${r3(obs.e2e[r]!)},` +
+      `"cached_tokens":${o.hitTokens[r]!},"loaded_tokens":${o.loadTokens[r]!},"transfer_tokens":${o.transferTokens[r]!},"preemptions":${o.preemptions[r]!},` +
+      `"first_token_at_ms":${r3(o.firstTokenAt[r]! + api)},"done_at_ms":${r3(o.doneAt[r]! + api)}}`;
+  }
+  return (
+    `{"id":${JSON.stringify(q.id)},"arrival_ms":${r3(q.arrivalMs)},"status":"${st}","error":${st === 'rejected' ? '"prompt + output tokens exceed max_model_len"' : 'null'},` +
+    `"input_tokens":${q.inputTokens},"output_tokens":${q.outputTokens},"knowledge_tokens":${q.knowledgeTokens},` +
+    `"instance":${quotedIds[d.instance]},"kdn":${d.kdn >= 0 ? quotedKdns[d.kdn] : 'null'},"intent":"${d.intent}",` +
+    `"decision":${decisionJson(d, quotedIds)},"predicted":${pred},"observed":${obsJ},"source":"sim"}`
+  );
 }
 
 /**
- * Serialises every timing record as JSONL (one line per request, request order).
+ * Streams every timing record as JSONL (one line per request, request order) to `write`, in
+ * chunks of about `chunkChars` characters (keeps memory flat for large runs).
  * @param kdnIds KDN ids by index; instance ids come from the outcome
  */
-export function recordsJsonl(o: SimOutcome, obs: Observed, kdnIds: string[]): string {
-  const ids = o.instances.map((s) => s.id);
-  const parts: string[] = new Array(o.requests.length);
+export function writeRecords(o: SimOutcome, obs: Observed, kdnIds: string[], write: (chunk: string) => void, chunkChars = 1 << 20): void {
+  const quotedIds = o.instances.map((s) => JSON.stringify(s.id));
+  const quotedKdns = kdnIds.map((k) => JSON.stringify(k));
+  let buf = '';
   for (let r = 0; r < o.requests.length; r++) {
-    const q = o.requests[r]!;
-    const d = o.decisions[r]!;
-    const st = o.status[r] === ST_OK ? 'ok' : o.status[r] === ST_REJECTED ? 'rejected' : 'failed';
-    const p = d.predicted;
-    const pred = `{"prepare_ms":${r3(p.prepareMs)},"link_wait_ms":${r3(p.linkWaitMs)},"transfer_ms":${r3(p.transferMs)},"kv_load_ms":${r3(p.kvLoadMs)},"queue_ms":${r3(p.queueMs)},"prefill_ms":${r3(p.prefillMs)},"ttft_ms":${r3(p.ttftMs)}}`;
-    let obsJ = 'null';
-    if (o.status[r] === ST_OK) {
-      const api = o.apiMs[d.instance]!;
-      const ready = o.readyAt[r]!;
-      const queue = o.firstSchedAt[r]! - ready;
-      const prefill = o.firstTokenAt[r]! + api - o.firstSchedAt[r]! - o.kvLoadMs[r]!;
-      obsJ =
-        `{"prepare_ms":${r3(o.prepareMs[r]!)},"link_wait_ms":${r3(o.linkWaitMs[r]!)},"transfer_ms":${r3(o.transferMs[r]!)},"kv_load_ms":${r3(o.kvLoadMs[r]!)},` +
-        `"queue_ms":${r3(queue)},"prefill_ms":${r3(prefill)},"ttft_ms":${r3(obs.ttft[r]!)},"tpot_ms":${obs.tpot[r]! >= 0 ? r3(obs.tpot[r]!) : 'null'},"e2e_ms":${r3(obs.e2e[r]!)},` +
-        `"cached_tokens":${o.hitTokens[r]!},"loaded_tokens":${o.loadTokens[r]!},"transfer_tokens":${o.transferTokens[r]!},"preemptions":${o.preemptions[r]!},` +
-        `"first_token_at_ms":${r3(o.firstTokenAt[r]! + api)},"done_at_ms":${r3(o.doneAt[r]! + api)}}`;
+    buf += recordLine(o, obs, r, quotedIds, quotedKdns) + '\n';
+    if (buf.length >= chunkChars) {
+      write(buf);
+      buf = '';
     }
-    parts[r] =
-      `{"id":${JSON.stringify(q.id)},"arrival_ms":${r3(q.arrivalMs)},"status":"${st}","error":${st === 'rejected' ? '"prompt + output tokens exceed max_model_len"' : 'null'},` +
-      `"input_tokens":${q.inputTokens},"output_tokens":${q.outputTokens},"knowledge_tokens":${q.knowledgeTokens},` +
-      `"instance":${JSON.stringify(ids[d.instance])},"kdn":${d.kdn >= 0 ? JSON.stringify(kdnIds[d.kdn]) : 'null'},"intent":"${d.intent}",` +
-      `"decision":${decisionJson(d, ids)},"predicted":${pred},"observed":${obsJ},"source":"sim"}`;
   }
-  return parts.join('\n') + (parts.length ? '\n' : '');
+  if (buf) write(buf);
+}
+
+/** All timing records as one JSONL string (tests, small runs). */
+export function recordsJsonl(o: SimOutcome, obs: Observed, kdnIds: string[]): string {
+  const parts: string[] = [];
+  writeRecords(o, obs, kdnIds, (c) => parts.push(c));
+  return parts.join('');
 }
 
 /** Per-bucket time series for charts (docs/FORMATS.md timeseries.json). */

@@ -3,7 +3,7 @@
  * (`runSim`) or several strategies × seeds on the same schedule (`runAb`), and write run
  * directories (docs/FORMATS.md).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createStrategy } from '../engine/strategies/index.js';
 import type { TraceRequest } from '../engine/types.js';
@@ -12,7 +12,7 @@ import { meanCI95, relativeChange } from '../notebooks/stats.js';
 import { loadTrace, loadWorkload, type WorkloadName } from '../traces/load.js';
 import type { LoadedTrace } from '../traces/schema.js';
 import { readClusterFile, resolveCluster, type ClusterOptions, type ResolvedCluster } from './cluster.js';
-import { observed, r3, recordsJsonl, summarize, timeseries, type SummaryCore } from './metrics.js';
+import { observed, r3, summarize, timeseries, writeRecords, type SummaryCore } from './metrics.js';
 import { DEFAULT_LONG_CONTEXT_PROFILE, DEFAULT_PROFILE } from './profiles.js';
 import { simulate } from './simulator.js';
 
@@ -115,11 +115,17 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
   ttfts.sort((a, b) => a - b);
   const quant = ttfts.length ? Array.from({ length: 101 }, (_, k) => r3(ttfts[Math.min(ttfts.length - 1, Math.round((k / 100) * (ttfts.length - 1)))]!)) : [];
   let outDir: string | undefined;
-  let recordsText: string | null = null;
   if (opts.out) {
     outDir = resolve(opts.out);
     mkdirSync(outDir, { recursive: true });
-    if (opts.records !== false) recordsText = recordsJsonl(o, obs, kdnIds);
+    if (opts.records !== false) {
+      const fd = openSync(join(outDir, 'records.jsonl'), 'w');
+      try {
+        writeRecords(o, obs, kdnIds, (chunk) => writeSync(fd, chunk));
+      } finally {
+        closeSync(fd);
+      }
+    }
   }
   const wall = performance.now() - t0;
   const summary: Summary = {
@@ -136,7 +142,6 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
     sim_requests_per_s: wall > 0 ? Math.round((t.requests.length / wall) * 1000) : 0,
   };
   if (outDir) {
-    if (recordsText !== null) writeFileSync(join(outDir, 'records.jsonl'), recordsText);
     writeFileSync(join(outDir, 'summary.json'), JSON.stringify(summary, null, 1) + '\n');
     writeFileSync(join(outDir, 'timeseries.json'), JSON.stringify(timeseries(o, kdnIds)) + '\n');
     writeFileSync(join(outDir, 'config.json'), JSON.stringify(configJson(t, opts, rc, params, seed, noise), null, 1) + '\n');

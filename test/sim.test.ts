@@ -91,7 +91,8 @@ describe('runSim / runAb', () => {
     expect(s.ttft_ms.p99).toBeGreaterThanOrEqual(s.ttft_ms.p50);
     expect(res.summary.completed).toBe(150);
     const rec = JSON.parse(readFileSync(join(out, 'records.jsonl'), 'utf8').split('\n')[0]!);
-    expect(rec.decision.alternatives.length).toBeGreaterThan(0);
+    expect(rec.decision.alternatives.instance.length).toBeGreaterThan(0);
+    expect(rec.decision.alternatives.score).toHaveLength(rec.decision.alternatives.instance.length);
     expect(rec.observed.ttft_ms).toBeGreaterThan(0);
   });
 
