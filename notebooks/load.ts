@@ -271,17 +271,18 @@ export function validateDiff(x: unknown, file: string): DiffJson {
 }
 
 /**
- * Finds the directory of a run listed in ab.json. Tries, in order: the path as written (absolute
- * or relative to the working directory), relative to the ab directory, and its last two
- * components under the ab directory (an ab directory that was moved or copied).
+ * Finds the directory of a run listed in ab.json, preferring copies inside the ab directory (so a
+ * moved or copied ab directory uses its own runs): relative to the ab directory, then its last two
+ * path components under the ab directory (e.g. kvlab/seed-1), then the last one, then the path as
+ * written (absolute, or relative to the working directory).
  */
 export function resolveAbRun(abDir: string, p: string): string | undefined {
   const tries: string[] = [];
-  if (isAbsolute(p)) tries.push(p);
-  else tries.push(resolve(p), resolve(abDir, p));
+  if (!isAbsolute(p)) tries.push(resolve(abDir, p));
   const parts = p.split(/[\\/]+/).filter(Boolean);
   if (parts.length >= 2) tries.push(join(abDir, parts[parts.length - 2]!, parts[parts.length - 1]!));
   if (parts.length >= 1) tries.push(join(abDir, parts[parts.length - 1]!));
+  tries.push(resolve(p));
   return tries.find((t) => existsSync(t) && statSync(t).isDirectory() && isRunDir(t));
 }
 

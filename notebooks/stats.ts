@@ -2,14 +2,14 @@
  * Statistics for reports: confidence intervals across seeds, paired relative changes, CDF
  * quantiles, histograms and downsampling. Built on simple-statistics; everything here is pure.
  */
-import { mean as ssMean, quantileSorted, sampleStandardDeviation } from 'simple-statistics';
+import { gammaln, mean as ssMean, quantileSorted, sampleStandardDeviation } from 'simple-statistics';
 
 /**
  * Two-sided 95 % critical values of Student's t distribution, t(0.975; df), for the degrees of
  * freedom in `T_DF`. These are the standard table values (e.g. NIST/SEMATECH e-Handbook of
  * Statistical Methods, section 1.3.6.7.2, "Critical values of the Student's t distribution"),
- * to 4 decimals; test/notebooks-stats.test.ts checks them against a numerical integration of the
- * t density.
+ * to 4 decimals; test/notebooks-stats.test.ts checks them against an independent numerical
+ * integration of the t density.
  */
 const T_DF = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 40, 50, 60, 80, 100, 120];
 const T_975 = [
@@ -21,30 +21,60 @@ const T_975 = [
 const Z_975 = 1.95996;
 
 /**
+ * P(|T| <= t) for Student's t with `df` degrees of freedom: Simpson's rule on the density
+ * Γ((ν+1)/2) / (√(νπ) Γ(ν/2)) · (1 + x²/ν)^(-(ν+1)/2) over [0, t] (2,000 intervals; the density is
+ * smooth, so the error is far below 1e-6 for t < 50).
+ */
+export function tCoverage(t: number, df: number): number {
+  const logC = gammaln((df + 1) / 2) - gammaln(df / 2) - 0.5 * Math.log(df * Math.PI);
+  const pdf = (x: number): number => Math.exp(logC - ((df + 1) / 2) * Math.log1p((x * x) / df));
+  const n = 2000;
+  const h = t / n;
+  let sum = pdf(0) + pdf(t);
+  for (let i = 1; i < n; i++) sum += (i % 2 ? 4 : 2) * pdf(i * h);
+  return (2 * sum * h) / 3;
+}
+
+const fractionalCache = new Map<number, number>();
+
+/**
  * Student-t quantile t(0.975; df): the multiplier of the standard error for a two-sided 95 %
- * confidence interval. Exact table values for integer df <= 30 and df in {40, 50, 60, 80, 100,
- * 120}; between table entries (and for fractional df, e.g. Welch's) it interpolates linearly in
- * 1/df, which is accurate to < 0.001 here; above 120 it interpolates towards the normal 1.96.
+ * confidence interval.
+ * - integer df <= 30 and df in {40, 50, 60, 80, 100, 120}: the table values above;
+ * - df > 30: linear interpolation in 1/df between table entries, and towards the normal 1.96
+ *   above 120 (error < 1e-4);
+ * - fractional df < 30 (Welch's intervals): solved numerically, bisection on `tCoverage` (cached).
  * @param df degrees of freedom, > 0 (may be fractional).
  * @throws RangeError when df is not a positive finite number.
  */
 export function tCritical95(df: number): number {
   if (!(df > 0) || !Number.isFinite(df)) throw new RangeError(`tCritical95: degrees of freedom must be > 0, got ${df}`);
-  if (df < 1) {
-    // below 1 the quantile grows very fast; extrapolate in 1/df from the first two entries (rarely used).
-    const slope = (T_975[0]! - T_975[1]!) / (1 / T_DF[0]! - 1 / T_DF[1]!);
-    return T_975[0]! + slope * (1 / df - 1);
-  }
   const last = T_DF.length - 1;
   if (df >= T_DF[last]!) {
     const x0 = 1 / T_DF[last]!;
     return Z_975 + ((T_975[last]! - Z_975) * (1 / df)) / x0;
   }
+  const exact = T_DF.indexOf(df);
+  if (exact >= 0) return T_975[exact]!;
+  if (df < 30) {
+    const cached = fractionalCache.get(df);
+    if (cached !== undefined) return cached;
+    // bracket: t(df) lies between the values of the neighbouring integer df (or [12.7, 1000] below 1)
+    let lo = df < 1 ? T_975[0]! : T_975[Math.ceil(df) - 1]!;
+    let hi = df < 1 ? 1000 : T_975[Math.floor(df) - 1]!;
+    for (let i = 0; i < 60 && hi - lo > 1e-7; i++) {
+      const mid = (lo + hi) / 2;
+      if (tCoverage(mid, df) < 0.95) lo = mid;
+      else hi = mid;
+    }
+    const t = (lo + hi) / 2;
+    fractionalCache.set(df, t);
+    return t;
+  }
   let i = 0;
   while (T_DF[i + 1]! < df) i++;
   const d0 = T_DF[i]!;
   const d1 = T_DF[i + 1]!;
-  if (df === d0) return T_975[i]!;
   const w = (1 / df - 1 / d1) / (1 / d0 - 1 / d1);
   return T_975[i + 1]! + w * (T_975[i]! - T_975[i + 1]!);
 }
