@@ -1,29 +1,73 @@
 #!/usr/bin/env node
 /**
  * kvlab command-line entry point. Each area registers its own sub-commands:
- * traces/cli.ts (trace), sim/cli.ts (sim, ab, profile), live/cli.ts (kdn, emulate, gateway, replay,
- * diff, live demo), notebooks/cli.ts (report, sweep).
+ * traces/cli.ts (trace), sim/cli.ts (sim, ab, strategies, profile), live/cli.ts and
+ * live/cli-run.ts (kdn, emulate, gateway, replay, diff, live demo), notebooks/cli.ts (report, sweep).
+ *
+ * Start-up cost matters (a Mooncake replay takes about a second): only the area that owns the
+ * requested sub-command is imported; `kvlab --help` (or an unknown command) imports them all.
  */
 import { Command } from 'commander';
-import { registerTraceCommands } from '../traces/cli.js';
-import { registerSimCommands } from '../sim/cli.js';
-import { registerLiveCommands } from '../live/cli.js';
-import { registerReportCommands } from '../notebooks/cli.js';
 import { KVLAB_VERSION } from '../engine/version.js';
 
-const program = new Command();
-program
-  .name('kvlab')
-  .description('Knowledge injection and KV-cache-aware routing lab: simulate, A/B test, run live.')
-  .version(KVLAB_VERSION)
-  .showHelpAfterError();
+type Area = 'traces' | 'sim' | 'profile' | 'live' | 'notebooks';
 
-registerTraceCommands(program);
-registerSimCommands(program);
-registerLiveCommands(program);
-registerReportCommands(program);
+/** Which area owns each sub-command. */
+const OWNER: Record<string, Area> = {
+  trace: 'traces',
+  sim: 'sim',
+  ab: 'sim',
+  strategies: 'sim',
+  profile: 'profile',
+  emulate: 'live',
+  kdn: 'live',
+  gateway: 'live',
+  replay: 'live',
+  diff: 'live',
+  live: 'live',
+  report: 'notebooks',
+  sweep: 'notebooks',
+};
 
-program.parseAsync(process.argv).catch((err: unknown) => {
+async function register(program: Command, area: Area): Promise<void> {
+  switch (area) {
+    case 'traces':
+      (await import('../traces/cli.js')).registerTraceCommands(program);
+      break;
+    case 'sim':
+      (await import('../sim/cli.js')).registerSimCommands(program);
+      break;
+    case 'profile':
+      (await import('../sim/calibrate.js')).registerProfileCommands(program);
+      break;
+    case 'live': {
+      (await import('../live/cli.js')).registerLiveCommands(program);
+      const runPath = '../live/cli-run.js'; // optional module (gateway, replay, diff, demo)
+      const run = (await import(runPath).catch(() => null)) as { registerLiveRunCommands?: (p: Command) => void } | null;
+      run?.registerLiveRunCommands?.(program);
+      break;
+    }
+    case 'notebooks':
+      (await import('../notebooks/cli.js')).registerReportCommands(program);
+      break;
+  }
+}
+
+async function main(): Promise<void> {
+  const program = new Command();
+  program
+    .name('kvlab')
+    .description('Knowledge injection and KV-cache-aware routing lab: simulate, A/B test, run live.')
+    .version(KVLAB_VERSION)
+    .showHelpAfterError();
+  const sub = process.argv.slice(2).find((a) => !a.startsWith('-'));
+  const area = sub === undefined || sub === 'help' ? undefined : OWNER[sub];
+  if (area) await register(program, area);
+  else for (const a of ['traces', 'sim', 'profile', 'live', 'notebooks'] as const) await register(program, a);
+  await program.parseAsync(process.argv);
+}
+
+main().catch((err: unknown) => {
   const msg = err instanceof Error ? err.message : String(err);
   process.stderr.write(`kvlab: ${msg}\n`);
   process.exit(1);

@@ -4,7 +4,6 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { STRATEGY_NAMES } from '../engine/strategies/index.js';
 import { WORKLOAD_NAMES, type WorkloadName } from '../traces/load.js';
-import { registerProfileCommands } from './calibrate.js';
 import { runAb, runSim, type Summary } from './run.js';
 
 /** Parses a positive number option. */
@@ -144,7 +143,7 @@ export function abTable(ab: Record<string, unknown>): string {
   return [line(header), line(w.map((x) => '-'.repeat(x))), ...rows.map(line), '', `(± = 95% CI half-width across ${(ab.seeds as number[]).length} seed(s); * = CI of the change excludes 0)`].join('\n');
 }
 
-/** Registers sim, ab, strategies (and profile) on the root program. */
+/** Registers sim, ab and strategies on the root program (profile: sim/calibrate.ts). */
 export function registerSimCommands(program: Command): void {
   addCommon(
     program
@@ -221,8 +220,6 @@ export function registerSimCommands(program: Command): void {
     if (o.json) process.stdout.write(JSON.stringify(ab, null, 1) + '\n');
     else process.stdout.write(`${abTable(ab)}\n\nwrote ${o.out}/ab.json (${Math.round(performance.now() - t0)} ms)\n`);
   });
-
-  registerProfileCommands(program);
 
   program
     .command('strategies')

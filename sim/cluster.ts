@@ -18,7 +18,7 @@
  * ```
  */
 import { readFileSync } from 'node:fs';
-import { parse as parseYaml } from 'yaml';
+import { createRequire } from 'node:module';
 import { z } from 'zod';
 import type { ClusterSpec, EngineSettings, KdnSpec, LinkSpec } from '../engine/types.js';
 import { formatZodError, instanceSpecFromProfile, loadProfile } from './profiles.js';
@@ -101,6 +101,8 @@ export function readClusterFile(file: string): ClusterFile {
   }
   let obj: unknown;
   try {
+    // yaml is loaded only when a cluster file is used (start-up time of every other run)
+    const { parse: parseYaml } = createRequire(import.meta.url)('yaml') as typeof import('yaml');
     obj = parseYaml(text);
   } catch (e) {
     throw new Error(`${file}: not valid YAML/JSON: ${(e as Error).message}`);
