@@ -1,0 +1,297 @@
+/**
+ * Live timing records: the records.jsonl / summary.json of docs/FORMATS.md written by the
+ * gateway (`kvlab gateway --out DIR`), the replay client (`kvlab replay`) and `kvlab live demo`.
+ *
+ * - Every record is appended with one synchronous `write(2)` as soon as its request finished,
+ *   so a crash of the process loses nothing already answered (the OS holds the bytes; no fsync,
+ *   so a power loss may). `close()` rewrites the file in arrival order (FORMATS: request order)
+ *   through a temp file + rename, and writes summary.json.
+ * - Times in live records are **model ms**: wall ms × the run's time scale (1 unless emulators
+ *   run faster than real time), counted from the recorder's clock origin (gateway start, or
+ *   replay start). Lengths are tokens, sizes bytes, rounded to 3 decimals.
+ * - Fields a live run cannot observe are null: `observed.kv_load_ms` (inside the backend's
+ *   prefill) and `observed.preemptions`. `observed.queue_ms` is 0 and `observed.prefill_ms` is
+ *   the whole backend time from send to the first non-empty streamed chunk (vLLM does not
+ *   expose the split per request), so `ttft = prepare + link_wait + transfer + queue + prefill`
+ *   still holds.
+ */
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync, writeSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { Intent } from '../engine/types.js';
+import { KVLAB_VERSION } from '../engine/version.js';
+import { dist, r3, type Dist } from '../sim/metrics.js';
+
+/** Predicted TTFT breakdown as written in a record (ms). */
+export interface RecordPredicted {
+  prepare_ms: number;
+  link_wait_ms: number;
+  transfer_ms: number;
+  kv_load_ms: number;
+  queue_ms: number;
+  prefill_ms: number;
+  ttft_ms: number;
+}
+
+/** Observed timings of a record (ms, model time; null = not observable in this run). */
+export interface RecordObserved {
+  prepare_ms: number | null;
+  link_wait_ms: number | null;
+  transfer_ms: number | null;
+  kv_load_ms: number | null;
+  queue_ms: number | null;
+  prefill_ms: number | null;
+  ttft_ms: number | null;
+  tpot_ms: number | null;
+  e2e_ms: number | null;
+  /** prompt tokens served from caches (vLLM `usage.prompt_tokens_details.cached_tokens`; local + LMCache). */
+  cached_tokens: number | null;
+  preemptions: number | null;
+  first_token_at_ms: number | null;
+  done_at_ms: number | null;
+  /** live extras: the backend's `usage.prompt_tokens` (checks the gateway's tokenisation). */
+  prompt_tokens?: number | null;
+  /** live extras: KV tokens the KDN injected (ACK `tokens_injected`). */
+  transfer_tokens?: number | null;
+  /** live extras: bytes the KDN's link charged (ACK `wire_bytes`). */
+  wire_bytes?: number | null;
+  /** live extras: attempts on other instances after a failure before the first byte. */
+  retries?: number;
+}
+
+/** The engine's decision as written in a record. */
+export interface RecordDecision {
+  strategy: string;
+  reason: string;
+  reused_tokens: number;
+  cached_tokens: number;
+  alternatives: Array<{ instance: string; intent: Intent; score: number; ttft_ms?: number; reused_tokens?: number }>;
+  /** live: the intent the engine chose when execution fell back to another one (e.g. KDN down). */
+  planned_intent?: Intent;
+  /** live: why execution differed from the decision (e.g. "kdn-unreachable"). */
+  fallback?: string | null;
+}
+
+/** One timing record (docs/FORMATS.md records.jsonl). */
+export interface TimingRecord {
+  id: string;
+  arrival_ms: number;
+  status: 'ok' | 'rejected' | 'failed';
+  error: string | null;
+  input_tokens: number;
+  output_tokens: number;
+  knowledge_tokens: number;
+  instance: string | null;
+  kdn: string | null;
+  intent: Intent;
+  decision: RecordDecision | null;
+  predicted: RecordPredicted | null;
+  observed: RecordObserved | null;
+  source: 'sim' | 'live';
+}
+
+/** Rounds every number of a plain object tree to 3 decimals (in place) and returns it. */
+export function roundDeep<T>(x: T): T {
+  if (Array.isArray(x)) {
+    for (let i = 0; i < x.length; i++) x[i] = typeof x[i] === 'number' ? r3(x[i]) : roundDeep(x[i]);
+  } else if (x !== null && typeof x === 'object') {
+    const o = x as Record<string, unknown>;
+    for (const k of Object.keys(o)) {
+      const v = o[k];
+      o[k] = typeof v === 'number' ? (Number.isFinite(v) ? r3(v) : null) : roundDeep(v);
+    }
+  }
+  return x;
+}
+
+/** Options of a {@link Recorder}. */
+export interface RecorderOptions {
+  /** summary.json fields that identify the run (strategy, trace, instances, time_scale, ...). */
+  meta?: Record<string, unknown>;
+  /** keep records in memory for the summary (default true). */
+  keep?: boolean;
+}
+
+/**
+ * Appends timing records to DIR/records.jsonl, one synchronous write per record.
+ * @throws Error when DIR cannot be created or the file cannot be opened (names the path).
+ */
+export class Recorder {
+  readonly dir: string;
+  readonly file: string;
+  private fd: number | null;
+  private readonly kept: TimingRecord[] = [];
+  private readonly keep: boolean;
+  meta: Record<string, unknown>;
+  private closed = false;
+  /** records written so far. */
+  count = 0;
+
+  constructor(dir: string, opts: RecorderOptions = {}) {
+    this.dir = resolve(dir);
+    try {
+      mkdirSync(this.dir, { recursive: true });
+      this.file = join(this.dir, 'records.jsonl');
+      this.fd = openSync(this.file, 'w');
+    } catch (e) {
+      throw new Error(`recorder: cannot write to ${dir}: ${(e as Error).message}`);
+    }
+    this.keep = opts.keep ?? true;
+    this.meta = opts.meta ?? {};
+  }
+
+  /** Appends one record (rounded to 3 decimals) and writes it to the OS at once. No-op after close. */
+  write(rec: TimingRecord): void {
+    if (this.closed || this.fd === null) return;
+    roundDeep(rec);
+    writeSync(this.fd, JSON.stringify(rec) + '\n');
+    this.count++;
+    if (this.keep) this.kept.push(rec);
+  }
+
+  /** Records written so far (in write order). */
+  records(): readonly TimingRecord[] {
+    return this.kept;
+  }
+
+  /**
+   * Closes the file, rewrites it in arrival order and writes summary.json (`extra` fields are
+   * merged into the summary). Idempotent; returns the summary.
+   */
+  close(extra: Record<string, unknown> = {}): LiveSummary {
+    const recs = this.keep ? this.kept : readRecords(this.file);
+    if (!this.closed) {
+      this.closed = true;
+      if (this.fd !== null) closeSync(this.fd);
+      this.fd = null;
+      const sorted = [...recs].sort((a, b) => a.arrival_ms - b.arrival_ms);
+      const tmp = `${this.file}.tmp`;
+      writeFileSync(tmp, sorted.map((r) => JSON.stringify(r)).join('\n') + (sorted.length ? '\n' : ''));
+      renameSync(tmp, this.file);
+    }
+    const s = summarizeRecords(recs, { ...this.meta, ...extra });
+    writeFileSync(join(this.dir, 'summary.json'), JSON.stringify(s, null, 1) + '\n');
+    return s;
+  }
+}
+
+/**
+ * Reads DIR/records.jsonl (or a .jsonl path). Blank lines are skipped.
+ * @throws Error naming the file and line for a missing file or a bad JSON line.
+ */
+export function readRecords(pathOrDir: string): TimingRecord[] {
+  const file = pathOrDir.endsWith('.jsonl') ? pathOrDir : join(pathOrDir, 'records.jsonl');
+  if (!existsSync(file)) throw new Error(`records not found: ${file}`);
+  const out: TimingRecord[] = [];
+  const lines = readFileSync(file, 'utf8').split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const l = lines[i]!.trim();
+    if (!l) continue;
+    let r: unknown;
+    try {
+      r = JSON.parse(l);
+    } catch (e) {
+      throw new Error(`${file}:${i + 1}: not valid JSON: ${(e as Error).message}`);
+    }
+    if (r === null || typeof r !== 'object' || typeof (r as { id?: unknown }).id !== 'string') throw new Error(`${file}:${i + 1}: a record needs a string "id"`);
+    out.push(r as TimingRecord);
+  }
+  return out;
+}
+
+/** summary.json of a live run (docs/FORMATS.md; same core fields as a simulated run). */
+export interface LiveSummary {
+  kvlab_version: string;
+  source: 'live' | 'sim';
+  requests: number;
+  completed: number;
+  rejected: number;
+  failed: number;
+  /** cached_tokens / input tokens over completed requests (live: local prefix hits + LMCache loads). */
+  prefix_hit_ratio: number;
+  ttft_ms: Dist;
+  tpot_ms: Dist;
+  e2e_ms: Dist;
+  throughput_rps: number;
+  duration_ms: number;
+  intent_mix: Record<Intent, number>;
+  load_cov: number;
+  kv_bytes_moved: number;
+  preemptions: number | null;
+  per_instance: Array<{ id: string; requests: number; prompt_tokens: number; hit_tokens: number; computed_tokens: number }>;
+  [k: string]: unknown;
+}
+
+/**
+ * Aggregates records into the summary.json fields (uses sim/metrics.ts `dist`).
+ * `load_cov` = coefficient of variation across instances of prompt tokens computed
+ * (input − cached); `kv_bytes_moved` = Σ observed.wire_bytes.
+ */
+export function summarizeRecords(recs: readonly TimingRecord[], meta: Record<string, unknown> = {}): LiveSummary {
+  const intent: Record<Intent, number> = { none: 0, text: 0, kvcache: 0, hybrid: 0 };
+  const ttft: number[] = [];
+  const tpot: number[] = [];
+  const e2e: number[] = [];
+  let completed = 0;
+  let rejected = 0;
+  let prompt = 0;
+  let hit = 0;
+  let bytes = 0;
+  let first = Infinity;
+  let last = -Infinity;
+  const per = new Map<string, { id: string; requests: number; prompt_tokens: number; hit_tokens: number; computed_tokens: number }>();
+  for (const r of recs) {
+    intent[r.intent] = (intent[r.intent] ?? 0) + 1;
+    if (r.arrival_ms < first) first = r.arrival_ms;
+    if (r.status === 'rejected') rejected++;
+    const id = r.instance ?? '(none)';
+    let p = per.get(id);
+    if (!p) per.set(id, (p = { id, requests: 0, prompt_tokens: 0, hit_tokens: 0, computed_tokens: 0 }));
+    p.requests++;
+    const o = r.observed;
+    bytes += o?.wire_bytes ?? 0;
+    if (r.status !== 'ok' || !o) continue;
+    completed++;
+    const cached = o.cached_tokens ?? 0;
+    prompt += r.input_tokens;
+    hit += cached;
+    p.prompt_tokens += r.input_tokens;
+    p.hit_tokens += cached;
+    p.computed_tokens += Math.max(0, r.input_tokens - cached);
+    if (o.ttft_ms !== null) ttft.push(o.ttft_ms);
+    if (o.tpot_ms !== null) tpot.push(o.tpot_ms);
+    if (o.e2e_ms !== null) e2e.push(o.e2e_ms);
+    const done = o.done_at_ms ?? (o.e2e_ms !== null ? r.arrival_ms + o.e2e_ms : null);
+    if (done !== null && done > last) last = done;
+  }
+  const perList = [...per.values()].sort((a, b) => a.id.localeCompare(b.id, 'en', { numeric: true }));
+  const comp = perList.filter((p) => p.id !== '(none)').map((p) => p.computed_tokens);
+  const m = comp.reduce((a, b) => a + b, 0) / Math.max(1, comp.length);
+  const sd = Math.sqrt(comp.reduce((a, b) => a + (b - m) * (b - m), 0) / Math.max(1, comp.length));
+  const duration = completed && last > first ? last - first : 0;
+  return {
+    kvlab_version: KVLAB_VERSION,
+    source: 'live',
+    ...meta,
+    requests: recs.length,
+    completed,
+    rejected,
+    failed: recs.length - completed - rejected,
+    prefix_hit_ratio: prompt ? r3(hit / prompt) : 0,
+    ttft_ms: dist(ttft),
+    tpot_ms: dist(tpot),
+    e2e_ms: dist(e2e),
+    throughput_rps: duration > 0 ? r3((completed / duration) * 1000) : 0,
+    duration_ms: r3(duration),
+    intent_mix: intent,
+    load_cov: m > 0 ? r3(sd / m) : 0,
+    kv_bytes_moved: Math.round(bytes),
+    preemptions: null,
+    per_instance: perList,
+  };
+}
+
+/** Writes DIR/config.json (pretty JSON). */
+export function writeConfig(dir: string, config: Record<string, unknown>): void {
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ kvlab_version: KVLAB_VERSION, ...config }, null, 1) + '\n');
+}
