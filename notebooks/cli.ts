@@ -5,7 +5,6 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { buildReport } from './report.js';
 import { formatProgress, parseSeeds, parseVary, runSweep, type SweepProgress } from './sweep.js';
 
 function positiveInt(v: string): number {
@@ -16,6 +15,22 @@ function positiveInt(v: string): number {
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
+}
+
+/**
+ * Parses KEY=VALUE options into an object (numbers and true/false parsed).
+ * @throws Error naming the option for an entry without "=".
+ */
+export function parseKeyValues(list: readonly string[], option: string): Record<string, unknown> | undefined {
+  if (list.length === 0) return undefined;
+  const out: Record<string, unknown> = {};
+  for (const kv of list) {
+    const i = kv.indexOf('=');
+    if (i <= 0) throw new Error(`${option} "${kv}": expected KEY=VALUE`);
+    const v = kv.slice(i + 1).trim();
+    out[kv.slice(0, i).trim()] = v === 'true' ? true : v === 'false' ? false : v !== '' && Number.isFinite(Number(v)) ? Number(v) : v;
+  }
+  return out;
 }
 
 /** Writes progress lines to stderr: rewritten in place on a terminal, one per job otherwise. */
@@ -55,6 +70,7 @@ export function registerReportCommands(program: Command): void {
     .addHelpText('after', '\nExamples:\n  kvlab report runs/ab --out runs/ab/report\n  kvlab report runs/ab runs/sweep runs/diff/diff.json --out report --request r42')
     .action(async (inputs: string[], o: { out: string; title: string; request?: string; requestStrategy?: string; png: boolean }) => {
       const t0 = Date.now();
+      const { buildReport } = await import('./report.js');
       const r = await buildReport(inputs, {
         out: o.out,
         title: o.title,
@@ -93,6 +109,7 @@ export function registerReportCommands(program: Command): void {
     .requiredOption('--strategies <list>', 'comma-separated strategy names (the first is the baseline)')
     .option('--vary <name=values>', 'a grid dimension, repeatable: --vary rate=1,2,4,8 --vary kdn_gbps=1,10,100', collect, [])
     .option('--seeds <k|list>', 'number of seeds (1..K) or a list', '3')
+    .option('--workload-opt <key=value>', 'a workload generator option, repeatable (e.g. requests=2000)', collect, [])
     .option('--instances <n>', 'instances per run', positiveInt)
     .option('--cluster <file>', 'cluster config file')
     .option('--jobs <n>', `parallel runs (default: all cores, here ${availableParallelism()})`, positiveInt)
@@ -101,11 +118,12 @@ export function registerReportCommands(program: Command): void {
     .requiredOption('-o, --out <dir>', 'output directory (created)')
     .addHelpText('after', '\nExample:\n  kvlab sweep --trace trace.jsonl --strategies round-robin,kvlab --vary rate=1,2,4,8 --vary kdn_gbps=1,10,100 --seeds 3 --out runs/sweep')
     .action(
-      async (o: { trace?: string; workload?: 'synthetic' | 'nq'; strategies: string; vary: string[]; seeds: string; instances?: number; cluster?: string; jobs?: number; keepRuns?: boolean; report?: boolean; out: string }) => {
+      async (o: { trace?: string; workload?: 'synthetic' | 'nq'; workloadOpt: string[]; strategies: string; vary: string[]; seeds: string; instances?: number; cluster?: string; jobs?: number; keepRuns?: boolean; report?: boolean; out: string }) => {
         const strategies = o.strategies.split(',').map((s) => s.trim()).filter(Boolean);
         const spec = {
           trace: o.trace,
           workload: o.trace ? undefined : (o.workload ?? 'synthetic'),
+          workloadOptions: parseKeyValues(o.workloadOpt, '--workload-opt'),
           strategies,
           vary: parseVary(o.vary),
           seeds: parseSeeds(o.seeds),
@@ -118,6 +136,7 @@ export function registerReportCommands(program: Command): void {
         process.stderr.write(`sweep: wrote ${r.file} (${r.entries.length} runs, ${r.failed} failed)\n`);
         for (const e of r.entries.filter((x) => x.error).slice(0, 5)) process.stderr.write(`sweep: failed ${e.strategy} ${JSON.stringify(e.params)} seed ${e.seed}: ${e.error}\n`);
         if (o.report) {
+          const { buildReport } = await import('./report.js');
           const rep = await buildReport([o.out], { out: join(o.out, 'report'), title: 'kvlab sweep' });
           process.stderr.write(`sweep: report ${rep.html}\n`);
         }

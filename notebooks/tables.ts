@@ -48,6 +48,10 @@ export function fmt(x: number, unit = ''): string {
   return x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits }) + unit;
 }
 
+function fmtCount(x: number): string {
+  return Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : '–';
+}
+
 function fmtPct(x: number, digits = 1): string {
   if (!Number.isFinite(x)) return '–';
   const s = (x * 100).toFixed(digits);
@@ -179,10 +183,10 @@ export function runsTable(inputs: ReportInputs): Table | null {
         { text: s },
         { text: String(r.seed), num: true },
         { text: sm?.source ?? recs?.[0]?.source ?? '–' },
-        { text: fmt(sm?.requests ?? recs?.length ?? NaN), num: true },
-        { text: fmt(sm?.completed ?? n('ok')), num: true },
-        { text: fmt(sm?.rejected ?? n('rejected')), num: true },
-        { text: fmt(sm?.failed ?? n('failed')), num: true },
+        { text: fmtCount(sm?.requests ?? recs?.length ?? NaN), num: true },
+        { text: fmtCount(sm?.completed ?? n('ok')), num: true },
+        { text: fmtCount(sm?.rejected ?? n('rejected')), num: true },
+        { text: fmtCount(sm?.failed ?? n('failed')), num: true },
         { text: [sm ? 'summary' : '', recs ? 'records' : '', r.timeseries ? 'timeseries' : '', r.config ? 'config' : ''].filter(Boolean).join(', ') },
         { text: r.dir },
       ]);
@@ -199,7 +203,7 @@ export function predictionTable(inputs: ReportInputs): Table | null {
   for (const [s, pairs] of groups) {
     const e = errorStats(pairs);
     if (!e) continue;
-    rows.push([{ text: s }, { text: fmt(e.n), num: true }, { text: fmtPct(e.mape).replace('+', ''), num: true }, { text: fmt(e.medianAbsErrMs), num: true }, { text: fmt(e.p90AbsErrMs), num: true }, { text: fmt(e.biasMs), num: true }]);
+    rows.push([{ text: s }, { text: fmtCount(e.n), num: true }, { text: fmtPct(e.mape).replace('+', ''), num: true }, { text: fmt(e.medianAbsErrMs), num: true }, { text: fmt(e.p90AbsErrMs), num: true }, { text: fmt(e.biasMs), num: true }]);
   }
   return {
     id: 'prediction',
@@ -216,7 +220,7 @@ export function diffTables(inputs: ReportInputs): Table[] {
     const rows: Cell[][] = [];
     const add = (what: string, stats: Record<string, { mape: number; median_abs_err_ms: number; p90_abs_err_ms: number; bias_ms: number; n: number }> | undefined): void => {
       for (const [f, s] of Object.entries(stats ?? {})) {
-        rows.push([{ text: what }, { text: f }, { text: fmt(s.n), num: true }, { text: fmtPct(s.mape).replace('+', ''), num: true }, { text: fmt(s.median_abs_err_ms), num: true }, { text: fmt(s.p90_abs_err_ms), num: true }, { text: fmt(s.bias_ms), num: true }]);
+        rows.push([{ text: what }, { text: f }, { text: fmtCount(s.n), num: true }, { text: fmtPct(s.mape).replace('+', ''), num: true }, { text: fmt(s.median_abs_err_ms), num: true }, { text: fmt(s.p90_abs_err_ms), num: true }, { text: fmt(s.bias_ms), num: true }]);
       }
     };
     add('B vs A', diff.fields);
