@@ -172,7 +172,9 @@ export class WallClockEngine {
     const preempted = ev.preempted;
     const rejected = ev.rejected;
     if (tokenIds.length + doneIds.length + preempted.length + rejected.length === 0) return;
+    // capture states now: delivery may run after later steps finished (and forgot) the request
     const states = new Map<string, ReqState | undefined>();
+    for (const id of tokenIds) states.set(id, this.core.get(id));
     for (const id of doneIds) {
       states.set(id, this.core.get(id));
       this.core.forget(id);
@@ -182,7 +184,7 @@ export class WallClockEngine {
       for (const id of tokenIds) {
         const p = this.sinks.get(id);
         if (!p) continue;
-        p.sink.token(p.emitted++, states.get(id) ?? this.core.get(id));
+        p.sink.token(p.emitted++, states.get(id));
       }
       for (const id of doneIds) {
         const p = this.sinks.get(id);

@@ -309,6 +309,23 @@ describe('concurrency and timing', () => {
     expect(status1.inflight).toBe(0);
   });
 
+  it('apiMs delays every token delivery but keeps order and per-request state (apiMs > step time)', async () => {
+    const e = await startEmulator({ profile: testProfile({}, { fixedMs: 1, apiMs: 40, decodeSeqMs: 0 }) });
+    try {
+      const prompt = 'Delivery lags the engine by the API overhead. '.repeat(30);
+      await postJson(`${e.url}/v1/completions`, { prompt, max_tokens: 2 });
+      const r = await postSse(`${e.url}/v1/completions`, { prompt, max_tokens: 6, stream: true, stream_options: { include_usage: true } });
+      const chunks = r.data.slice(0, -1).map((d) => JSON.parse(d));
+      expect(chunks).toHaveLength(7);
+      expect(chunks.slice(0, 6).map((c) => c.choices[0].finish_reason)).toEqual([null, null, null, null, null, 'length']);
+      // the state captured at the engine step survives the request finishing before delivery
+      expect(chunks[6].usage.prompt_tokens_details.cached_tokens).toBeGreaterThan(0);
+      expect(r.at[0]!).toBeGreaterThanOrEqual(38);
+    } finally {
+      await e.close();
+    }
+  });
+
   it('TTFT follows the profile; --time-scale divides it', async () => {
     const slow = testProfile({}, { fixedMs: 150 });
     const a = await startEmulator({ profile: slow });
