@@ -1,21 +1,26 @@
 /**
  * Prefix index: chained block hash -> set of instances caching it, with a hard per-instance
- * bound (LRU). One lookup walk returns, for every instance, how many leading blocks of a
- * request it holds (contiguous prefix match, like Dynamo's radix tree / llm-d's index).
+ * bound. One lookup walk returns, for every instance, how many leading blocks of a request it
+ * holds (contiguous prefix match, like Dynamo's radix tree / llm-d's index).
  *
  * Representation: per block id a bitmask of instances (30 bits per word, so every word is a V8
- * small integer); per instance an insertion-ordered Set: when the bound is exceeded the
- * oldest-inserted block is dropped (FIFO; re-adding a present block does not reorder it, which
- * keeps the hot path allocation-free).
- * Complexity: match O(depth × words); add/remove O(blocks).
+ * small integer) — membership is a bit test. Per instance, an insertion-ordered array of the
+ * ids added (stale entries of removed blocks are skipped and compacted away) enforces the
+ * bound: when an instance holds more than its capacity, its oldest-inserted blocks are dropped
+ * (FIFO; re-adding a present block does not reorder it, which keeps the hot path
+ * allocation-free).
+ * Complexity: match O(depth × words); add/remove O(blocks); memory O(entries).
  */
 export class PrefixIndex {
   private readonly words: number;
   /** block id -> mask word(s). words === 1: number; otherwise number[]. */
   private readonly masks1 = new Map<number, number>();
   private readonly masksN = new Map<number, number[]>();
-  /** per-instance membership in insertion order (oldest first). */
-  private readonly lru: Set<number>[];
+  /** per-instance ids in insertion order (may contain stale ids) and the read head. */
+  private readonly order: number[][];
+  private readonly heads: number[];
+  /** live blocks per instance. */
+  private readonly counts: number[];
   private readonly caps: number[];
 
   /**
@@ -27,19 +32,21 @@ export class PrefixIndex {
     capacityBlocks: number | number[],
   ) {
     this.words = Math.max(1, Math.ceil(instances / 30));
-    this.lru = Array.from({ length: instances }, () => new Set<number>());
+    this.order = Array.from({ length: instances }, () => []);
+    this.heads = new Array<number>(instances).fill(0);
+    this.counts = new Array<number>(instances).fill(0);
     this.caps = Array.isArray(capacityBlocks) ? capacityBlocks.slice() : new Array<number>(instances).fill(capacityBlocks);
   }
 
   /** Blocks indexed for `instance`. */
   size(instance: number): number {
-    return this.lru[instance]!.size;
+    return this.counts[instance]!;
   }
 
   /** Total (block, instance) entries. */
   totalEntries(): number {
     let s = 0;
-    for (const m of this.lru) s += m.size;
+    for (const c of this.counts) s += c;
     return s;
   }
 
@@ -48,48 +55,68 @@ export class PrefixIndex {
     return this.caps[instance]!;
   }
 
-  /** Marks `blocks` as cached on `instance`; enforces the bound (drops the oldest inserted). */
-  add(instance: number, blocks: readonly number[]): void {
-    const lru = this.lru[instance]!;
-    const cap = this.caps[instance]!;
+  /** true when `instance` holds block `id`. */
+  has(instance: number, id: number): boolean {
     const w = (instance / 30) | 0;
     const bit = 1 << instance % 30;
-    for (let i = 0; i < blocks.length; i++) {
-      const id = blocks[i]!;
-      if (lru.has(id)) continue;
-      lru.add(id);
-      this.setBit(id, w, bit);
-      if (lru.size > cap) {
-        const oldest = lru.keys().next().value as number;
-        lru.delete(oldest);
-        this.clearBit(oldest, w, bit);
+    if (this.words === 1) return ((this.masks1.get(id) ?? 0) & bit) !== 0;
+    const m = this.masksN.get(id);
+    return m !== undefined && (m[w]! & bit) !== 0;
+  }
+
+  /** Marks `blocks` as cached on `instance`; enforces the bound (drops the oldest inserted). */
+  add(instance: number, blocks: readonly number[]): void {
+    const w = (instance / 30) | 0;
+    const bit = 1 << instance % 30;
+    const order = this.order[instance]!;
+    let added = 0;
+    if (this.words === 1) {
+      const masks = this.masks1;
+      for (let i = 0; i < blocks.length; i++) {
+        const id = blocks[i]!;
+        const m = masks.get(id);
+        if (m === undefined) masks.set(id, bit);
+        else if ((m & bit) === 0) masks.set(id, m | bit);
+        else continue;
+        order.push(id);
+        added++;
+      }
+    } else {
+      for (let i = 0; i < blocks.length; i++) {
+        const id = blocks[i]!;
+        let m = this.masksN.get(id);
+        if (m === undefined) {
+          m = new Array<number>(this.words).fill(0);
+          this.masksN.set(id, m);
+        } else if ((m[w]! & bit) !== 0) continue;
+        m[w] = m[w]! | bit;
+        order.push(id);
+        added++;
       }
     }
+    this.counts[instance]! += added;
+    if (this.counts[instance]! > this.caps[instance]!) this.evictOldest(instance);
   }
 
   /** Removes `blocks` from `instance` (KV event BlockRemoved). Unknown ids are ignored. */
   remove(instance: number, blocks: readonly number[]): void {
-    const lru = this.lru[instance]!;
     const w = (instance / 30) | 0;
     const bit = 1 << instance % 30;
-    for (let i = 0; i < blocks.length; i++) {
-      const id = blocks[i]!;
-      if (lru.delete(id)) this.clearBit(id, w, bit);
-    }
+    let removed = 0;
+    for (let i = 0; i < blocks.length; i++) if (this.clearBit(blocks[i]!, w, bit)) removed++;
+    this.counts[instance]! -= removed;
+    this.maybeCompact(instance);
   }
 
   /** Removes every block of `instance` (AllBlocksCleared, or instance down). */
   clear(instance: number): void {
-    const lru = this.lru[instance]!;
     const w = (instance / 30) | 0;
     const bit = 1 << instance % 30;
-    for (const id of lru.keys()) this.clearBit(id, w, bit);
-    lru.clear();
-  }
-
-  /** true when `instance` holds block `id`. */
-  has(instance: number, id: number): boolean {
-    return this.lru[instance]!.has(id);
+    const order = this.order[instance]!;
+    for (let i = this.heads[instance]!; i < order.length; i++) this.clearBit(order[i]!, w, bit);
+    this.order[instance] = [];
+    this.heads[instance] = 0;
+    this.counts[instance] = 0;
   }
 
   /**
@@ -164,29 +191,60 @@ export class PrefixIndex {
     return best;
   }
 
-  private setBit(id: number, w: number, bit: number): void {
-    if (this.words === 1) {
-      this.masks1.set(id, (this.masks1.get(id) ?? 0) | bit);
-      return;
+  /** Drops the oldest-inserted live blocks of `instance` until it is within its bound. */
+  private evictOldest(instance: number): void {
+    const w = (instance / 30) | 0;
+    const bit = 1 << instance % 30;
+    const order = this.order[instance]!;
+    let h = this.heads[instance]!;
+    while (this.counts[instance]! > this.caps[instance]! && h < order.length) {
+      if (this.clearBit(order[h]!, w, bit)) this.counts[instance]!--;
+      h++;
     }
-    let m = this.masksN.get(id);
-    if (!m) {
-      m = new Array<number>(this.words).fill(0);
-      this.masksN.set(id, m);
-    }
-    m[w] = m[w]! | bit;
+    this.heads[instance] = h;
+    this.maybeCompact(instance);
   }
 
-  private clearBit(id: number, w: number, bit: number): void {
+  /** Rebuilds the order array when stale entries dominate (keeps memory O(live entries)). */
+  private maybeCompact(instance: number): void {
+    const order = this.order[instance]!;
+    const live = this.counts[instance]!;
+    if (order.length < 1024 || order.length < 3 * live) return;
+    const w = (instance / 30) | 0;
+    const bit = 1 << instance % 30;
+    const next: number[] = [];
+    const seen = new Set<number>();
+    for (let i = this.heads[instance]!; i < order.length; i++) {
+      const id = order[i]!;
+      if (!seen.has(id) && this.bitSet(id, w, bit)) {
+        next.push(id);
+        seen.add(id);
+      }
+    }
+    this.order[instance] = next;
+    this.heads[instance] = 0;
+  }
+
+  private bitSet(id: number, w: number, bit: number): boolean {
+    if (this.words === 1) return ((this.masks1.get(id) ?? 0) & bit) !== 0;
+    const m = this.masksN.get(id);
+    return m !== undefined && (m[w]! & bit) !== 0;
+  }
+
+  /** Clears the bit; returns true when it was set. */
+  private clearBit(id: number, w: number, bit: number): boolean {
     if (this.words === 1) {
-      const v = (this.masks1.get(id) ?? 0) & ~bit;
+      const m = this.masks1.get(id);
+      if (m === undefined || (m & bit) === 0) return false;
+      const v = m & ~bit;
       if (v === 0) this.masks1.delete(id);
       else this.masks1.set(id, v);
-      return;
+      return true;
     }
     const m = this.masksN.get(id);
-    if (!m) return;
+    if (!m || (m[w]! & bit) === 0) return false;
     m[w] = m[w]! & ~bit;
     if (m.every((x) => x === 0)) this.masksN.delete(id);
+    return true;
   }
 }

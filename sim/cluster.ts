@@ -19,66 +19,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { z } from 'zod';
 import type { ClusterSpec, EngineSettings, KdnSpec, LinkSpec } from '../engine/types.js';
-import { formatZodError, instanceSpecFromProfile, loadProfile } from './profiles.js';
+import { instanceSpecFromProfile, loadProfile, loadSchemas } from './profiles.js';
 
-const pos = z.number().finite().positive();
-const nonneg = z.number().finite().nonnegative();
-const capacity = z.union([pos, z.literal('inf'), z.literal('Infinity')]);
-
-const engineOverrides = z
-  .object({
-    maxNumBatchedTokens: pos.int(),
-    maxNumSeqs: pos.int(),
-    maxModelLen: pos.int(),
-    kvCapacityTokens: capacity,
-    blockSizeTokens: pos.int(),
-    longPrefillTokenThreshold: nonneg.int(),
-  })
-  .partial()
-  .strict();
-
-const linkSchema = z.object({ bandwidthGbps: pos, latencyMs: nonneg, efficiency: z.number().gt(0).lte(1) }).strict();
-
-/** Schema of a cluster file. */
-export const clusterFileSchema = z
-  .object({
-    profile: z.string().min(1).optional(),
-    instances: z
-      .union([
-        pos.int(),
-        z.array(engineOverrides.extend({ id: z.string().min(1).optional(), profile: z.string().min(1).optional() }).strict()).min(1),
-      ])
-      .optional(),
-    engine: engineOverrides.optional(),
-    kdns: z
-      .array(
-        z
-          .object({
-            id: z.string().min(1),
-            compression: pos.optional(),
-            knowledge: z.union([z.literal('all'), z.array(z.string())]).optional(),
-            textFetchMs: nonneg.optional(),
-          })
-          .strict(),
-      )
-      .optional(),
-    links: z
-      .object({
-        default: linkSchema.partial().optional(),
-        overrides: z.array(linkSchema.partial().extend({ kdn: z.string(), instance: z.string() }).strict()).optional(),
-      })
-      .strict()
-      .optional(),
-    kvEventDelayMs: nonneg.optional(),
-    chunkTokens: pos.int().optional(),
-    strategyParams: z.record(z.string(), z.record(z.string(), z.unknown())).optional(),
-    sim: z.object({ stepNoiseCv: nonneg.max(0.5).optional() }).strict().optional(),
-  })
-  .strict();
-
-export type ClusterFile = z.infer<typeof clusterFileSchema>;
+import type { ClusterFile } from './schemas.js';
+export type { ClusterFile };
 
 /** Defaults of a KDN and a link when the cluster file does not say. */
 export const KDN_DEFAULTS = {
@@ -107,8 +52,9 @@ export function readClusterFile(file: string): ClusterFile {
   } catch (e) {
     throw new Error(`${file}: not valid YAML/JSON: ${(e as Error).message}`);
   }
-  const r = clusterFileSchema.safeParse(obj ?? {});
-  if (!r.success) throw new Error(formatZodError(file, r.error));
+  const s = loadSchemas();
+  const r = s.clusterFileSchema.safeParse(obj ?? {});
+  if (!r.success) throw new Error(s.formatZodError(file, r.error));
   return r.data;
 }
 

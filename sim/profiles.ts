@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { z } from 'zod';
+import { createRequire } from 'node:module';
 import type { EngineSettings, InstanceSpec, Profile } from '../engine/types.js';
 
 /** Default instance profile for synthetic/NQ workloads (measured). */
@@ -22,65 +22,24 @@ export function repoRoot(): string {
   throw new Error('kvlab: cannot locate the repository root (package.json + engine/)');
 }
 
-const num = z.number().finite();
-const pos = num.positive();
-const nonneg = num.nonnegative();
+type Schemas = typeof import('./schemas.js');
+let schemas: Schemas | null = null;
+/** The zod schemas module (sim/schemas.ts), loaded on first use from the compiled build. */
+export function loadSchemas(): Schemas {
+  schemas ??= createRequire(import.meta.url)('./schemas.js') as Schemas;
+  return schemas;
+}
 
-const engineSchema = z.object({
-  maxNumBatchedTokens: pos.int(),
-  maxNumSeqs: pos.int(),
-  maxModelLen: pos.int(),
-  kvCapacityTokens: pos,
-  blockSizeTokens: pos.int(),
-  longPrefillTokenThreshold: nonneg.int(),
-});
-
-/** zod schema of a Profile file; errors name the offending field path. */
-export const profileSchema = z.object({
-  name: z.string().min(1),
-  derived: z.boolean(),
-  description: z.string(),
-  source: z.string(),
-  model: z.object({
-    name: z.string(),
-    layers: pos.int(),
-    kvHeads: pos.int(),
-    headDim: pos.int(),
-    dtypeBytes: pos,
-    kvBytesPerToken: pos,
-    paramsB: pos,
-  }),
-  hardware: z.object({ gpu: z.string(), gpus: pos.int(), peakTflops: pos, memBandwidthGBs: pos, memGiB: pos }),
-  engine: engineSchema,
-  step: z
-    .object({
-      fixedMs: nonneg,
-      prefillSeqMs: nonneg,
-      decodeSeqMs: nonneg,
-      knots: z.array(nonneg).min(2),
-      values: z.array(nonneg).min(2),
-      attnTokens: pos,
-      kvReadMsPerToken: nonneg,
-      apiMs: nonneg,
-      frontendMsPerRequest: nonneg,
-    })
-    .refine((s) => s.knots.length === s.values.length, { message: 'knots and values must have the same length' })
-    .refine((s) => s.knots.every((k, i) => i === 0 || k > s.knots[i - 1]!), { message: 'knots must be increasing' }),
-  kvLoad: z.object({ fixedMs: nonneg, msPerGB: nonneg, bytesPerToken: pos }),
-  coldStartMs: nonneg,
-  fit: z.record(z.string(), z.unknown()).optional(),
-});
-
-/** Formats a zod error as "where: field.path: message; ...". */
-export function formatZodError(where: string, err: z.ZodError): string {
-  const parts = err.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`);
-  return `${where}: ${parts.join('; ')}`;
+/** Provides the schemas module up front (test runners that execute TypeScript sources). */
+export function registerSchemas(mod: Schemas): void {
+  schemas = mod;
 }
 
 /** Validates a parsed profile object; throws an Error naming `where` and the bad fields. */
 export function parseProfile(obj: unknown, where: string): Profile {
-  const r = profileSchema.safeParse(obj);
-  if (!r.success) throw new Error(formatZodError(where, r.error));
+  const s = loadSchemas();
+  const r = s.profileSchema.safeParse(obj);
+  if (!r.success) throw new Error(s.formatZodError(where, r.error));
   return r.data as Profile;
 }
 
@@ -88,7 +47,9 @@ const cache = new Map<string, Profile>();
 
 /**
  * Loads a profile by name (engine/profiles/<name>.json) or by file path (anything containing
- * a '/' or ending in .json). Cached per resolved path.
+ * a '/' or ending in .json). Cached per resolved path. Files given by path are schema-checked;
+ * the built-in profiles are checked by the test suite (test/calibrate.test.ts, test/sim.test.ts)
+ * and trusted here, which keeps zod out of the start-up of every run.
  * @throws Error when the file is missing, not JSON, or fails the schema (names the field).
  */
 export function loadProfile(nameOrPath: string): Profile {
@@ -105,7 +66,7 @@ export function loadProfile(nameOrPath: string): Profile {
   } catch (e) {
     throw new Error(`${file}: invalid JSON: ${(e as Error).message}`);
   }
-  const p = parseProfile(obj, file);
+  const p = isPath ? parseProfile(obj, file) : (obj as Profile);
   cache.set(file, p);
   return p;
 }

@@ -1,0 +1,116 @@
+/**
+ * zod schemas of kvlab's input files (profiles, cluster files). Loaded on demand by
+ * sim/profiles.ts and sim/cluster.ts (zod's import costs more than a short simulation), so only
+ * runs that read a user-provided file pay for it. Errors name the file and the field path.
+ */
+import { z } from 'zod';
+
+const num = z.number().finite();
+const pos = num.positive();
+const nonneg = num.nonnegative();
+
+const engineSchema = z.object({
+  maxNumBatchedTokens: pos.int(),
+  maxNumSeqs: pos.int(),
+  maxModelLen: pos.int(),
+  kvCapacityTokens: pos,
+  blockSizeTokens: pos.int(),
+  longPrefillTokenThreshold: nonneg.int(),
+});
+
+/** zod schema of a Profile file; errors name the offending field path. */
+export const profileSchema = z.object({
+  name: z.string().min(1),
+  derived: z.boolean(),
+  description: z.string(),
+  source: z.string(),
+  model: z.object({
+    name: z.string(),
+    layers: pos.int(),
+    kvHeads: pos.int(),
+    headDim: pos.int(),
+    dtypeBytes: pos,
+    kvBytesPerToken: pos,
+    paramsB: pos,
+  }),
+  hardware: z.object({ gpu: z.string(), gpus: pos.int(), peakTflops: pos, memBandwidthGBs: pos, memGiB: pos }),
+  engine: engineSchema,
+  step: z
+    .object({
+      fixedMs: nonneg,
+      prefillSeqMs: nonneg,
+      decodeSeqMs: nonneg,
+      knots: z.array(nonneg).min(2),
+      values: z.array(nonneg).min(2),
+      attnTokens: pos,
+      kvReadMsPerToken: nonneg,
+      apiMs: nonneg,
+      frontendMsPerRequest: nonneg,
+    })
+    .refine((s) => s.knots.length === s.values.length, { message: 'knots and values must have the same length' })
+    .refine((s) => s.knots.every((k, i) => i === 0 || k > s.knots[i - 1]!), { message: 'knots must be increasing' }),
+  kvLoad: z.object({ fixedMs: nonneg, msPerGB: nonneg, bytesPerToken: pos }),
+  coldStartMs: nonneg,
+  fit: z.record(z.string(), z.unknown()).optional(),
+});
+
+/** Formats a zod error as "where: field.path: message; ...". */
+export function formatZodError(where: string, err: z.ZodError): string {
+  const parts = err.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`);
+  return `${where}: ${parts.join('; ')}`;
+}
+
+const capacity = z.union([pos, z.literal('inf'), z.literal('Infinity')]);
+
+const engineOverrides = z
+  .object({
+    maxNumBatchedTokens: pos.int(),
+    maxNumSeqs: pos.int(),
+    maxModelLen: pos.int(),
+    kvCapacityTokens: capacity,
+    blockSizeTokens: pos.int(),
+    longPrefillTokenThreshold: nonneg.int(),
+  })
+  .partial()
+  .strict();
+
+const linkSchema = z.object({ bandwidthGbps: pos, latencyMs: nonneg, efficiency: z.number().gt(0).lte(1) }).strict();
+
+/** Schema of a cluster file. */
+export const clusterFileSchema = z
+  .object({
+    profile: z.string().min(1).optional(),
+    instances: z
+      .union([
+        pos.int(),
+        z.array(engineOverrides.extend({ id: z.string().min(1).optional(), profile: z.string().min(1).optional() }).strict()).min(1),
+      ])
+      .optional(),
+    engine: engineOverrides.optional(),
+    kdns: z
+      .array(
+        z
+          .object({
+            id: z.string().min(1),
+            compression: pos.optional(),
+            knowledge: z.union([z.literal('all'), z.array(z.string())]).optional(),
+            textFetchMs: nonneg.optional(),
+          })
+          .strict(),
+      )
+      .optional(),
+    links: z
+      .object({
+        default: linkSchema.partial().optional(),
+        overrides: z.array(linkSchema.partial().extend({ kdn: z.string(), instance: z.string() }).strict()).optional(),
+      })
+      .strict()
+      .optional(),
+    kvEventDelayMs: nonneg.optional(),
+    chunkTokens: pos.int().optional(),
+    strategyParams: z.record(z.string(), z.record(z.string(), z.unknown())).optional(),
+    sim: z.object({ stepNoiseCv: nonneg.max(0.5).optional() }).strict().optional(),
+  })
+  .strict();
+
+export type ClusterFile = z.infer<typeof clusterFileSchema>;
