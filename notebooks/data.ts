@@ -615,7 +615,10 @@ export function chooseRequest(inputs: ReportInputs, choice: TimelineChoice = {})
 
 type Phase = 'prepare' | 'link wait' | 'transfer' | 'queue' | 'KV load' | 'prefill' | 'decode' | 'rejected option (predicted TTFT)';
 
-/** Sequential phases of a TTFT breakdown, ms since arrival; KV load is drawn at the start of prefill. */
+/**
+ * Sequential phases of a TTFT breakdown, ms since arrival:
+ * prepare, link wait, transfer, queue, KV load, prefill (docs/FORMATS.md: ttft is their sum).
+ */
 function phases(b: { prepare_ms: number; link_wait_ms: number; transfer_ms: number; queue_ms: number; kv_load_ms: number; prefill_ms: number }): { phase: Phase; start: number; end: number }[] {
   const out: { phase: Phase; start: number; end: number }[] = [];
   let t = 0;
@@ -627,9 +630,8 @@ function phases(b: { prepare_ms: number; link_wait_ms: number; transfer_ms: numb
   push('link wait', b.link_wait_ms);
   push('transfer', b.transfer_ms);
   push('queue', b.queue_ms);
-  const kv = Math.min(Math.max(0, b.kv_load_ms), Math.max(0, b.prefill_ms));
-  push('KV load', kv);
-  push('prefill', b.prefill_ms - kv);
+  push('KV load', b.kv_load_ms);
+  push('prefill', b.prefill_ms);
   return out;
 }
 

@@ -6,7 +6,7 @@
  */
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
-import type { AbJson, DiffJson, RecordJson, SummaryJson, SweepEntry, TimeseriesJson } from './types.js';
+import type { AbJson, AlternativeJson, DiffJson, RecordJson, SummaryJson, SweepEntry, TimeseriesJson } from './types.js';
 
 /** A problem with a report input; the message names the file and the field. */
 export class InputError extends Error {
@@ -145,15 +145,41 @@ export function validateTimeseries(x: unknown, file: string): TimeseriesJson {
   return x as unknown as TimeseriesJson;
 }
 
+/** Bare Infinity / NaN tokens (not valid JSON) in a value position. */
+const NON_JSON_NUMBER = /(?<=[:,[]\s*)-?(?:Infinity|NaN)(?=\s*[,\]}])/g;
+
+/**
+ * Turns columnar alternatives ({instance: [...], intent: [...], score: [...], ttft_ms: [...]},
+ * docs/FORMATS.md) into one object per option; arrays of objects (the older form) pass through.
+ * Null entries are dropped from each option.
+ */
+export function normalizeAlternatives(alts: unknown): AlternativeJson[] {
+  if (Array.isArray(alts)) return alts as AlternativeJson[];
+  if (!isObj(alts)) return [];
+  const cols = Object.entries(alts).filter(([, v]) => Array.isArray(v)) as [string, unknown[]][];
+  const n = Math.max(0, ...cols.map(([, v]) => v.length));
+  const out: AlternativeJson[] = [];
+  for (let i = 0; i < n; i++) {
+    const o: Record<string, unknown> = {};
+    for (const [k, v] of cols) if (v[i] !== null && v[i] !== undefined) o[k] = v[i];
+    out.push(o as unknown as AlternativeJson);
+  }
+  return out;
+}
+
 /**
  * Parses records.jsonl. Checks per line: `id`, `status`, and for status `ok` the observed
- * `ttft_ms` and `e2e_ms`. Blank lines are skipped.
+ * `ttft_ms` and `e2e_ms`. Blank lines are skipped. Columnar `decision.alternatives` are turned
+ * into one object per option. Bare `Infinity`/`NaN` numbers (not JSON) are read as null and
+ * reported through `warn` (once per file, with the count and the first line).
  * @throws InputError "FILE:LINE: missing field "observed.ttft_ms"" etc.
  */
-export function parseRecords(text: string, file: string): RecordJson[] {
+export function parseRecords(text: string, file: string, warn?: (msg: string) => void): RecordJson[] {
   const out: RecordJson[] = [];
   let lineNo = 0;
   let start = 0;
+  let nonJson = 0;
+  let firstNonJson = 0;
   while (start < text.length) {
     let end = text.indexOf('\n', start);
     if (end < 0) end = text.length;
@@ -166,7 +192,14 @@ export function parseRecords(text: string, file: string): RecordJson[] {
     try {
       rec = JSON.parse(line);
     } catch (e) {
-      throw new InputError(`${where}: invalid JSON (${(e as Error).message})`);
+      const fixed = line.replace(NON_JSON_NUMBER, 'null');
+      try {
+        if (fixed === line) throw e;
+        rec = JSON.parse(fixed);
+        if (nonJson++ === 0) firstNonJson = lineNo;
+      } catch {
+        throw new InputError(`${where}: invalid JSON (${(e as Error).message})`);
+      }
     }
     if (!isObj(rec)) throw new InputError(`${where}: expected a JSON object`);
     requireString(rec, 'id', where);
@@ -175,8 +208,11 @@ export function parseRecords(text: string, file: string): RecordJson[] {
       requireNumber(rec, 'observed.ttft_ms', where);
       requireNumber(rec, 'observed.e2e_ms', where);
     }
+    const d = rec['decision'];
+    if (isObj(d) && d['alternatives'] !== undefined && !Array.isArray(d['alternatives'])) d['alternatives'] = normalizeAlternatives(d['alternatives']);
     out.push(rec as unknown as RecordJson);
   }
+  if (nonJson > 0) warn?.(`${file}: ${nonJson} line(s) hold Infinity/NaN, which is not JSON (first: line ${firstNonJson}); read as null`);
   return out;
 }
 
@@ -201,7 +237,7 @@ export function isRunDir(dir: string): boolean {
  * @param override strategy/seed to use instead of the files' own (e.g. from ab.json).
  * @throws InputError when the directory has no run file, a file is malformed, or the strategy cannot be determined.
  */
-export function loadRun(dir: string, override: { strategy?: string; seed?: number } = {}): RunData {
+export function loadRun(dir: string, override: { strategy?: string; seed?: number } = {}, warn?: (msg: string) => void): RunData {
   const abs = resolve(dir);
   if (!existsSync(abs) || !statSync(abs).isDirectory()) throw new InputError(`run directory not found: ${dir}`);
   if (!isRunDir(abs)) throw new InputError(`${dir}: not a run directory (no summary.json, records.jsonl or timeseries.json)`);
@@ -210,7 +246,7 @@ export function loadRun(dir: string, override: { strategy?: string; seed?: numbe
   const configRaw = existsSync(f('config.json')) ? readJson(f('config.json')) : null;
   const config = isObj(configRaw) ? configRaw : null;
   const timeseries = existsSync(f('timeseries.json')) ? validateTimeseries(readJson(f('timeseries.json')), f('timeseries.json')) : null;
-  const records = existsSync(f('records.jsonl')) ? parseRecords(readFileSync(f('records.jsonl'), 'utf8'), f('records.jsonl')) : null;
+  const records = existsSync(f('records.jsonl')) ? parseRecords(readFileSync(f('records.jsonl'), 'utf8'), f('records.jsonl'), warn) : null;
   const strategy = override.strategy ?? runStrategy(summary, config, records);
   if (strategy === undefined) {
     throw new InputError(`${dir}: cannot tell the strategy: missing field "strategy" in summary.json and config.json`);
@@ -299,7 +335,7 @@ function loadAbDir(dir: string, into: ReportInputs): void {
         into.warnings.push(`${file}: run "${p}" (strategy ${strategy}, seed ${seed}) not found; using ab.json's numbers only`);
         return;
       }
-      into.runs.push(loadRun(found, { strategy, seed }));
+      into.runs.push(loadRun(found, { strategy, seed }, (w) => into.warnings.push(w)));
     });
   }
 }
@@ -370,8 +406,9 @@ export function loadInputs(paths: readonly string[]): ReportInputs {
       inputs.diffs.push({ file: f, diff: validateDiff(readJson(f), f) });
       known = true;
     }
+    const warn = (w: string): void => void inputs.warnings.push(w);
     if (isRunDir(abs)) {
-      inputs.runs.push(loadRun(abs));
+      inputs.runs.push(loadRun(abs, {}, warn));
       known = true;
     }
     if (!known) {
@@ -379,7 +416,7 @@ export function loadInputs(paths: readonly string[]): ReportInputs {
       if (found.length === 0) {
         throw new InputError(`${p}: no report input found (expected summary.json, records.jsonl, timeseries.json, ab.json, sweep.json or diff.json)`);
       }
-      for (const d of found) inputs.runs.push(loadRun(d));
+      for (const d of found) inputs.runs.push(loadRun(d, {}, warn));
     }
   }
   const seen = new Set<string>();

@@ -59,7 +59,7 @@ function substitute(x: unknown, vars: Readonly<Record<string, string>>): unknown
   return x;
 }
 
-/** Drops a title's empty subtitle (vega-lite would reserve space for it). */
+/** Drops empty subtitles (vega-lite would reserve space for them) and `zero` on log scales. */
 function tidyTitles(x: unknown): void {
   if (!x || typeof x !== 'object') return;
   if (Array.isArray(x)) {
@@ -67,6 +67,8 @@ function tidyTitles(x: unknown): void {
     return;
   }
   const o = x as Record<string, unknown>;
+  // `zero` does not apply to log scales (a placeholder may have made a scale logarithmic)
+  if (o['type'] === 'log' && 'zero' in o) delete o['zero'];
   const t = o['title'];
   if (t && typeof t === 'object' && !Array.isArray(t) && (t as Record<string, unknown>)['subtitle'] === '') {
     delete (t as Record<string, unknown>)['subtitle'];

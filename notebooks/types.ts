@@ -12,12 +12,12 @@ export type IntentName = 'none' | 'text' | 'kvcache' | 'hybrid';
 /** Every intent, in the order charts and tables show them. */
 export const INTENTS: readonly IntentName[] = ['text', 'kvcache', 'hybrid', 'none'];
 
-/** A TTFT breakdown (predicted or observed), ms. ttft = prepare + link_wait + transfer + queue + prefill. */
+/** A TTFT breakdown (predicted or observed), ms. ttft = prepare + link_wait + transfer + queue + kv_load + prefill. */
 export interface BreakdownJson {
   prepare_ms: number;
   link_wait_ms: number;
   transfer_ms: number;
-  /** KV load into the engine; in sim it happens inside the prefill steps (so inside prefill_ms). */
+  /** KV load into the engine (LMCache retrieve), ms. */
   kv_load_ms: number;
   queue_ms: number;
   prefill_ms: number;
@@ -29,7 +29,12 @@ export interface ObservedJson extends BreakdownJson {
   /** (e2e - ttft) / (output_tokens - 1); null when output_tokens = 1. */
   tpot_ms: number | null;
   e2e_ms: number;
+  /** local prefix-cache hit, tokens. */
   cached_tokens?: number;
+  /** KV loaded from LMCache/KDN, tokens. */
+  loaded_tokens?: number;
+  /** tokens moved on the KDN link. */
+  transfer_tokens?: number;
   preemptions?: number;
   /** absolute virtual/wall time of the first token, ms since run start. */
   first_token_at_ms?: number;
@@ -49,7 +54,11 @@ export interface AlternativeJson {
   reused_tokens?: number;
 }
 
-/** The engine's decision as recorded. */
+/**
+ * The engine's decision as the reports use it. On disk `alternatives` is columnar
+ * ({instance: [...], intent: [...], score: [...], ttft_ms: [...]}); `parseRecords` turns it into
+ * one object per option.
+ */
 export interface DecisionJson {
   strategy: string;
   reason: string;

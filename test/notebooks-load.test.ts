@@ -100,3 +100,17 @@ describe('loadInputs', () => {
     expect(r.summary).toBeNull();
   });
 });
+
+describe('records format details', () => {
+  it('turns columnar alternatives into one object per option and reads Infinity as null with a warning', () => {
+    const line = '{"id":"r1","status":"ok","observed":{"ttft_ms":5,"e2e_ms":9},"decision":{"strategy":"s","reason":"x","reused_tokens":0,"cached_tokens":0,' +
+      '"alternatives":{"instance":["i0","i1"],"intent":["text","kvcache"],"score":[1.5,Infinity],"ttft_ms":[null,-Infinity]}}}';
+    const warnings: string[] = [];
+    const [r] = parseRecords(line + '\n', 'f.jsonl', (w) => warnings.push(w));
+    expect(r!.decision!.alternatives).toEqual([{ instance: 'i0', intent: 'text', score: 1.5 }, { instance: 'i1', intent: 'kvcache' }]);
+    expect(warnings).toEqual(['f.jsonl: 1 line(s) hold Infinity/NaN, which is not JSON (first: line 1); read as null']);
+    // Infinity inside a string is left alone, and other JSON errors still fail
+    expect(parseRecords('{"id":"Infinity","status":"rejected"}', 'g.jsonl')[0]!.id).toBe('Infinity');
+    expect(() => parseRecords('{"id":"r1","status":"ok",Infinity}', 'g.jsonl')).toThrow(/g.jsonl:1: invalid JSON/);
+  });
+});
