@@ -9,8 +9,9 @@
  * delivered to the requests' sinks `apiMs` (profile step model: HTTP + detokenise + SSE) later,
  * in step order. The next step starts at the previous step's scheduled end (so timer lateness
  * does not accumulate), unless the loop fell behind by more than 20 wall ms.
- * Requests reach the core `frontendMsPerRequest` apart (profile), and the very first request
- * an instance serves waits `coldStartMs` more.
+ * Requests pass an API frontend, a FIFO server taking `frontendMsPerRequest` each (as in
+ * sim/simulator.ts), and the very first request an instance serves waits `coldStartMs` more
+ * (a cold vLLM; the simulator leaves it out, so pass `coldStart: false` to compare).
  */
 import { InstanceCore, type CoreRequest, type ReqState } from '../sim/instance.js';
 import type { InstanceSpec } from '../engine/types.js';
@@ -114,10 +115,11 @@ export class WallClockEngine {
     this.sinks.set(req.id, { sink, emitted: 0 });
     const step = this.spec.profile.step;
     const now = this.nowModel();
-    let entry = Math.max(now, this.frontFree);
+    // API frontend: a FIFO server taking frontendMsPerRequest per request (as sim/simulator.ts)
+    let entry = Math.max(now, this.frontFree) + step.frontendMsPerRequest;
+    this.frontFree = entry;
     if (this.served === 0 && (this.opts.coldStart ?? true)) entry += this.spec.profile.coldStartMs;
     this.served++;
-    this.frontFree = entry + step.frontendMsPerRequest;
     const enter = (): void => {
       if (this.closed) return;
       if (!this.core.add(req, this.nowModel())) {
