@@ -586,7 +586,8 @@ export interface ChosenRequest {
 
 /**
  * Picks the request for the timeline chart: `choice.requestId` in the first matching run
- * (strategy order, then seed), or the request with the highest observed TTFT.
+ * (strategy order, then seed), or the request with the highest observed TTFT among the runs whose
+ * decisions carry predicted TTFTs for their alternatives (all runs when none does).
  * @returns null when no run has records; throws an Error naming the id when `requestId` is given but found nowhere.
  */
 export function chooseRequest(inputs: ReportInputs, choice: TimelineChoice = {}): ChosenRequest | null {
@@ -604,8 +605,12 @@ export function chooseRequest(inputs: ReportInputs, choice: TimelineChoice = {})
     }
     throw new Error(`request ${choice.requestId} not found in the records.jsonl of any run${choice.strategy ? ` of strategy ${choice.strategy}` : ''}`);
   }
+  // by default, prefer strategies whose decisions carry predicted TTFTs for the alternatives
+  // (the chart compares them); fall back to every run
+  const hasAltTtft = (r: RunData): boolean => r.records!.some((x) => x.decision?.alternatives?.some((a) => typeof a.ttft_ms === 'number'));
+  const preferred = runs.filter(hasAltTtft);
   let best: ChosenRequest | null = null;
-  for (const run of runs) {
+  for (const run of preferred.length ? preferred : runs) {
     for (const record of okRecords(run)) {
       if (!best || record.observed!.ttft_ms > best.record.observed!.ttft_ms) best = { run, record };
     }
@@ -662,12 +667,20 @@ export function timelineData(inputs: ReportInputs, choice: TimelineChoice = {}):
   if (r.predicted) row('ttft', `predicted (${where})`, phases(r.predicted), r.predicted.ttft_ms, fmtMs(r.predicted.ttft_ms));
   const alts = (r.decision?.alternatives ?? [])
     .filter((a) => !(a.instance === r.instance && a.intent === r.intent))
-    .filter((a) => typeof (a.ttft_ms ?? a.score) === 'number')
-    .sort((a, b) => (a.ttft_ms ?? a.score) - (b.ttft_ms ?? b.score));
+    .sort((a, b) => (a.ttft_ms ?? Infinity) - (b.ttft_ms ?? Infinity) || (a.score ?? 0) - (b.score ?? 0));
+  const names = new Set<string>();
   for (const a of alts.slice(0, MAX_ALTERNATIVES)) {
-    const v = a.ttft_ms ?? a.score;
-    const label = a.ttft_ms !== undefined ? fmtMs(v) : `score ${v.toLocaleString('en-US', { maximumFractionDigits: 1 })}`;
-    row('ttft', `rejected: ${a.instance} · ${a.intent}`, [{ phase: 'rejected option (predicted TTFT)', start: 0, end: v }], v, label);
+    // hybrid options differ by their split point; keep every row name unique
+    let name = `rejected: ${a.instance} · ${a.intent}${typeof a.reused_tokens === 'number' && a.intent === 'hybrid' ? ` (${fmtInt(a.reused_tokens)} KV)` : ''}`;
+    for (let k = 2; names.has(name); k++) name = `${name.replace(/ #\d+$/, '')} #${k}`;
+    names.add(name);
+    if (typeof a.ttft_ms === 'number' && Number.isFinite(a.ttft_ms)) {
+      row('ttft', name, [{ phase: 'rejected option (predicted TTFT)', start: 0, end: a.ttft_ms }], a.ttft_ms, fmtMs(a.ttft_ms));
+    } else {
+      // no TTFT prediction for this option: show the strategy's score as text, no bar in ms
+      const sc = Number.isFinite(a.score) ? a.score.toLocaleString('en-US', { maximumFractionDigits: 2 }) : String(a.score ?? '–');
+      row('ttft', name, [], 0, `score ${sc} (no TTFT prediction)`);
+    }
   }
   const whole = phases(o);
   if (o.e2e_ms > o.ttft_ms) whole.push({ phase: 'decode', start: o.ttft_ms, end: o.e2e_ms });
