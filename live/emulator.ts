@@ -93,8 +93,12 @@ export interface EmulatorHandle {
   /** resolved LMCache config (also when no Redis is used). */
   lmcache: LmcacheConfig;
   kvEvents?: KvEventPublisher;
-  /** Closes the HTTP server, fails unfinished requests, flushes KV events, quits Redis. */
-  close(): Promise<void>;
+  /**
+   * Graceful shutdown: stops accepting connections, lets running requests finish for up to
+   * `graceMs` (default 5,000 ms), then fails the rest (streams get an in-band error and
+   * `[DONE]`), flushes KV events and quits Redis. Idempotent.
+   */
+  close(graceMs?: number): Promise<void>;
 }
 
 /** Per-block info kept for KV events (vLLM hash, parent, token ids). */
@@ -269,7 +273,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     },
   );
 
-  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 64 * 1024 * 1024, forceCloseConnections: true });
+  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 64 * 1024 * 1024, forceCloseConnections: 'idle' });
   // vLLM parses every body as JSON whatever the content type
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
@@ -672,10 +676,23 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   const host = opts.host ?? '127.0.0.1';
 
   let closing: Promise<void> | undefined;
-  const close = (): Promise<void> => {
+  const close = (graceMs = 5000): Promise<void> => {
     closing ??= (async () => {
+      const closed = app.close(); // stop listening; resolves when in-flight responses ended
+      let timer: NodeJS.Timeout | undefined;
+      const drained = new Promise<void>((resolve) => {
+        const poll = (): void => {
+          if (engine.inflight === 0) return resolve();
+          timer = setTimeout(poll, 10);
+        };
+        poll();
+      });
+      await Promise.race([drained, new Promise((r) => setTimeout(r, graceMs))]);
+      if (timer) clearTimeout(timer);
       engine.close('emulator shutting down');
-      await app.close();
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 1000))]);
+      app.server.closeAllConnections();
+      await closed;
       await kvPub?.close();
       if (redis) await redis.quit().catch(() => redis!.disconnect());
     })();

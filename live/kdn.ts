@@ -114,6 +114,7 @@ export interface KdnHandle {
   redis: Redis;
   lmcache: LmcacheConfig;
   links: LinkTable;
+  /** Stops accepting connections, lets running requests finish (10 s at most), quits Redis. */
   close(): Promise<void>;
 }
 
@@ -258,7 +259,7 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
   const pick = (o: Record<string, unknown>, fields: string[] | null | undefined, always: string[]): Record<string, unknown> =>
     fields && fields.length ? Object.fromEntries(Object.entries(o).filter(([k]) => fields.includes(k) || always.includes(k))) : o;
 
-  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 256 * 1024 * 1024, forceCloseConnections: true });
+  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 256 * 1024 * 1024, forceCloseConnections: 'idle' });
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
     const s = String(body);
@@ -530,7 +531,11 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     links,
     close: () =>
       (closing ??= (async () => {
-        await app.close();
+        // stop listening; running requests (injections) finish, idle keep-alive sockets close
+        const closed = app.close();
+        await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
+        app.server.closeAllConnections();
+        await closed;
         for (const r of targets.values()) await r.quit().catch(() => r.disconnect());
         await redis.quit().catch(() => redis.disconnect());
       })()),

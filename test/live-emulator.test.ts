@@ -343,3 +343,29 @@ describe('concurrency and timing', () => {
     }
   });
 });
+
+describe('graceful shutdown', () => {
+  it('lets running streams finish, then refuses new connections', async () => {
+    const e = await startEmulator({ profile: testProfile() });
+    const p = postSse(`${e.url}/v1/completions`, { prompt: 'long answer please', max_tokens: 40, stream: true });
+    await new Promise((r) => setTimeout(r, 30));
+    await e.close();
+    const r = await p;
+    expect(r.data.at(-1)).toBe('[DONE]');
+    expect(r.data.slice(0, -1).map((d) => JSON.parse(d))).toHaveLength(40);
+    await expect(getText(`${e.url}/health`)).rejects.toThrow();
+  });
+
+  it('after the grace period, unfinished streams end with an in-band error and [DONE]', async () => {
+    const e = await startEmulator({ profile: testProfile() });
+    const p = postSse(`${e.url}/v1/completions`, { prompt: 'never ending', max_tokens: 2000, stream: true });
+    await new Promise((r) => setTimeout(r, 30));
+    await e.close(50);
+    const r = await p;
+    expect(r.raw).toMatch(/^(data: [^\n]+\n\n)+$/);
+    expect(r.data.at(-1)).toBe('[DONE]');
+    const err = JSON.parse(r.data.at(-2)!);
+    expect(err.error).toMatchObject({ type: 'InternalServerError', code: 500 });
+    expect(err.error.message).toMatch(/shutting down/);
+  });
+});
