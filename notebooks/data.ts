@@ -257,7 +257,7 @@ export function sweepData(inputs: ReportInputs, xParam: string, metric: 'ttft' |
     vars: {
       x_title: logX ? `${title}, log scale` : title,
       x_scale: logX ? 'log' : 'linear',
-      subtitle: `${what}; mean over ${seeds} seed${seeds > 1 ? 's' : ''}, bars: 95% CI`,
+      subtitle: seeds > 1 ? `${what}; mean over ${seeds} seeds, bars: 95% CI` : `${what}; one seed (no confidence interval)`,
     },
   };
 }
