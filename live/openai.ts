@@ -78,6 +78,7 @@ export const completionRequestSchema = z.looseObject({
   logprobs: int.min(0).nullish(),
   add_special_tokens: z.boolean().nullish(),
 });
+/** Parsed `/v1/completions` body. */
 export type CompletionRequest = z.infer<typeof completionRequestSchema>;
 
 const contentPart = z.looseObject({ type: z.string(), text: z.string().optional() });
@@ -98,6 +99,7 @@ export const chatRequestSchema = z.looseObject({
   continue_final_message: z.boolean().nullish(),
   add_special_tokens: z.boolean().nullish(),
 });
+/** Parsed `/v1/chat/completions` body. */
 export type ChatRequest = z.infer<typeof chatRequestSchema>;
 
 /** `/tokenize` body, completion form. */
