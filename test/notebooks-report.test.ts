@@ -101,14 +101,16 @@ describe('report.html in headless Chromium', () => {
   it('renders every chart as SVG, without console errors or network, in under 3 s', async () => {
     const page = await HeadlessPage.launch({ width: 1280, height: 900 });
     const url = pathToFileURL(report.html).href;
-    const opens: number[] = [];
+    const opens: number[] = []; // in-page: navigation start to every chart rendered, ms
+    const walls: number[] = []; // test side: navigate command to "done" seen by polling, ms
     try {
       // the first load pays for a cold browser; take the best of up to three
       for (let i = 0; i < 3; i++) {
         const t0 = Date.now();
         await page.goto(url);
         await page.waitFor('window.__kvlabReport && window.__kvlabReport.done', 30_000);
-        opens.push(Date.now() - t0);
+        walls.push(Date.now() - t0);
+        opens.push(Math.round(await page.evaluate<number>('window.__kvlabReport.ms')));
         if (opens.at(-1)! < 3000) break;
       }
       const state = await page.evaluate<{ expected: number; rendered: number; failed: string[]; ms: number }>('window.__kvlabReport');
@@ -138,7 +140,7 @@ describe('report.html in headless Chromium', () => {
       copyFileSync(join(root, 'report-top.png'), join(keep, 'kvlab-report-top.png'));
       copyFileSync(join(root, 'report-full.png'), join(keep, 'kvlab-report-full.png'));
       expect(statSync(join(root, 'report-full.png')).size).toBeGreaterThan(100_000);
-      process.stderr.write(`report.html opened in ${opens.join(' ms, ')} ms (all ${state.rendered} charts rendered ${Math.round(state.ms)} ms after navigation start); screenshots: ${join(keep, 'kvlab-report-top.png')}, ${join(keep, 'kvlab-report-full.png')}\n`);
+      process.stderr.write(`report.html: all ${state.rendered} charts rendered ${opens.join(' ms, ')} ms after navigation start (test-side wall ${walls.join(' ms, ')} ms); screenshots: ${join(keep, 'kvlab-report-top.png')}, ${join(keep, 'kvlab-report-full.png')}\n`);
     } finally {
       await page.close();
     }
