@@ -6,14 +6,14 @@
  *   kvlab kdn --port 9101 --redis URL --model PATH [--link HOST:PORT=GBPS,LAT_MS,EFF] ...
  *
  * Each command lives in its own `register*` function; add gateway / replay / diff / live demo
- * the same way. Servers print one `ready <url>` line on stdout once listening (for scripts that
+ * the same way (server modules are imported inside the actions, so registering the commands
+ * stays cheap). Servers print one `ready <url>` line on stdout once listening (for scripts that
  * spawn them) and close gracefully on SIGINT/SIGTERM.
  */
 import type { Command } from 'commander';
 import type { LinkSpec } from '../engine/types.js';
 import { DEFAULT_PROFILE } from '../sim/profiles.js';
-import { startEmulator } from './emulator.js';
-import { startKdn, type KnowledgeFormat } from './kdn.js';
+import type { KnowledgeFormat } from './kdn.js';
 import type { ChunkHashVariant } from './lmcache.js';
 
 /** Registers this area's kvlab sub-commands on the root program. */
@@ -134,6 +134,7 @@ function registerEmulate(program: Command): void {
       if (f.maxModelLen !== undefined) engine.maxModelLen = f.maxModelLen;
       if (f.kvCapacityTokens !== undefined) engine.kvCapacityTokens = f.kvCapacityTokens;
       if (f.kvEventsReplay && !f.kvEvents) throw new Error('--kv-events-replay needs --kv-events');
+      const { startEmulator } = await import('./emulator.js'); // loaded on demand: CLI start-up
       const em = await startEmulator({
         host: f.host,
         port: f.port,
@@ -204,6 +205,7 @@ function registerKdn(program: Command): void {
     .option('--time-scale <x>', 'divide link durations by x', numberOption('--time-scale', 1e-6), 1)
     .option('--log', 'log requests (pino)', false)
     .action(async (f: KdnFlags) => {
+      const { startKdn } = await import('./kdn.js');
       const kdn = await startKdn({
         host: f.host,
         port: f.port,
