@@ -31,6 +31,7 @@ import { KvEventPublisher, type KvCacheEvent, type KvEventPublisherOptions } fro
 import { lmcacheChunks, lmcacheConfig, type LmcacheChunk, type LmcacheConfig } from './lmcache.js';
 import { LmcacheRedis } from './lmcache-redis.js';
 import {
+  acceptAnyJson,
   ApiError,
   badRequest,
   chatRequestSchema,
@@ -274,17 +275,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   );
 
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 64 * 1024 * 1024, forceCloseConnections: 'idle' });
-  // vLLM parses every body as JSON whatever the content type
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
-    const s = String(body);
-    if (s.trim() === '') return done(null, undefined);
-    try {
-      done(null, JSON.parse(s));
-    } catch (e) {
-      done(badRequest(`Invalid JSON body: ${(e as Error).message}`, null), undefined);
-    }
-  });
+  acceptAnyJson(app, (msg) => badRequest(msg, null));
   app.setErrorHandler((err, _req, reply) => {
     const e = toApiError(err);
     void reply.status(e.status).type('application/json').send(e.body());

@@ -39,6 +39,7 @@ import { z } from 'zod';
 import type { LinkSpec } from '../engine/types.js';
 import { LinkTable, type LinkTiming } from './link.js';
 import { kvBytesKey, lmcacheChunks, lmcacheConfig, metadataKey, rankChunkBytes, syntheticKvBytes, syntheticMetadata, type LmcacheConfig } from './lmcache.js';
+import { acceptAnyJson } from './openai.js';
 import { encodePrompt, encodeSystemPrefix } from './tokenizer.js';
 
 /** How a knowledge text sits at the prompt prefix (see module doc). */
@@ -260,16 +261,7 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     fields && fields.length ? Object.fromEntries(Object.entries(o).filter(([k]) => fields.includes(k) || always.includes(k))) : o;
 
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 256 * 1024 * 1024, forceCloseConnections: 'idle' });
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
-    const s = String(body);
-    if (s.trim() === '') return done(null, undefined);
-    try {
-      done(null, JSON.parse(s));
-    } catch (e) {
-      done(new KdnError(400, `Invalid JSON body: ${(e as Error).message}`), undefined);
-    }
-  });
+  acceptAnyJson(app, (msg) => new KdnError(400, msg));
   app.setErrorHandler((err, _req, reply) => {
     const e = err as { status?: number; statusCode?: number; message: string };
     const status = err instanceof KdnError ? err.status : typeof e.statusCode === 'number' && e.statusCode < 500 ? e.statusCode : 500;

@@ -3,6 +3,7 @@
  * error bodies, request validation with zod (errors name the field), usage objects.
  * Source: reference/live-protocols.md §1 (vLLM `entrypoints/openai/protocol.py`).
  */
+import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 
 /** vLLM 0.10–0.13 `ErrorResponse`: `code` is the HTTP status integer. */
@@ -160,4 +161,22 @@ function short(v: unknown): string {
   const s = JSON.stringify(v);
   if (s === undefined) return String(v);
   return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+}
+
+/**
+ * Makes `app` parse every request body as JSON whatever its content type (as vLLM/FastAPI
+ * does, so `curl -d '{…}'` works). An empty body parses to `undefined` (handlers report the
+ * missing object); malformed JSON fails with `makeError("Invalid JSON body: <reason>")`.
+ */
+export function acceptAnyJson(app: FastifyInstance, makeError: (message: string) => Error): void {
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
+    const s = String(body);
+    if (s.trim() === '') return done(null, undefined);
+    try {
+      done(null, JSON.parse(s));
+    } catch (e) {
+      done(makeError(`Invalid JSON body: ${(e as Error).message}`), undefined);
+    }
+  });
 }
