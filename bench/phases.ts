@@ -4,7 +4,10 @@
  */
 import { resolve } from 'node:path';
 import { createStrategy } from '../engine/strategies/index.js';
-import { observed, recordsJsonl, summarize, timeseries } from '../sim/metrics.js';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { observed, summarize, timeseries, writeRecords } from '../sim/metrics.js';
 import { clusterFor } from '../sim/run.js';
 import { simulate } from '../sim/simulator.js';
 import { loadTrace } from '../traces/load.js';
@@ -28,10 +31,16 @@ const rc = clusterFor(lt, { strategy, instances });
 const o = simulate(lt.requests, { cluster: rc.spec, strategy: createStrategy(strategy), seed: 1, stepNoiseCv: 0.02 });
 t = lap('simulate', t);
 const obs = observed(o);
-const rec = recordsJsonl(o, obs, rc.spec.kdns.map((k) => k.id));
+let bytes = 0;
+const fd = openSync(join(tmpdir(), 'kvlab-phases-records.jsonl'), 'w');
+writeRecords(o, obs, rc.spec.kdns.map((k) => k.id), (c) => {
+  bytes += c.length;
+  writeSync(fd, c);
+});
+closeSync(fd);
 t = lap('records', t);
 summarize(o, obs);
 t = lap('summary', t);
 timeseries(o, ['kdn0']);
 t = lap('timeseries', t);
-console.log(`events ${o.events}, records ${(rec.length / 1e6).toFixed(1)} MB, rss ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`);
+console.log(`events ${o.events}, records ${(bytes / 1e6).toFixed(1)} MB, rss ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`);

@@ -20,6 +20,11 @@ export function r3(x: number): number {
   return Math.round(x * 1000) / 1000;
 }
 
+/** A number as JSON text, 3 decimals; non-finite values (Infinity, NaN) become null. */
+export function j3(x: number): string {
+  return Number.isFinite(x) ? String(Math.round(x * 1000) / 1000) : 'null';
+}
+
 /** Distribution of `values` (unsorted; copied). */
 export function dist(values: ArrayLike<number>): Dist {
   const n = values.length;
@@ -151,10 +156,10 @@ function alternativesJson(d: Decision, quotedIds: string[]): string {
     const sep = j ? ',' : '';
     inst += sep + quotedIds[a.instance];
     intent += sep + '"' + a.intent + '"';
-    score += sep + r3(a.score);
+    score += sep + j3(a.score);
     if (a.ttftMs !== undefined) hasTtft = true;
     if (a.reusedTokens !== undefined) hasReused = true;
-    ttft += sep + (a.ttftMs !== undefined ? r3(a.ttftMs) : 'null');
+    ttft += sep + (a.ttftMs !== undefined ? j3(a.ttftMs) : 'null');
     reused += sep + (a.reusedTokens !== undefined ? a.reusedTokens : 'null');
   }
   return `{"instance":[${inst}],"intent":[${intent}],"score":[${score}]` + (hasTtft ? `,"ttft_ms":[${ttft}]` : '') + (hasReused ? `,"reused_tokens":[${reused}]` : '') + '}';

@@ -58,6 +58,8 @@ export interface Summary extends SummaryCore {
   ttft_quantiles_ms: number[];
   wall_ms: number;
   sim_requests_per_s: number;
+  /** peak resident set size of the process so far, MiB. */
+  peak_rss_mib: number;
 }
 
 /**
@@ -140,6 +142,7 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
     ttft_quantiles_ms: quant,
     wall_ms: Math.round(wall),
     sim_requests_per_s: wall > 0 ? Math.round((t.requests.length / wall) * 1000) : 0,
+    peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),
   };
   if (outDir) {
     writeFileSync(join(outDir, 'summary.json'), JSON.stringify(summary, null, 1) + '\n');
