@@ -7,7 +7,7 @@
  * (`--save '' --appendonly no`, as CacheRoute runs its LMCache Redis), `allkeys-lru` eviction,
  * bound to 127.0.0.1 only, with its working directory in a fresh temp dir that `stop()` removes.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -215,14 +215,4 @@ async function startOnce(bin: string, port: number, opts: LaunchRedisOptions): P
     return stopping;
   };
   return { host: '127.0.0.1', port, url: `redis://127.0.0.1:${port}`, dir, pid: child.pid ?? -1, stop };
-}
-
-/** True when a redis-server binary is available (for tests that want to skip with a reason). */
-export function hasRedisServer(bin = 'redis-server'): boolean {
-  try {
-    const p = findRedisServer(bin);
-    return spawnSync(p, ['--version'], { stdio: 'ignore' }).status === 0;
-  } catch {
-    return false;
-  }
 }

@@ -221,11 +221,6 @@ export class WallClockEngine {
     }, Math.max(0, head.dueWall - performance.now()));
   }
 
-  /** The state the core keeps for a request (hit/load tokens, times), while it is known. */
-  state(id: string): ReqState | undefined {
-    return this.core.get(id);
-  }
-
   /** Stops all timers and fails every unfinished request with `reason`. Idempotent. */
   close(reason = 'engine shut down'): void {
     if (this.closed) return;
