@@ -80,6 +80,19 @@ export function chunkAttnUnits(s: number, c: number): number {
  * token budget. Excludes apiMs and queueing.
  */
 export function prefillAloneMs(p: Profile, startTokens: number, newTokens: number): number {
+  // one-entry memo: a decision evaluates the same (profile, start, tokens) on many instances
+  if (memo.p === p && memo.start === startTokens && memo.tokens === newTokens) return memo.ms;
+  const ms = prefillAloneCompute(p, startTokens, newTokens);
+  memo.p = p;
+  memo.start = startTokens;
+  memo.tokens = newTokens;
+  memo.ms = ms;
+  return ms;
+}
+
+const memo: { p: Profile | null; start: number; tokens: number; ms: number } = { p: null, start: -1, tokens: -1, ms: 0 };
+
+function prefillAloneCompute(p: Profile, startTokens: number, newTokens: number): number {
   const m = p.step;
   const budget = p.engine.maxNumBatchedTokens;
   let s = startTokens;

@@ -8,7 +8,7 @@
 import seedrandom from 'seedrandom';
 import { LinkBook } from './links.js';
 import { LoadBook, type InstanceLoad } from './load.js';
-import { predictOption, type Prediction } from './predict.js';
+import { emptyPrediction, predictInto, type PredictInput, type Prediction } from './predict.js';
 import { PrefixIndex } from './prefix-index.js';
 import type { Alternative, ClusterSpec, Decision, EngineRequest, Intent, KvEvent } from './types.js';
 
@@ -44,6 +44,8 @@ export interface DecideContext {
   kdnFor(i: number): KdnChoice | null;
   /** predicted breakdown of an option; reuse defaults to the KDN's full coverage. */
   predict(i: number, intent: Intent, reuseTokens?: number): Prediction;
+  /** `predict` writing into `out` (no allocation). */
+  predictInto(out: Prediction, i: number, intent: Intent, reuseTokens?: number): Prediction;
 }
 
 /** What a strategy returns; the engine completes it into a Decision. */
@@ -94,6 +96,8 @@ export class Engine {
   private readonly matchBuf: Int32Array;
   private readonly predictOnRoute: boolean;
   private readonly dispatched = new Map<string, Dispatched>();
+  /** reusable predictor input (decisions are not re-entrant). */
+  private readonly scratch: PredictInput;
   /** the last decision's context and prediction, reused by onDispatch when it matches. */
   private last: { req: EngineRequest; now: number; ctx: DecideContext; d: Decision; pred: Prediction } | null = null;
   /** decisions made, per intent. */
@@ -118,6 +122,18 @@ export class Engine {
     this.rngFn = seedrandom(String(opts.seed ?? 1));
     this.matchBuf = new Int32Array(n);
     this.predictOnRoute = opts.predictOnRoute ?? true;
+    this.scratch = {
+      inst: cluster.instances[0]!,
+      load: this.loads.loads[0]!,
+      backlogMs: 0,
+      promptTokens: 1,
+      outputTokens: 1,
+      knowledgeTokens: 0,
+      cachedTokens: 0,
+      intent: 'none',
+      reuseTokens: 0,
+      linkWaitMs: 0,
+    };
   }
 
   /**
@@ -286,23 +302,24 @@ export class Engine {
       isUp: (i) => up[i]!,
       rng,
       kdnFor,
-      predict: (i, intent, reuseTokens) => {
-        const kc = intent === 'kvcache' || intent === 'hybrid' ? kdnFor(i) : req.knowledgeTokens > 0 ? kdnFor(i) : null;
+      predict: (i, intent, reuseTokens) => ctx.predictInto(emptyPrediction(), i, intent, reuseTokens),
+      predictInto: (out, i, intent, reuseTokens) => {
+        const kc = intent === 'kvcache' || intent === 'hybrid' || req.knowledgeTokens > 0 ? kdnFor(i) : null;
         const reuse = kc ? Math.min(reuseTokens ?? kc.reuseTokens, kc.reuseTokens) : 0;
-        return predictOption({
-          inst: cluster.instances[i]!,
-          load: loads.loads[i]!,
-          backlogMs: loads.backlogMs(i, now),
-          promptTokens: P,
-          outputTokens: req.outputTokens,
-          knowledgeTokens: req.knowledgeTokens,
-          cachedTokens: cachedTokens(i),
-          intent,
-          reuseTokens: reuse,
-          kdn: kc ? cluster.kdns[kc.kdn] : cluster.kdns[0],
-          link: kc ? cluster.links[kc.kdn]![i] : undefined,
-          linkWaitMs: kc ? kc.linkWaitMs : 0,
-        });
+        const pi = this.scratch;
+        pi.inst = cluster.instances[i]!;
+        pi.load = loads.loads[i]!;
+        pi.backlogMs = loads.backlogMs(i, now);
+        pi.promptTokens = P;
+        pi.outputTokens = req.outputTokens;
+        pi.knowledgeTokens = req.knowledgeTokens;
+        pi.cachedTokens = cachedTokens(i);
+        pi.intent = intent;
+        pi.reuseTokens = reuse;
+        pi.kdn = kc ? cluster.kdns[kc.kdn] : cluster.kdns[0];
+        pi.link = kc ? cluster.links[kc.kdn]![i] : undefined;
+        pi.linkWaitMs = kc ? kc.linkWaitMs : 0;
+        return predictInto(out, pi);
       },
     };
     return ctx;

@@ -51,6 +51,31 @@ export interface Prediction extends Breakdown {
  *  - a KV-memory overflow (booked footprint beyond capacity) is charged as recompute of the overflow.
  */
 export function predictOption(p: PredictInput): Prediction {
+  return predictInto(emptyPrediction(), p);
+}
+
+/** A zeroed Prediction, for use as a reusable output of `predictInto`. */
+export function emptyPrediction(): Prediction {
+  return { prepareMs: 0, linkWaitMs: 0, transferMs: 0, kvLoadMs: 0, queueMs: 0, prefillMs: 0, ttftMs: 0, transferTokens: 0, computeTokens: 0, workMs: 0 };
+}
+
+/** Copies every field of `src` into `dst`; returns `dst`. */
+export function copyPrediction(dst: Prediction, src: Prediction): Prediction {
+  dst.prepareMs = src.prepareMs;
+  dst.linkWaitMs = src.linkWaitMs;
+  dst.transferMs = src.transferMs;
+  dst.kvLoadMs = src.kvLoadMs;
+  dst.queueMs = src.queueMs;
+  dst.prefillMs = src.prefillMs;
+  dst.ttftMs = src.ttftMs;
+  dst.transferTokens = src.transferTokens;
+  dst.computeTokens = src.computeTokens;
+  dst.workMs = src.workMs;
+  return dst;
+}
+
+/** `predictOption` writing into `out` (no allocation on the decision hot path). */
+export function predictInto(out: Prediction, p: PredictInput): Prediction {
   const prof = p.inst.profile;
   const m = prof.step;
   const P = p.promptTokens;
@@ -89,17 +114,15 @@ export function predictOption(p: PredictInput): Prediction {
   const ready = prepareMs + linkWaitMs + xferMs;
   const queueMs = Math.max(0, p.backlogMs - ready) + m.frontendMsPerRequest;
   const prefillMs = prefill + m.apiMs;
-  const ttftMs = ready + queueMs + loadMs + prefillMs;
-  return {
-    prepareMs,
-    linkWaitMs,
-    transferMs: xferMs,
-    kvLoadMs: loadMs,
-    queueMs,
-    prefillMs,
-    ttftMs,
-    transferTokens,
-    computeTokens,
-    workMs: prefill + loadMs,
-  };
+  out.prepareMs = prepareMs;
+  out.linkWaitMs = linkWaitMs;
+  out.transferMs = xferMs;
+  out.kvLoadMs = loadMs;
+  out.queueMs = queueMs;
+  out.prefillMs = prefillMs;
+  out.ttftMs = ready + queueMs + loadMs + prefillMs;
+  out.transferTokens = transferTokens;
+  out.computeTokens = computeTokens;
+  out.workMs = prefill + loadMs;
+  return out;
 }

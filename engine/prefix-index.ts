@@ -22,6 +22,8 @@ export class PrefixIndex {
   /** live blocks per instance. */
   private readonly counts: number[];
   private readonly caps: number[];
+  /** scratch mask words of `match` (no allocation per lookup). */
+  private readonly curBuf: Int32Array;
 
   /**
    * @param instances number of instances (any count; 30 per mask word)
@@ -36,6 +38,7 @@ export class PrefixIndex {
     this.heads = new Array<number>(instances).fill(0);
     this.counts = new Array<number>(instances).fill(0);
     this.caps = Array.isArray(capacityBlocks) ? capacityBlocks.slice() : new Array<number>(instances).fill(capacityBlocks);
+    this.curBuf = new Int32Array(this.words);
   }
 
   /** Blocks indexed for `instance`. */
@@ -155,7 +158,7 @@ export class PrefixIndex {
       return best;
     }
     const W = this.words;
-    const cur = new Array<number>(W);
+    const cur = this.curBuf;
     for (let w = 0; w < W; w++) {
       const bits = Math.min(30, n - w * 30);
       cur[w] = bits >= 30 ? 0x3fffffff : (1 << bits) - 1;

@@ -25,7 +25,7 @@
  */
 import { kvWireBytes, transferMs } from '../costmodel.js';
 import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
-import type { Prediction } from '../predict.js';
+import { copyPrediction, emptyPrediction, type Prediction } from '../predict.js';
 import type { Alternative, Intent } from '../types.js';
 
 export interface KvlabParams {
@@ -45,6 +45,7 @@ export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 2, hybr
 export class KvlabStrategy implements Strategy {
   readonly name = 'kvlab';
   private readonly p: KvlabParams;
+  private readonly scratch: Prediction = emptyPrediction();
   constructor(params: Partial<KvlabParams> = {}) {
     this.p = { ...KVLAB_DEFAULTS, ...params };
   }
@@ -52,13 +53,24 @@ export class KvlabStrategy implements Strategy {
   decide(ctx: DecideContext): StrategyChoice {
     const req = ctx.req;
     const alternatives: Alternative[] = [];
-    let best: { i: number; intent: Intent; reuse: number; pred: Prediction; cost: number } | null = null;
+    const scratch = this.scratch;
+    const bestPred = emptyPrediction();
+    let bestI = -1;
+    let bestIntent: Intent = 'none';
+    let bestReuse = 0;
+    let bestCost = Infinity;
     const consider = (i: number, intent: Intent, reuse: number) => {
-      const pred = ctx.predict(i, intent, reuse);
+      const pred = ctx.predictInto(scratch, i, intent, reuse);
       const cost = pred.ttftMs + (this.p.workWeight + this.p.queueWeight * ctx.load(i).prefillReqs) * pred.workMs;
-      alternatives.push({ instance: i, intent, score: round3(cost), ttftMs: round3(pred.ttftMs), ...(intent === 'hybrid' ? { reusedTokens: reuse } : {}) });
-      if (best === null || cost < best.cost - 1e-9 || (Math.abs(cost - best.cost) <= 1e-9 && ctx.load(i).inflight < ctx.load(best.i).inflight)) {
-        best = { i, intent, reuse, pred, cost };
+      const a: Alternative = { instance: i, intent, score: round3(cost), ttftMs: round3(pred.ttftMs) };
+      if (intent === 'hybrid') a.reusedTokens = reuse;
+      alternatives.push(a);
+      if (bestI < 0 || cost < bestCost - 1e-9 || (Math.abs(cost - bestCost) <= 1e-9 && ctx.load(i).inflight < ctx.load(bestI).inflight)) {
+        bestI = i;
+        bestIntent = intent;
+        bestReuse = reuse;
+        bestCost = cost;
+        copyPrediction(bestPred, pred);
       }
     };
     const chunk = ctx.cluster.chunkTokens;
@@ -86,9 +98,8 @@ export class KvlabStrategy implements Strategy {
       const cands = new Set<number>([x0, x0 + chunk, Math.floor(kc.reuseTokens / 2 / chunk) * chunk]);
       for (const x of cands) if (x > hit && x < kc.reuseTokens) consider(i, 'hybrid', x);
     }
-    const b = best as { i: number; intent: Intent; reuse: number; pred: Prediction; cost: number } | null;
-    if (!b) throw new Error('no instance is up');
-    return { instance: b.i, intent: b.intent, reuseTokens: b.reuse, alternatives, reason: 'min-ttft', prediction: b.pred };
+    if (bestI < 0) throw new Error('no instance is up');
+    return { instance: bestI, intent: bestIntent, reuseTokens: bestReuse, alternatives, reason: 'min-ttft', prediction: bestPred };
   }
 }
 
