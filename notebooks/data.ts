@@ -151,7 +151,10 @@ export function cdfData(inputs: ReportInputs): ChartData {
     notes.push(`${s}: percentiles of ${runs.length} run(s)`);
   }
   if (rows.length === 0) return null;
-  return { datasets: { cdf: rows }, vars: { subtitle: `completed requests pooled over seeds (${notes.join(', ')})` } };
+  // one short subtitle: a long one widens the whole image (vega-lite sizes the title to fit)
+  const distinct = [...new Set(notes.map((n) => n.slice(n.indexOf(': ') + 2)))];
+  const detail = distinct.length === 1 ? `${distinct[0]} per strategy` : notes.length <= 3 ? notes.join(', ') : `${notes.length} strategies`;
+  return { datasets: { cdf: rows }, vars: { subtitle: `completed requests pooled over seeds (${detail})` } };
 }
 
 /** TTFT p50/p90/p99, mean across seeds with 95 % CI: 'pct' = [{strategy, stat, mean, lo, hi, n}]. */
