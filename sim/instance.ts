@@ -91,6 +91,11 @@ export interface InstanceCoreOptions {
   keepDone?: boolean;
   /** list decode tokens in StepEvents.token (default true; the simulator does not need them). */
   reportTokens?: boolean;
+  /**
+   * reuse one StepEvents object (its arrays are cleared) for every finishStep instead of
+   * allocating a new one; the caller must not keep it across steps (default false).
+   */
+  reuseEvents?: boolean;
 }
 
 /** The vLLM-V1-like instance. Not re-entrant: one step runs at a time. */
@@ -108,6 +113,8 @@ export class InstanceCore {
   private readonly noise?: (step: number) => number;
   private readonly keepDone: boolean;
   private readonly reportTokens: boolean;
+  private readonly reuseEvents: boolean;
+  private readonly ev: StepEvents = { firstToken: [], token: [], done: [], preempted: [], rejected: [] };
   /** steps remaining in a coalesced decode run (>= 1 while busy). */
   private runSteps = 0;
   private stepStart = 0;
@@ -131,6 +138,7 @@ export class InstanceCore {
     this.noise = opts.noise;
     this.keepDone = opts.keepDone ?? true;
     this.reportTokens = opts.reportTokens ?? true;
+    this.reuseEvents = opts.reuseEvents ?? false;
   }
 
   /** true while a step is running. */
@@ -463,8 +471,19 @@ export class InstanceCore {
   finishStep(nowMs: number): StepEvents {
     if (!this.busyFlag) throw new Error('InstanceCore: no step is running');
     this.busyFlag = false;
-    const ev: StepEvents = { firstToken: [], token: [], done: [], preempted: this.preemptedBuf, rejected: [] };
-    this.preemptedBuf = [];
+    let ev: StepEvents;
+    if (this.reuseEvents) {
+      ev = this.ev;
+      ev.firstToken.length = 0;
+      ev.token.length = 0;
+      ev.done.length = 0;
+      ev.preempted.length = 0;
+      for (const id of this.preemptedBuf) ev.preempted.push(id);
+      this.preemptedBuf.length = 0;
+    } else {
+      ev = { firstToken: [], token: [], done: [], preempted: this.preemptedBuf, rejected: [] };
+      this.preemptedBuf = [];
+    }
     const k = this.runSteps;
     this.runSteps = 0;
     const sched = this.scheduled;

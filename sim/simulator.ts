@@ -104,6 +104,7 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
       new InstanceCore(spec, {
         keepDone: true,
         reportTokens: false,
+        reuseEvents: true,
         onKvEvent: (kind, blocks) => {
           const buf = kvBuf[i]!;
           const last = buf[buf.length - 1];

@@ -114,6 +114,20 @@ describe('runSim / runAb', () => {
 });
 
 describe.skipIf(!HAVE_SHARED || !existsSync(H100))('Mooncake conversation trace, 16 instances', () => {
+  it('runSim twice with the same seed writes byte-identical records.jsonl', async () => {
+    const a = mkdtempSync(join(tmpdir(), 'kvlab-det-a-'));
+    const b = mkdtempSync(join(tmpdir(), 'kvlab-det-b-'));
+    const c = mkdtempSync(join(tmpdir(), 'kvlab-det-c-'));
+    const opts = { trace: MOONCAKE, limit: 3000, strategy: 'kvlab', seed: 4 };
+    await runSim({ ...opts, out: a });
+    await runSim({ ...opts, out: b });
+    await runSim({ ...opts, seed: 5, out: c });
+    const ra = readFileSync(join(a, 'records.jsonl'));
+    expect(ra.length).toBeGreaterThan(100_000);
+    expect(readFileSync(join(b, 'records.jsonl')).equals(ra)).toBe(true);
+    expect(readFileSync(join(c, 'records.jsonl')).equals(ra)).toBe(false);
+  }, 120_000);
+
   it('every strategy completes the full trace', async () => {
     const t = await loadMooncake(MOONCAKE);
     const p = loadProfile(H100);
