@@ -4,7 +4,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { STRATEGY_NAMES } from '../engine/strategies/index.js';
 import { WORKLOAD_NAMES, type WorkloadName } from '../traces/load.js';
-import { runAb, runSim, type Summary } from './run.js';
+import { runAb, runSim, type RunOptions, type Summary } from './run.js';
 
 /** Parses a positive number option. */
 export function positive(name: string) {
@@ -73,6 +73,25 @@ function addCommon(c: Command): Command {
     .option('--limit <n>', 'only the first n requests of the trace', positiveInt('--limit'))
     .option('--noise-cv <x>', 'step-time noise coefficient of variation (default 0.02)', (v) => Number(v))
     .option('--quiet', 'no progress on stderr');
+}
+
+/** Maps the shared flags of addCommon() to RunOptions fields. */
+function inputAndCluster(o: Record<string, any>): Omit<RunOptions, 'strategy'> {
+  return {
+    trace: o.trace,
+    workload: o.workload,
+    workloadOptions: o.workloadOpt,
+    instances: o.instances,
+    profile: o.profile,
+    kvCapacityTokens: o.kvCapacityTokens,
+    kdnGbps: o.kdnGbps,
+    kvEventDelayMs: o.kvEventDelayMs,
+    timeScale: o.timeScale,
+    cluster: o.cluster,
+    skipBadLines: o.skipBadLines,
+    limit: o.limit,
+    stepNoiseCv: o.noiseCv,
+  };
 }
 
 /** Progress reporter on stderr (TTY: one updating line; otherwise every 25%). */
@@ -156,19 +175,7 @@ export function registerSimCommands(program: Command): void {
       .option('--json', 'print summary.json to stdout instead of the text summary'),
   ).action(async (o) => {
     const res = await runSim({
-      trace: o.trace,
-      workload: o.workload,
-      workloadOptions: o.workloadOpt,
-      instances: o.instances,
-      profile: o.profile,
-      kvCapacityTokens: o.kvCapacityTokens,
-      kdnGbps: o.kdnGbps,
-      kvEventDelayMs: o.kvEventDelayMs,
-      timeScale: o.timeScale,
-      cluster: o.cluster,
-      skipBadLines: o.skipBadLines,
-      limit: o.limit,
-      stepNoiseCv: o.noiseCv,
+      ...inputAndCluster(o),
       strategy: o.strategy,
       strategyParams: o.strategyOpt,
       seed: o.seed,
@@ -195,19 +202,7 @@ export function registerSimCommands(program: Command): void {
     let done = 0;
     const t0 = performance.now();
     const ab = await runAb({
-      trace: o.trace,
-      workload: o.workload,
-      workloadOptions: o.workloadOpt,
-      instances: o.instances,
-      profile: o.profile,
-      kvCapacityTokens: o.kvCapacityTokens,
-      kdnGbps: o.kdnGbps,
-      kvEventDelayMs: o.kvEventDelayMs,
-      timeScale: o.timeScale,
-      cluster: o.cluster,
-      skipBadLines: o.skipBadLines,
-      limit: o.limit,
-      stepNoiseCv: o.noiseCv,
+      ...inputAndCluster(o),
       strategies: o.strategies,
       seeds,
       out: o.out,
