@@ -50,7 +50,7 @@ export function observed(o: SimOutcome): Observed {
   for (let r = 0; r < N; r++) {
     if (o.status[r] !== ST_OK) continue;
     const req = o.requests[r]!;
-    const api = o.apiMs[o.decisions[r]!.instance]!;
+    const api = o.apiMs[o.decisions.instance[r]!]!;
     ttft[r] = o.firstTokenAt[r]! + api - req.arrivalMs;
     e2e[r] = o.doneAt[r]! + api - req.arrivalMs;
     if (req.outputTokens > 1) tpot[r] = (o.doneAt[r]! - o.firstTokenAt[r]!) / (req.outputTokens - 1);
@@ -99,11 +99,11 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o)): SummaryCo
   const per = o.instances.map((s) => ({ id: s.id, requests: 0, prompt_tokens: 0, hit_tokens: 0, computed_tokens: 0, busy_ms: r3(s.busyMs), evictions: s.evictions, preemptions: s.preemptions }));
   for (let r = 0; r < N; r++) {
     const req = o.requests[r]!;
-    const d = o.decisions[r]!;
-    intentMix[d.intent]++;
+    const inst = o.decisions.instance[r]!;
+    intentMix[o.decisions.intent(r)]++;
     if (req.arrivalMs < firstArrival) firstArrival = req.arrivalMs;
     preemptions += o.preemptions[r]!;
-    const p = per[d.instance]!;
+    const p = per[inst]!;
     p.requests++;
     if (o.status[r] === ST_REJECTED) rejected++;
     if (o.status[r] !== ST_OK) continue;
@@ -114,7 +114,7 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o)): SummaryCo
     p.prompt_tokens += req.inputTokens;
     p.hit_tokens += o.hitTokens[r]!;
     p.computed_tokens += req.inputTokens - o.hitTokens[r]! - o.loadTokens[r]!;
-    const done = o.doneAt[r]! + o.apiMs[d.instance]!;
+    const done = o.doneAt[r]! + o.apiMs[inst]!;
     if (done > lastDone) lastDone = done;
   }
   const comp = per.map((p) => p.computed_tokens);
@@ -172,7 +172,7 @@ function decisionJson(d: Decision, quotedIds: string[]): string {
 /** One timing record line (no trailing newline). */
 function recordLine(o: SimOutcome, obs: Observed, r: number, quotedIds: string[], quotedKdns: string[]): string {
   const q = o.requests[r]!;
-  const d = o.decisions[r]!;
+  const d = o.decisions.get(r);
   const st = o.status[r] === ST_OK ? 'ok' : o.status[r] === ST_REJECTED ? 'rejected' : 'failed';
   const p = d.predicted;
   const pred = `{"prepare_ms":${r3(p.prepareMs)},"link_wait_ms":${r3(p.linkWaitMs)},"transfer_ms":${r3(p.transferMs)},"kv_load_ms":${r3(p.kvLoadMs)},"queue_ms":${r3(p.queueMs)},"prefill_ms":${r3(p.prefillMs)},"ttft_ms":${r3(p.ttftMs)}}`;
@@ -246,18 +246,19 @@ export function timeseries(o: SimOutcome, kdnIds: string[], bucketMs?: number): 
   const ids = o.instances.map((s) => s.id);
   for (let r = 0; r < N; r++) {
     const q = o.requests[r]!;
-    const d = o.decisions[r]!;
+    const di = o.decisions.instance[r]!;
+    const intent = o.decisions.intent(r);
     const k = Math.min(nb - 1, Math.floor((q.arrivalMs - t0) / b));
-    intents[d.intent][k]!++;
-    const I = inst[ids[d.instance]!]!;
+    intents[intent][k]!++;
+    const I = inst[ids[di]!]!;
     I.requests[k]!++;
-    I.intent[d.intent][k]!++;
-    bookedMax[d.instance]![k] = Math.max(bookedMax[d.instance]![k]!, o.bookedPrefillAtArrival[r]!);
-    runMax[d.instance]![k] = Math.max(runMax[d.instance]![k]!, o.runningAtArrival[r]!);
+    I.intent[intent][k]!++;
+    bookedMax[di]![k] = Math.max(bookedMax[di]![k]!, o.bookedPrefillAtArrival[r]!);
+    runMax[di]![k] = Math.max(runMax[di]![k]!, o.runningAtArrival[r]!);
     if (o.status[r] === ST_OK) {
       const kf = Math.min(nb - 1, Math.floor((o.firstTokenAt[r]! - t0) / b));
-      hitT[d.instance]![kf]! += o.hitTokens[r]!;
-      promptT[d.instance]![kf]! += q.inputTokens;
+      hitT[di]![kf]! += o.hitTokens[r]!;
+      promptT[di]![kf]! += q.inputTokens;
     }
   }
   o.instances.forEach((s, i) => {

@@ -10,7 +10,8 @@
  */
 import { Engine, type Strategy } from '../engine/engine.js';
 import { kvWireBytes, transferMs } from '../engine/costmodel.js';
-import type { ClusterSpec, Decision, Intent, TraceRequest } from '../engine/types.js';
+import type { ClusterSpec, Intent, TraceRequest } from '../engine/types.js';
+import { DecisionStore } from './decision-store.js';
 import { EventQueue } from './events.js';
 import { InstanceCore, type CoreRequest } from './instance.js';
 
@@ -44,7 +45,8 @@ export interface SimOptions {
 /** Per-request results, in request order (typed arrays; -1 = did not happen). */
 export interface SimOutcome {
   requests: TraceRequest[];
-  decisions: Decision[];
+  /** the engine's decision per request (compact; `decisions.get(r)` rebuilds one). */
+  decisions: DecisionStore;
   status: Uint8Array;
   /** times (ms, absolute virtual): */
   readyAt: Float64Array;
@@ -133,7 +135,7 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
 
   const out: SimOutcome = {
     requests,
-    decisions: new Array<Decision>(N),
+    decisions: new DecisionStore(N),
     status: new Uint8Array(N),
     readyAt: new Float64Array(N).fill(-1),
     coreAt: new Float64Array(N).fill(-1),
@@ -192,7 +194,7 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
       const t = ta;
       const d = engine.decide(req, t);
       engine.onDispatch(req, d, t);
-      out.decisions[r] = d;
+      out.decisions.set(r, d);
       const i = d.instance;
       instOf[r] = i;
       const l = engine.loads.loads[i]!;
@@ -243,7 +245,7 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
         const r = q.argA;
         const req = requests[r]!;
         const i = instOf[r]!;
-        const d = out.decisions[r]!;
+        const ds = out.decisions;
         out.coreAt[r] = t;
         const cr: CoreRequest = {
           id: req.id,
@@ -251,7 +253,7 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
           outputTokens: req.outputTokens,
           blocks: req.blocks,
           blockSize: req.blockSize,
-          loadedTokens: d.intent === 'kvcache' || d.intent === 'hybrid' ? d.reusedTokens : 0,
+          loadedTokens: ds.intentCode[r]! >= 2 ? ds.reused[r]! : 0,
         };
         const core = cores[i]!;
         if (!core.add(cr, t)) {
