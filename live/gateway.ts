@@ -51,7 +51,7 @@ import { DEFAULT_PROFILE } from '../sim/profiles.js';
 import { Backend, classifyChunk, HealthMonitor, isConnectError, SseSplitter, type BackendOptions, type BackendSpec, type HealthOptions, type StreamUsage } from './backends.js';
 import { fastBlockIds } from './block-hash.js';
 import { ApiError, badRequest, chatRequestSchema, completionRequestSchema, modelNotFound, parseBody, type ChatRequest, type CompletionRequest } from './openai.js';
-import { Recorder, writeConfig, type RecordObserved, type TimingRecord } from './recorder.js';
+import { columnarAlternatives, Recorder, writeConfig, type RecordObserved, type TimingRecord } from './recorder.js';
 import { BOS_ID, encodePrompt, encodeSystemPrefix, encodeText, renderLlama3Chat, type ChatMessage } from './tokenizer.js';
 
 /** Options of {@link startGateway}. */
@@ -117,6 +117,11 @@ export interface GatewayHandle {
    * re-simulating exactly the same workload (live/demo.ts).
    */
   requests(): TraceRequest[];
+  /**
+   * Fetches knowledge items from the KDN and tokenises their prefixes now (cold-start warm-up,
+   * so the first requests do not pay for it). @throws like a request naming unknown kids.
+   */
+  prefetchKnowledge(kids: string[]): Promise<void>;
   /** Switches the strategy (as PUT /debug/strategy). @throws Error for unknown names/params. */
   setStrategy(name: string, params?: Record<string, unknown>): void;
   /** Stops accepting, fails in-flight requests ("gateway shutting down"), writes summary.json. */
@@ -527,6 +532,8 @@ interface Flight {
   transfer: number;
   transferTokens: number;
   wireBytes: number;
+  /** KDN inject round trip (model ms), -1 when none. */
+  ackMs: number;
   tSend: number;
   tFirst: number;
   tDone: number;
@@ -722,12 +729,14 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
         tpot_ms: ttft !== null && outTok > 1 ? (e2e - ttft) / (outTok - 1) : null,
         e2e_ms: e2e,
         cached_tokens: f.usage ? (f.usage.prompt_tokens_details?.cached_tokens ?? 0) : null,
+        loaded_tokens: null,
         preemptions: null,
         first_token_at_ms: f.tFirst >= 0 ? f.tFirst : null,
         done_at_ms: f.tDone,
         prompt_tokens: f.usage?.prompt_tokens ?? null,
         transfer_tokens: f.transferTokens,
         wire_bytes: f.wireBytes,
+        kdn_ack_ms: f.ackMs >= 0 ? f.ackMs : null,
         retries: f.retries,
       };
     }
@@ -748,7 +757,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
             reason: d.reason,
             reused_tokens: d.reusedTokens,
             cached_tokens: d.cachedTokens,
-            alternatives: d.alternatives.map((a) => ({ instance: ids[a.instance]!, intent: a.intent, score: a.score, ...(a.ttftMs !== undefined ? { ttft_ms: a.ttftMs } : {}), ...(a.reusedTokens !== undefined ? { reused_tokens: a.reusedTokens } : {}) })),
+            alternatives: columnarAlternatives(d.alternatives, ids),
             ...(f.planned ? { planned_intent: f.planned, fallback: f.fallback } : {}),
           }
         : null,
@@ -820,6 +829,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     f.transfer = 0;
     f.transferTokens = 0;
     f.wireBytes = 0;
+    f.ackMs = -1;
     if (d.intent !== 'kvcache' && d.intent !== 'hybrid') return;
     const b = backends[d.instance]!;
     const fall = (why: string): void => {
@@ -854,6 +864,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
       return fall(`kdn-unreachable: ${(e as Error).message}`);
     }
     const tAck = now();
+    f.ackMs = tAck - tStart;
     engine.onKvTransferDone(f.id, tAck);
     if (!ack.ok || !(ack.injected_kids ?? []).includes(kid)) return fall(`kv-inject-failed: ${(ack.detail ?? 'not injected').slice(0, 160)}`);
     f.linkWait = Math.min((ack.queue_ms ?? 0) * ts, tAck - tStart);
@@ -938,7 +949,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
       knowledgeTokens: built.knowledgeTokens,
       ...(built.question ? { question: built.question } : {}),
     };
-    const f: Flight = { id, kind, tArr, req, d: null, planned: null, fallback: null, retries: 0, linkWait: 0, transfer: 0, transferTokens: 0, wireBytes: 0, tSend: -1, tFirst: -1, tDone: -1, usage: null, completionTokens: 0, abort: new AbortController(), finished: false, killed: null };
+    const f: Flight = { id, kind, tArr, req, d: null, planned: null, fallback: null, retries: 0, linkWait: 0, transfer: 0, transferTokens: 0, wireBytes: 0, ackMs: -1, tSend: -1, tFirst: -1, tDone: -1, usage: null, completionTokens: 0, abort: new AbortController(), finished: false, killed: null };
     inflight.set(id, f);
     routed.push(req);
     const clientGone = (): void => {
@@ -1256,6 +1267,9 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     timeScale: ts,
     now,
     requests: () => routed.slice(),
+    prefetchKnowledge: async (kids: string[]) => {
+      for (const it of await store.get(kids)) if (it.format === 'chat-system') sysIds(it);
+    },
     setStrategy,
     close,
   };

@@ -43,8 +43,14 @@ export interface RecordObserved {
   ttft_ms: number | null;
   tpot_ms: number | null;
   e2e_ms: number | null;
-  /** prompt tokens served from caches (vLLM `usage.prompt_tokens_details.cached_tokens`; local + LMCache). */
+  /**
+   * prompt tokens served from caches. Live: vLLM's `usage.prompt_tokens_details.cached_tokens`,
+   * which counts local prefix hits **and** LMCache/KDN loads (the sim splits them into
+   * cached_tokens + loaded_tokens).
+   */
   cached_tokens: number | null;
+  /** KV loaded from LMCache/KDN (sim); null live (inside vLLM's cached_tokens). */
+  loaded_tokens?: number | null;
   preemptions: number | null;
   first_token_at_ms: number | null;
   done_at_ms: number | null;
@@ -54,8 +60,27 @@ export interface RecordObserved {
   transfer_tokens?: number | null;
   /** live extras: bytes the KDN's link charged (ACK `wire_bytes`). */
   wire_bytes?: number | null;
+  /** live extras: round trip of the KDN inject call (ACK), ms; null when there was none. */
+  kdn_ack_ms?: number | null;
   /** live extras: attempts on other instances after a failure before the first byte. */
   retries?: number;
+}
+
+/** Scored options, columnar (docs/FORMATS.md); `ttft_ms` / `reused_tokens` only when computed. */
+export interface Alternatives {
+  instance: string[];
+  intent: Intent[];
+  score: number[];
+  ttft_ms?: Array<number | null>;
+  reused_tokens?: Array<number | null>;
+}
+
+/** Columnar alternatives from the engine's list (instance indices mapped to ids). */
+export function columnarAlternatives(alts: ReadonlyArray<{ instance: number; intent: Intent; score: number; ttftMs?: number; reusedTokens?: number }>, ids: readonly string[]): Alternatives {
+  const out: Alternatives = { instance: alts.map((a) => ids[a.instance] ?? String(a.instance)), intent: alts.map((a) => a.intent), score: alts.map((a) => a.score) };
+  if (alts.some((a) => a.ttftMs !== undefined)) out.ttft_ms = alts.map((a) => a.ttftMs ?? null);
+  if (alts.some((a) => a.reusedTokens !== undefined)) out.reused_tokens = alts.map((a) => a.reusedTokens ?? null);
+  return out;
 }
 
 /** The engine's decision as written in a record. */
@@ -64,7 +89,8 @@ export interface RecordDecision {
   reason: string;
   reused_tokens: number;
   cached_tokens: number;
-  alternatives: Array<{ instance: string; intent: Intent; score: number; ttft_ms?: number; reused_tokens?: number }>;
+  /** columnar (docs/FORMATS.md): one array per field, one entry per option scored. */
+  alternatives: Alternatives;
   /** live: the intent the engine chose when execution fell back to another one (e.g. KDN down). */
   planned_intent?: Intent;
   /** live: why execution differed from the decision (e.g. "kdn-unreachable"). */

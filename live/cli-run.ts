@@ -1,0 +1,244 @@
+/**
+ * Live-mode controller sub-commands of `kvlab` (registered by bin/kvlab.ts):
+ *
+ *   kvlab gateway --backends URL,URL [--lmcache-redis URL,URL] --kdn URL --strategy NAME
+ *                 [--cluster FILE] [--profile NAME] [--port 7001] [--out DIR] [--time-scale X] ...
+ *   kvlab replay --target URL (--trace FILE | --workload synthetic|nq) [--workload-opt k=v]...
+ *                [--speed X] [--time-scale X] --out DIR [--concurrency-limit N]
+ *   kvlab diff RUN_A RUN_B [--json] [--out FILE]
+ *   kvlab live demo --out DIR [--requests N] [--strategy S] [--instances N] [--time-scale X]
+ *
+ * Servers print one `ready <url>` line on stdout once listening and close gracefully on
+ * SIGINT/SIGTERM (the gateway then fails in-flight requests, and flushes every record and
+ * summary.json before exiting).
+ */
+import type { Command } from 'commander';
+import { backendSpecs } from './backends.js';
+import { choiceOption, numberOption, untilSignal } from './cli.js';
+import { diffRuns, formatDiff } from './diff.js';
+
+/** Registers gateway, replay, diff and `live demo` on the root program. */
+export function registerLiveRunCommands(program: Command): void {
+  registerGateway(program);
+  registerReplay(program);
+  registerDiff(program);
+  registerDemo(program);
+}
+
+const list = (v: string): string[] =>
+  v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+
+/**
+ * Parses repeated `k=v` options into an object (numbers and booleans converted).
+ * @throws Error naming the option for an entry without `=`.
+ */
+export function parseKv(entries: string[], flag: string): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const e of entries) {
+    const i = e.indexOf('=');
+    if (i <= 0) throw new Error(`${flag} must look like key=value (got "${e}")`);
+    const k = e.slice(0, i).trim();
+    const v = e.slice(i + 1).trim();
+    out[k] = v === 'true' ? true : v === 'false' ? false : v !== '' && Number.isFinite(Number(v)) ? Number(v) : v;
+  }
+  return out;
+}
+
+/** Parses `--strategy-params` JSON. @throws Error naming the option. */
+function parseJsonObject(v: string | undefined, flag: string): Record<string, unknown> {
+  if (!v) return {};
+  let j: unknown;
+  try {
+    j = JSON.parse(v);
+  } catch (e) {
+    throw new Error(`${flag} must be a JSON object: ${(e as Error).message}`);
+  }
+  if (j === null || typeof j !== 'object' || Array.isArray(j)) throw new Error(`${flag} must be a JSON object (got ${v})`);
+  return j as Record<string, unknown>;
+}
+
+interface GatewayFlags {
+  host: string;
+  port: number;
+  backends: string[];
+  lmcacheRedis: string[];
+  kdn?: string;
+  strategy: string;
+  strategyParams?: string;
+  cluster?: string;
+  profile?: string;
+  out?: string;
+  timeScale: number;
+  model?: string;
+  seed: number;
+  injectionType: boolean;
+  upstream: 'stream' | 'direct';
+  healthMs: number;
+  decisionHeader: boolean;
+  log: boolean;
+}
+
+function registerGateway(program: Command): void {
+  program
+    .command('gateway')
+    .description('Run the OpenAI-compatible gateway: the policy engine routes each request to a vLLM/emulator backend and injects knowledge as text or KV (via the KDN).')
+    .requiredOption('--backends <urls>', 'comma-separated backend base URLs, one per instance (http://127.0.0.1:8000,...)', list)
+    .option('--lmcache-redis <urls>', "comma-separated LMCache Redis URL of each backend, same order (redis://host:port/db), for KV injection", list, [])
+    .option('--kdn <url>', 'KDN base URL (kvlab kdn or CacheRoute KDN)')
+    .option('--strategy <name>', 'strategy (kvlab strategies lists them)', 'kvlab')
+    .option('--strategy-params <json>', 'strategy parameters as a JSON object')
+    .option('--cluster <file>', "the engine's cluster file (YAML/JSON); its instance count must equal the backends'")
+    .option('--profile <name>', 'instance profile when no cluster file is given')
+    .option('--host <addr>', 'listen address', '127.0.0.1')
+    .option('--port <n>', 'listen port (0 = any)', numberOption('--port', 0, 65535, true), 7001)
+    .option('--out <dir>', 'write records.jsonl / summary.json / config.json here')
+    .option('--time-scale <x>', 'model ms per wall ms (the emulators\' --time-scale); records and engine use model ms', numberOption('--time-scale', 1e-6), 1)
+    .option('--model <name>', 'served model name (default: asked from the first backend)')
+    .option('--seed <n>', 'engine seed', numberOption('--seed', 0, 2 ** 31, true), 1)
+    .option('--no-injection-type', "ignore the body's Injection_type instead of forcing it")
+    .option('--upstream <mode>', 'non-streaming client requests: stream (observe TTFT, assemble) | direct', choiceOption('--upstream', ['stream', 'direct'] as const), 'stream')
+    .option('--health-ms <ms>', 'backend /health poll period (0 = off)', numberOption('--health-ms', 0), 1000)
+    .option('--no-decision-header', 'do not send the x-kvlab-decision response header')
+    .option('--log', 'log requests (pino)', false)
+    .action(async (f: GatewayFlags) => {
+      const { startGateway } = await import('./gateway.js');
+      const gw = await startGateway({
+        host: f.host,
+        port: f.port,
+        backends: backendSpecs(f.backends, f.lmcacheRedis),
+        kdnUrl: f.kdn ?? null,
+        strategy: f.strategy,
+        strategyParams: parseJsonObject(f.strategyParams, '--strategy-params'),
+        cluster: f.cluster,
+        profile: f.profile,
+        out: f.out,
+        timeScale: f.timeScale,
+        model: f.model,
+        seed: f.seed,
+        honorInjectionType: f.injectionType,
+        upstreamMode: f.upstream,
+        health: { intervalMs: f.healthMs },
+        decisionHeader: f.decisionHeader,
+        logger: f.log,
+      });
+      process.stderr.write(`gateway: ${f.backends.length} backends, strategy ${f.strategy}, KDN ${f.kdn ?? 'none'}${f.out ? `, records in ${f.out}` : ''}\n`);
+      process.stdout.write(`ready ${gw.url}\n`);
+      await untilSignal('gateway', () => gw.close());
+    });
+}
+
+interface ReplayFlags {
+  target: string;
+  trace?: string;
+  workload?: 'synthetic' | 'nq';
+  workloadOpt: string[];
+  limit?: number;
+  speed: number;
+  timeScale: number;
+  out: string;
+  concurrencyLimit?: number;
+  model?: string;
+  quiet: boolean;
+}
+
+function registerReplay(program: Command): void {
+  program
+    .command('replay')
+    .description('Replay a trace or workload open-loop against an OpenAI-compatible target (the gateway, vLLM or an emulator) and record observed timings.')
+    .requiredOption('--target <url>', 'target base URL, e.g. http://127.0.0.1:7001')
+    .option('--trace <file>', 'trace file (.jsonl Mooncake, .csv) or NQ directory')
+    .option('--workload <name>', 'built-in workload: synthetic | nq', choiceOption('--workload', ['synthetic', 'nq'] as const))
+    .option('--workload-opt <k=v>', 'workload option (repeatable), e.g. requests=50 rate=2', collect, [])
+    .option('--limit <n>', 'only the first N requests', numberOption('--limit', 1, Infinity, true))
+    .option('--speed <x>', 'send arrivals x times faster than the trace', numberOption('--speed', 1e-6), 1)
+    .option('--time-scale <x>', 'model ms per wall ms of observed durations (the emulators\' --time-scale)', numberOption('--time-scale', 1e-6), 1)
+    .requiredOption('--out <dir>', 'run directory to write')
+    .option('--concurrency-limit <n>', 'at most N requests in flight', numberOption('--concurrency-limit', 1, Infinity, true))
+    .option('--model <name>', 'model field of every request')
+    .option('--quiet', 'no progress', false)
+    .action(async (f: ReplayFlags) => {
+      if (f.trace && f.workload) throw new Error('give --trace or --workload, not both');
+      const { runReplay } = await import('./replay.js');
+      let last = 0;
+      const res = await runReplay({
+        target: f.target,
+        trace: f.trace,
+        workload: f.workload,
+        workloadOptions: parseKv(f.workloadOpt, '--workload-opt'),
+        limit: f.limit,
+        speed: f.speed,
+        timeScale: f.timeScale,
+        out: f.out,
+        concurrencyLimit: f.concurrencyLimit,
+        model: f.model,
+        onProgress: f.quiet
+          ? undefined
+          : (d, n) => {
+              const now = Date.now();
+              if (d === n || now - last > 1000) {
+                last = now;
+                process.stderr.write(`replay: ${d}/${n} done\r`);
+              }
+            },
+      });
+      const s = res.summary!;
+      process.stderr.write(`\nreplay: ${s.completed}/${s.requests} ok, ${s.failed} failed, ${s.rejected} rejected in ${(res.wallMs / 1000).toFixed(1)} s; TTFT p50 ${s.ttft_ms.p50} ms p90 ${s.ttft_ms.p90} ms; records in ${res.outDir}\n`);
+    });
+}
+
+function registerDiff(program: Command): void {
+  program
+    .command('diff')
+    .description('Compare two runs request by request (A = reference, e.g. the live run; B = e.g. the simulated run): MAPE, median/p90 absolute error and bias per timing field, and the engine\'s decision-time prediction vs observed.')
+    .argument('<runA>', 'run directory (or records.jsonl)')
+    .argument('<runB>', 'run directory (or records.jsonl)')
+    .option('--json', 'print diff.json to stdout instead of a table', false)
+    .option('--out <file>', 'where to write diff.json', 'diff.json')
+    .action((a: string, b: string, f: { json: boolean; out: string }) => {
+      const d = diffRuns(a, b, f.out);
+      if (f.json) process.stdout.write(JSON.stringify(d, null, 1) + '\n');
+      else process.stdout.write(formatDiff(d) + `(written to ${f.out})\n`);
+    });
+}
+
+interface DemoFlags {
+  out: string;
+  requests: number;
+  strategy: string;
+  instances: number;
+  timeScale: number;
+  workload?: 'nq' | 'synthetic';
+  rate: number;
+  outputTokens: number;
+  profile?: string;
+  seed: number;
+}
+
+function registerDemo(program: Command): void {
+  let live = program.commands.find((c) => c.name() === 'live');
+  live ??= program.command('live').description('Live mode helpers.');
+  live
+    .command('demo')
+    .description('One command: Redis + emulators + KDN + gateway on loopback, replay a short workload, simulate the same requests, and compare simulated / predicted / observed TTFT (DIR/diff.json).')
+    .requiredOption('--out <dir>', 'output directory (live/, replay/, sim/, diff.json)')
+    .option('--requests <n>', 'requests to replay', numberOption('--requests', 1, 5000, true), 40)
+    .option('--strategy <name>', 'strategy', 'kvlab')
+    .option('--instances <n>', 'emulated instances', numberOption('--instances', 1, 16, true), 2)
+    .option('--time-scale <x>', 'run the emulators, links and clocks x times faster than real time', numberOption('--time-scale', 0.01, 100), 1)
+    .option('--workload <name>', 'nq (default when ../shared/data/workloads/cacheroute-nq exists) | synthetic', choiceOption('--workload', ['nq', 'synthetic'] as const))
+    .option('--rate <rps>', 'mean arrival rate, requests per model second', numberOption('--rate', 1e-3), 0.5)
+    .option('--output-tokens <n>', 'output tokens per request', numberOption('--output-tokens', 1, 4096, true), 32)
+    .option('--profile <name>', 'instance profile')
+    .option('--seed <n>', 'workload and engine seed', numberOption('--seed', 0, 2 ** 31, true), 1)
+    .action(async (f: DemoFlags) => {
+      const { runDemo } = await import('./demo.js');
+      const r = await runDemo({ out: f.out, requests: f.requests, strategy: f.strategy, instances: f.instances, timeScale: f.timeScale, workload: f.workload, rate: f.rate, outputTokens: f.outputTokens, profile: f.profile, seed: f.seed });
+      process.stdout.write(`${r.text}\nlive demo: done in ${(r.wallMs / 1000).toFixed(1)} s; outputs in ${r.out}\n`);
+      // everything started was stopped; do not wait for stray timers of closed servers
+      process.exit(0);
+    });
+}
