@@ -1,8 +1,9 @@
 /**
  * Wall-clock pacing of KV transfers on KDN→instance links (DESIGN.md "KV transfer on a link";
- * CacheRoute §5.5/§5.6): one FIFO server per link; a transfer of B bytes holds the link for at
- * least `transferMs(B, link)` = B / (bandwidth × efficiency) + latency (engine/costmodel.ts),
- * divided by the time scale, or for as long as the real work (the Redis copy) takes if longer.
+ * CacheRoute §5.5/§5.6): one FIFO server per link; a transfer of B bytes holds the link for
+ * `transferMs(B, link)` = B / (bandwidth × efficiency) + latency (engine/costmodel.ts), divided
+ * by the time scale, and then for the real work (the Redis copy): the data lands at the end of
+ * the modelled transfer, as on a real link (a reader never sees it early).
  */
 import { transferMs } from '../engine/costmodel.js';
 import type { LinkSpec } from '../engine/types.js';
@@ -66,9 +67,11 @@ export class PacedLink {
     const startTs = Date.now();
     const model = transferMs(bytes, this.spec) / this.timeScale;
     try {
-      const result = await work();
-      // timers may fire a little early (libuv's cached loop time): sleep until really done
+      // a transfer's bytes land at its end: hold the link for the modelled time first, then do
+      // the real copy, so no reader sees the data before the modelled transfer is over.
+      // (timers may fire a little early (libuv's cached loop time): sleep until really done)
       for (let left = model - (performance.now() - t1); left > 0.25; left = model - (performance.now() - t1)) await sleep(left);
+      const result = await work();
       const t2 = performance.now();
       this.bytes += bytes;
       this.completed++;
