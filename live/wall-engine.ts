@@ -54,7 +54,6 @@ export class WallClockEngine {
   private readonly t0 = performance.now();
   private readonly sinks = new Map<string, Pending>();
   private stepTimer: NodeJS.Timeout | undefined;
-  private stepEnd = -Infinity;
   private frontFree = 0;
   private served = 0;
   private readonly delivery: Array<{ dueWall: number; run: () => void }> = [];
@@ -141,16 +140,20 @@ export class WallClockEngine {
     return null;
   }
 
-  /** Starts the next step if the core is idle and has work. */
-  private kick(): void {
+  /**
+   * Starts the next step if the core is idle and has work. `contFrom` = the end of the step just
+   * finished when called right after it (continuous stepping starts at that scheduled end, so
+   * timer lateness does not accumulate); work arriving at an idle core starts now, as in the
+   * simulator (never back-dated to an old step end).
+   */
+  private kick(contFrom?: number): void {
     if (this.closed || this.stepTimer || this.core.busy) return;
     const now = this.nowModel();
-    const start = this.stepEnd > -Infinity && now - this.stepEnd <= 20 * this.timeScale ? Math.max(this.stepEnd, 0) : now;
+    const start = contFrom !== undefined && now - contFrom <= 20 * this.timeScale ? Math.max(contFrom, 0) : now;
     const d = this.core.startStep(start);
     if (d < 0) return;
     this.opts.onStep?.(this.core.lastStep.tokens, d);
     const end = start + d;
-    this.stepEnd = end;
     this.armStep(end);
   }
 
@@ -162,7 +165,7 @@ export class WallClockEngine {
       if (this.closed) return;
       if ((end - this.nowModel()) / this.timeScale > 0.25) return this.armStep(end);
       this.finish(end);
-      this.kick();
+      this.kick(end);
     }, wall);
   }
 
