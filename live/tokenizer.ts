@@ -19,18 +19,54 @@ export const EOT_ID = 128009;
 /** Llama-3 vocabulary size (128,000 BPE + 256 special). */
 export const VOCAB_SIZE = 128256;
 
+// The tokenizer first splits its input at special-token strings and encodes every piece in
+// between on its own, so caching long pieces (documents repeated across requests) is exact.
+// Only pieces of >= 512 characters are cached (LRU, 256 entries).
+const SPECIAL_SPLIT = /(<\|(?:begin_of_text|end_of_text|start_header_id|end_header_id|eot_id|eom_id|python_tag|finetune_right_pad_id|reserved_special_token_(?:[0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-3][0-9]|24[0-7]))\|>)/;
+const pieceCache = new Map<string, number[]>();
+
+/** `llama3Tokenizer.encode(text, {bos: false, eos: false})`, with long pieces cached. */
+function encodeCached(text: string): number[] {
+  if (text.length < 512) return llama3Tokenizer.encode(text, { bos: false, eos: false });
+  const parts = text.split(SPECIAL_SPLIT);
+  const out: number[] = [];
+  for (let i = 0; i < parts.length; i++) {
+    const p = parts[i]!;
+    if (p === '') continue;
+    if (i % 2 === 1) {
+      const id = llama3Tokenizer.vocabByString.get(p);
+      if (id === undefined) return llama3Tokenizer.encode(text, { bos: false, eos: false });
+      out.push(id);
+      continue;
+    }
+    let ids = p.length >= 512 ? pieceCache.get(p) : undefined;
+    if (ids) {
+      pieceCache.delete(p); // LRU: re-insert as newest
+      pieceCache.set(p, ids);
+    } else {
+      ids = llama3Tokenizer.encode(p, { bos: false, eos: false });
+      if (p.length >= 512) {
+        pieceCache.set(p, ids);
+        if (pieceCache.size > 256) pieceCache.delete(pieceCache.keys().next().value!);
+      }
+    }
+    for (const t of ids) out.push(t);
+  }
+  return out;
+}
+
 /**
  * Token ids of a completion prompt string: BOS (when `addSpecialTokens`, vLLM's default for
  * completions) followed by the BPE ids; never EOS.
  */
 export function encodePrompt(text: string, addSpecialTokens = true): number[] {
-  const ids = llama3Tokenizer.encode(text, { bos: false, eos: false });
+  const ids = encodeCached(text);
   return addSpecialTokens ? [BOS_ID, ...ids] : ids;
 }
 
 /** Token ids of `text` with no special tokens added. */
 export function encodeText(text: string): number[] {
-  return llama3Tokenizer.encode(text, { bos: false, eos: false });
+  return encodeCached(text);
 }
 
 /** Decodes ids to text (special tokens rendered as their text form). */
@@ -83,7 +119,7 @@ export function renderLlama3Chat(messages: readonly ChatMessage[], opts: ChatTem
 
 /** Token ids of a chat request after the Llama-3-Instruct template. */
 export function encodeChat(messages: readonly ChatMessage[], opts: ChatTemplateOptions = {}): number[] {
-  return llama3Tokenizer.encode(renderLlama3Chat(messages, opts), { bos: false, eos: false });
+  return encodeCached(renderLlama3Chat(messages, opts));
 }
 
 /** Token ids of a knowledge document placed as the system message (CacheRoute's KDN convention). */
