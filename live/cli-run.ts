@@ -142,6 +142,7 @@ interface ReplayFlags {
   out: string;
   concurrencyLimit?: number;
   model?: string;
+  registerKdn?: string;
   quiet: boolean;
 }
 
@@ -159,6 +160,7 @@ function registerReplay(program: Command): void {
     .requiredOption('--out <dir>', 'run directory to write')
     .option('--concurrency-limit <n>', 'at most N requests in flight', numberOption('--concurrency-limit', 1, Infinity, true))
     .option('--model <name>', 'model field of every request')
+    .option('--register-kdn <url>', "register the workload's documents in this KDN first (NQ files, or synthesised synthetic documents) and send its kids")
     .option('--quiet', 'no progress', false)
     .action(async (f: ReplayFlags) => {
       if (f.trace && f.workload) throw new Error('give --trace or --workload, not both');
@@ -175,6 +177,7 @@ function registerReplay(program: Command): void {
         out: f.out,
         concurrencyLimit: f.concurrencyLimit,
         model: f.model,
+        registerKdn: f.registerKdn,
         onProgress: f.quiet
           ? undefined
           : (d, n) => {

@@ -22,7 +22,7 @@
  * Every server it started is stopped at the end, on error and on SIGINT/SIGTERM.
  * All times in the outputs are model ms (wall ms × timeScale).
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { closeSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import type { DecideContext, Strategy, StrategyChoice } from '../engine/engine.js';
@@ -36,7 +36,7 @@ import { DEFAULT_PROFILE, loadProfile } from '../sim/profiles.js';
 import { runLoaded } from '../sim/run.js';
 import { defaultNqDir } from '../traces/load.js';
 import { loadNq } from '../traces/nq.js';
-import { generateSynthetic, syntheticCatalog } from '../traces/synthetic.js';
+import { generateSynthetic } from '../traces/synthetic.js';
 import type { LoadedTrace } from '../traces/schema.js';
 import { backendSpecs } from './backends.js';
 import { diffRuns, type DiffResult } from './diff.js';
@@ -45,7 +45,7 @@ import { startGateway, type GatewayHandle } from './gateway.js';
 import { startKdn, type KdnHandle } from './kdn.js';
 import { readRecords, type TimingRecord } from './recorder.js';
 import { launchRedis, type RedisServerHandle } from './redis-launcher.js';
-import { runReplay, synthesizeDocument } from './replay.js';
+import { registerDocuments, renameKnowledge, runReplay, synthesizeDocument, workloadDocuments, type KnowledgeDoc } from './replay.js';
 import { existsSync } from 'node:fs';
 
 /** Options of {@link runDemo}. */
@@ -95,19 +95,15 @@ export interface DemoResult {
 const MODEL = 'llama3-70b';
 const MODEL_PATH = '/models/Meta-Llama-3-70B-Instruct';
 
-/** Builds the demo workload (NQ or synthetic) with the demo's sizes. */
-async function demoWorkload(o: Required<Pick<DemoOptions, 'requests' | 'rate' | 'outputTokens' | 'seed'>> & { workload: 'nq' | 'synthetic'; nqDir: string }): Promise<{ trace: LoadedTrace; docs: Array<{ kid: string; text: string }> }> {
+/** Builds the demo workload (NQ or synthetic) with the demo's sizes and its documents. */
+async function demoWorkload(o: Required<Pick<DemoOptions, 'requests' | 'rate' | 'outputTokens' | 'seed'>> & { workload: 'nq' | 'synthetic'; nqDir: string }): Promise<{ trace: LoadedTrace; docs: KnowledgeDoc[] }> {
   if (o.workload === 'nq') {
     const trace = await loadNq(o.nqDir, { requests: o.requests, rate: o.rate, outputTokens: o.outputTokens, seed: o.seed, zipfS: 1.0 });
-    const kids = [...new Set(trace.requests.flatMap((r) => r.knowledge.map((k) => k.kid)))];
-    const docs = kids.map((kid) => ({ kid, text: readFileSync(join(o.nqDir, 'knowledge', `${kid}.txt`), 'utf8') }));
-    return { trace, docs };
+    return { trace, docs: workloadDocuments(trace.requests, 'nq', { dir: o.nqDir }) };
   }
   const wo = { requests: o.requests, rate: o.rate, seed: o.seed, docs: 50, docMaxTokens: 3000, outputMedianTokens: o.outputTokens, outputSigma: 0, outputMinTokens: o.outputTokens, outputMaxTokens: o.outputTokens };
   const trace = generateSynthetic(wo);
-  const cat = syntheticCatalog(wo);
-  const used = new Set(trace.requests.flatMap((r) => r.knowledge.map((k) => k.kid)));
-  return { trace, docs: cat.filter((d) => used.has(d.kid)).map((d) => ({ kid: d.kid, text: synthesizeDocument(d.name, d.tokens) })) };
+  return { trace, docs: workloadDocuments(trace.requests, 'synthetic', wo) };
 }
 
 /**
@@ -186,20 +182,17 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     stops.push(() => gw.close());
     log(`live demo: redis ${redis.url}, emulators ${ems.map((e) => e.url).join(' ')}, KDN ${kdn.url}, gateway ${gw.url}`);
 
-    // ---- knowledge
-    for (const d of docs) {
-      const r = await fetch(`${kdn.url}/knowledge/register_text`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ content: d.text }) });
-      const j = (await r.json()) as { kid?: string; detail?: string };
-      if (r.status !== 200 || j.kid !== d.kid) throw new Error(`registering knowledge ${d.kid} failed: ${j.detail ?? `kid ${j.kid}`}`);
-    }
-    await gw.prefetchKnowledge(docs.map((d) => d.kid));
+    // ---- knowledge (synthetic kids hash the document name: the requests get the KDN's kids)
+    const kidMap = await registerDocuments(kdn.url, docs);
+    const requests = renameKnowledge(trace.requests, kidMap);
+    await gw.prefetchKnowledge([...kidMap.values()]);
     log(`live demo: registered ${docs.length} documents in the KDN (gateway cache warmed)`);
     await warmUp(kdn.url, ems, redis.url);
 
     // ---- replay through the gateway
     const tr = performance.now();
-    const rep = await runReplay({ target: gw.url, requests: trace.requests, speed: ts, timeScale: ts, out: join(out, 'replay'), model: MODEL, meta: { strategy, workload } });
-    log(`live demo: replayed ${trace.requests.length} requests in ${((performance.now() - tr) / 1000).toFixed(1)} s wall`);
+    const rep = await runReplay({ target: gw.url, requests, speed: ts, timeScale: ts, out: join(out, 'replay'), model: MODEL, meta: { strategy, workload } });
+    log(`live demo: replayed ${requests.length} requests in ${((performance.now() - tr) / 1000).toFixed(1)} s wall`);
     const routed: TraceRequest[] = gw.requests();
     await stopAll();
 

@@ -26,7 +26,10 @@
  */
 import { Agent, request } from 'undici';
 import type { Intent, TraceRequest } from '../engine/types.js';
-import { loadTrace, loadWorkload, type WorkloadName } from '../traces/load.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { defaultNqDir, loadTrace, loadWorkload, type WorkloadName } from '../traces/load.js';
+import { syntheticCatalog } from '../traces/synthetic.js';
 import { makeRng } from '../traces/random.js';
 import type { LoadedTrace } from '../traces/schema.js';
 import { SseSplitter, classifyChunk, type StreamUsage } from './backends.js';
@@ -114,6 +117,64 @@ export function synthesizeDocument(name: string, tokens: number): string {
 }
 
 // ------------------------------------------------------------------------------------------
+// Knowledge for the target's KDN
+
+/** A knowledge document to register: the workload's kid and its text. */
+export interface KnowledgeDoc {
+  kid: string;
+  text: string;
+}
+
+/**
+ * The documents the requests reference: NQ → the files `DIR/knowledge/<kid>.txt`; synthetic →
+ * each catalogue document synthesised to its token length ({@link synthesizeDocument}; the
+ * catalogue is regenerated from the same workload options).
+ * @throws Error naming the missing file / unknown kid.
+ */
+export function workloadDocuments(requests: readonly TraceRequest[], workload: WorkloadName, workloadOptions: Record<string, unknown> = {}): KnowledgeDoc[] {
+  const kids = [...new Set(requests.flatMap((r) => r.knowledge.map((k) => k.kid)))];
+  if (workload === 'nq') {
+    const dir = (workloadOptions.dir as string | undefined) ?? defaultNqDir();
+    return kids.map((kid) => {
+      const f = join(dir, 'knowledge', `${kid}.txt`);
+      try {
+        return { kid, text: readFileSync(f, 'utf8') };
+      } catch {
+        throw new Error(`NQ document not found: ${f}`);
+      }
+    });
+  }
+  const cat = new Map(syntheticCatalog(workloadOptions as never).map((d) => [d.kid, d]));
+  return kids.map((kid) => {
+    const d = cat.get(kid);
+    if (!d) throw new Error(`synthetic workload: kid ${kid} is not in the catalogue of these options`);
+    return { kid, text: synthesizeDocument(d.name, d.tokens) };
+  });
+}
+
+/**
+ * Registers documents in a KDN (`POST /knowledge/register_text`) and returns workload kid → KDN
+ * kid (the KDN's kid is the sha256 of the normalised text: equal for NQ, different for the
+ * synthetic catalogue, whose kids hash the document name).
+ * @throws Error naming the document when the KDN refuses it.
+ */
+export async function registerDocuments(kdnUrl: string, docs: readonly KnowledgeDoc[]): Promise<Map<string, string>> {
+  const map = new Map<string, string>();
+  for (const d of docs) {
+    const res = await request(`${kdnUrl.replace(/\/+$/, '')}/knowledge/register_text`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ content: d.text }) });
+    const j = (await res.body.json()) as { kid?: string; detail?: string };
+    if (res.statusCode !== 200 || !j.kid) throw new Error(`registering knowledge ${d.kid} in ${kdnUrl} failed (HTTP ${res.statusCode}): ${j.detail ?? ''}`);
+    map.set(d.kid, j.kid);
+  }
+  return map;
+}
+
+/** The requests with their knowledge kids renamed through `map` (unknown kids kept). */
+export function renameKnowledge(requests: readonly TraceRequest[], map: ReadonlyMap<string, string>): TraceRequest[] {
+  return requests.map((r) => (r.knowledge.length ? { ...r, knowledge: r.knowledge.map((k) => ({ ...k, kid: map.get(k.kid) ?? k.kid })) } : r));
+}
+
+// ------------------------------------------------------------------------------------------
 // Replay
 
 /** Options of {@link runReplay}. */
@@ -147,6 +208,11 @@ export interface ReplayOptions {
   onProgress?: (done: number, total: number) => void;
   /** extra fields for summary.json. */
   meta?: Record<string, unknown>;
+  /**
+   * register the workload's documents in this KDN first (NQ files / synthesised synthetic
+   * catalogue documents) and send the KDN's kids; only for `workload` inputs.
+   */
+  registerKdn?: string;
 }
 
 /** Result of a replay. */
@@ -202,7 +268,14 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayResult> {
     throw new Error(`--target must be a URL like http://127.0.0.1:7001 (got "${opts.target}")`);
   }
   const base = `${target.protocol}//${target.host}`;
-  const { requests, name } = await replayRequests(opts);
+  const loaded = await replayRequests(opts);
+  let requests = loaded.requests;
+  const name = loaded.name;
+  if (opts.registerKdn) {
+    if (opts.trace || opts.requests) throw new Error('--register-kdn needs a --workload (nq or synthetic)');
+    const map = await registerDocuments(opts.registerKdn, workloadDocuments(requests, opts.workload ?? 'synthetic', opts.workloadOptions));
+    requests = renameKnowledge(requests, map);
+  }
   const recorder = opts.out ? new Recorder(opts.out, { meta: { source: 'live', client: 'replay', target: base, trace: name, speed, time_scale: ts, ...(opts.meta ?? {}) } }) : null;
   if (opts.out) writeConfig(opts.out, { source: 'live', client: 'replay', target: base, trace: opts.trace ?? null, workload: opts.trace || opts.requests ? null : (opts.workload ?? 'synthetic'), workload_options: opts.workloadOptions ?? {}, speed, time_scale: ts, concurrency_limit: Number.isFinite(limit) ? limit : null, requests: requests.length });
   const agent = new Agent({ keepAliveTimeout: 30_000, connections: Number.isFinite(limit) ? limit : null, headersTimeout: opts.timeoutMs ?? 600_000, bodyTimeout: opts.timeoutMs ?? 600_000 });

@@ -1,0 +1,53 @@
+/**
+ * `kvlab live demo` end to end, small and fast (synthetic workload, time scale 4): it starts
+ * Redis, emulators, a KDN and the gateway, replays, simulates the same requests, writes
+ * diff.json, and stops everything it started. The MAPE bound here is loose (CI machines are
+ * shared); the demo's own numbers are in docs/BENCHMARKS.md.
+ */
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { runDemo } from '../live/demo.js';
+import { pingRedis } from '../live/redis-launcher.js';
+
+const out = mkdtempSync(join(tmpdir(), 'kvlab-demo-'));
+afterAll(() => rmSync(out, { recursive: true, force: true }));
+
+describe('live demo', () => {
+  it('runs the live path and the simulator on the same requests and compares them', async () => {
+    const lines: string[] = [];
+    const r = await runDemo({ out, requests: 10, rate: 2, timeScale: 4, workload: 'synthetic', outputTokens: 8, log: (l) => lines.push(l) });
+    expect(r.requests).toBe(10);
+    expect(r.completed).toBe(10);
+    for (const d of ['live', 'replay', 'sim', 'sim-own']) {
+      expect(existsSync(join(out, d, 'records.jsonl'))).toBe(true);
+      expect(existsSync(join(out, d, 'summary.json'))).toBe(true);
+    }
+    const diff = JSON.parse(readFileSync(join(out, 'diff.json'), 'utf8'));
+    expect(diff.joined).toBe(10);
+    expect(diff.fields.ttft_ms.n).toBe(10);
+    expect(diff.engine_prediction.ttft_ms.n).toBe(10);
+    expect(diff.pairs).toHaveLength(10);
+    expect(diff.same_instance).toBe(1); // the sim replays the live decisions
+    // same requests on both sides: ids, prompt tokens, knowledge
+    const live = readFileSync(join(out, 'live', 'records.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const sim = new Map(readFileSync(join(out, 'sim', 'records.jsonl'), 'utf8').trim().split('\n').map((l) => [JSON.parse(l).id, JSON.parse(l)]));
+    for (const l of live) {
+      const s = sim.get(l.id)!;
+      expect(s.input_tokens).toBe(l.input_tokens);
+      expect(s.knowledge_tokens).toBe(l.knowledge_tokens);
+      expect(s.intent).toBe(l.intent);
+      expect(l.observed.prompt_tokens).toBe(l.input_tokens); // the gateway tokenises like the backend
+    }
+    expect(r.simVsObservedMape).not.toBeNull();
+    expect(r.simVsObservedMape!).toBeLessThan(0.5);
+    expect(r.text).toMatch(/simulated, same decisions/);
+    expect(r.text).toMatch(/decision-time prediction/);
+    // everything it started is stopped
+    const port = Number(/redis:\/\/127\.0\.0\.1:(\d+)/.exec(lines.join('\n'))![1]);
+    expect(await pingRedis('127.0.0.1', port, 300)).toBe(false);
+    const gwUrl = /gateway (http:\/\/\S+)/.exec(lines.join('\n'))![1]!;
+    await expect(fetch(`${gwUrl}/health`)).rejects.toThrow();
+  });
+});
