@@ -13,9 +13,10 @@
  * saturation it makes cache hits (small W) and short queues worth more than a few ms of one
  * request's TTFT, which keeps prefix affinity instead of spreading every request onto the
  * momentarily shortest queue (the collapse of pure greedy TTFT routing under overload).
- * queueWeight 2 (default) was chosen over {0, 0.5, 1, 2, 4} on the Mooncake conversation trace
- * at 0.8×–2× its rate and 8–32 instances: 1 is best by ~2 % at nominal load, 2 avoids a collapse
- * at 1.25× the rate (7 s vs 67 s mean TTFT).
+ * queueWeight 3 (default) was chosen over {0, 0.5, 1, 2, 3, 4} on the Mooncake conversation
+ * trace at 0.5×–1.25× its rate and 8–32 instances: 1 is best by ~4 % at nominal load, but ≥ 2
+ * avoids a collapse at 1.25× the rate (7 s vs 67 s mean TTFT) and 3 also holds at 2× overload
+ * (8 instances), so it wins in every one of those scenarios.
  *
  * Hybrid split: with link wait w, transfer t(X) and the instance's backlog b, loading X tokens
  * costs max(w + t(X), b) + load(X) + prefill(rest). Past the point where the transfer stops
@@ -40,7 +41,7 @@ export interface KvlabParams {
   hybrid: boolean;
 }
 
-export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 2, hybrid: true };
+export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, hybrid: true };
 
 export class KvlabStrategy implements Strategy {
   readonly name = 'kvlab';
