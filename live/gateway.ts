@@ -574,7 +574,8 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
   let seq = 0;
   let closing = false;
 
-  const recorder = opts.out ? new Recorder(opts.out, { meta: { strategy: strategyName, instances: ids.length, profile: cluster.instances[0]!.profile.name, time_scale: ts, backends: backends.map((b) => b.url), kdn: kdnUrl } }) : null;
+  // records are not kept in memory (a gateway runs long): close() reads the file back for the summary
+  const recorder = opts.out ? new Recorder(opts.out, { keep: false, meta: { strategy: strategyName, instances: ids.length, profile: cluster.instances[0]!.profile.name, time_scale: ts, backends: backends.map((b) => b.url), kdn: kdnUrl } }) : null;
   if (opts.out) {
     writeConfig(opts.out, {
       source: 'live',

@@ -174,7 +174,7 @@ export class Recorder {
     if (this.keep) this.kept.push(rec);
   }
 
-  /** Records written so far (in write order). */
+  /** Records written so far (in write order; empty unless `keep`). */
   records(): readonly TimingRecord[] {
     return this.kept;
   }
@@ -184,11 +184,11 @@ export class Recorder {
    * merged into the summary). Idempotent; returns the summary.
    */
   close(extra: Record<string, unknown> = {}): LiveSummary {
+    if (!this.closed && this.fd !== null) closeSync(this.fd);
+    this.fd = null;
     const recs = this.keep ? this.kept : readRecords(this.file);
     if (!this.closed) {
       this.closed = true;
-      if (this.fd !== null) closeSync(this.fd);
-      this.fd = null;
       const sorted = [...recs].sort((a, b) => a.arrival_ms - b.arrival_ms);
       const tmp = `${this.file}.tmp`;
       writeFileSync(tmp, sorted.map((r) => JSON.stringify(r)).join('\n') + (sorted.length ? '\n' : ''));
