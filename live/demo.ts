@@ -178,6 +178,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
       out: join(out, 'live'),
       model: MODEL,
       seed: opts.seed ?? 1,
+      keepRequests: true,
     });
     stops.push(() => gw.close());
     log(`live demo: redis ${redis.url}, emulators ${ems.map((e) => e.url).join(' ')}, KDN ${kdn.url}, gateway ${gw.url}`);

@@ -95,6 +95,8 @@ export interface GatewayOptions {
   pool?: BackendOptions;
   /** catalogue refresh period for RAG retrieval, ms (default 30,000). */
   catalogueRefreshMs?: number;
+  /** keep every routed engine request for `requests()` (default false; the demo re-simulates them). */
+  keepRequests?: boolean;
   /** pino logging (fastify `logger`), default false. */
   logger?: boolean | object;
 }
@@ -114,7 +116,7 @@ export interface GatewayHandle {
   now(): number;
   /**
    * The engine requests routed so far (in arrival order; arrival in model ms since start), for
-   * re-simulating exactly the same workload (live/demo.ts).
+   * re-simulating exactly the same workload (live/demo.ts). Empty unless `keepRequests`.
    */
   requests(): TraceRequest[];
   /**
@@ -569,6 +571,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
   const chatDefault = opts.defaultChatMaxTokens ?? 256;
   const sendHeader = opts.decisionHeader ?? true;
   const retryOn = opts.retry ?? true;
+  const keepRequests = opts.keepRequests ?? false;
   const routed: TraceRequest[] = [];
   const inflight = new Map<string, Flight>();
   let seq = 0;
@@ -889,7 +892,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     f.tSend = now();
     b.inflight++;
     try {
-      const res = await b.post(built.kind === 'chat' ? '/v1/chat/completions' : '/v1/completions', JSON.stringify(body), { 'x-request-id': f.id }, f.abort.signal);
+      const res = await b.post(built.kind === 'chat' ? '/v1/chat/completions' : '/v1/completions', JSON.stringify(body), { 'x-request-id': f.id }, built.stream ? f.abort.signal : undefined);
       if (res.statusCode >= 500) {
         const text = await res.body.text().catch(() => '');
         b.failures++;
@@ -952,13 +955,13 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     };
     const f: Flight = { id, kind, tArr, req, d: null, planned: null, fallback: null, retries: 0, linkWait: 0, transfer: 0, transferTokens: 0, wireBytes: 0, ackMs: -1, tSend: -1, tFirst: -1, tDone: -1, usage: null, completionTokens: 0, abort: new AbortController(), finished: false, killed: null };
     inflight.set(id, f);
-    routed.push(req);
-    const clientGone = (): void => {
-      if (!f.finished) f.abort.abort(new Error('client disconnected'));
-    };
-    reply.raw.once('close', () => {
-      if (!reply.raw.writableFinished) clientGone();
-    });
+    if (keepRequests) routed.push(req);
+    if (built.stream) {
+      // a streaming client that goes away aborts the upstream stream (non-streaming ones finish)
+      reply.raw.once('close', () => {
+        if (!reply.raw.writableFinished && !f.finished) f.abort.abort(new Error('client disconnected'));
+      });
+    }
     const upstreamStream = built.stream || upstreamMode === 'stream';
     let res: Dispatcher.ResponseData | null = null;
     let exclude = -1;
@@ -1192,7 +1195,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
       now_ms: r3(t),
       model: served,
       inflight: inflight.size,
-      routed: routed.length,
+      routed: seq,
       records: recorder?.count ?? 0,
       intent_counts: engine.intentCounts,
       kdn: { url: kdnUrl, knowledge_cached: store.size, failures: store.failures },
