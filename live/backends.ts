@@ -351,3 +351,202 @@ export class HealthMonitor {
     this.timer = undefined;
   }
 }
+
+// ------------------------------------------------------------------------------------------
+// vLLM KV events (ZMQ SUB) → engine
+
+/** Where an instance publishes its KV events (vLLM `--kv-events-config`). */
+export interface KvEventSource {
+  /** PUB endpoint to connect to, e.g. `tcp://10.0.0.11:5557`. */
+  endpoint: string;
+  /** ROUTER replay endpoint, e.g. `tcp://10.0.0.11:5558` (used to fill sequence gaps). */
+  replayEndpoint?: string;
+  /** topic prefix (vLLM `topic`, default ""). */
+  topic?: string;
+}
+
+/**
+ * Subscribes to one instance's vLLM KV events (3-frame ZMQ messages: topic, 8-byte big-endian
+ * sequence, msgpack batch; reference/live-protocols.md §3) and hands every batch to `onBatch` in
+ * sequence order. A jump in the sequence is a gap (messages lost, e.g. PUB high-water mark or
+ * a reconnect): the missing batches are asked from the replay endpoint (DEALER `[empty, seq]` →
+ * `[empty, seq, payload]`… `[empty, END_SEQ, empty]`); without one, or when replay does not
+ * cover them, `onGap` is told how many were lost (the gateway then clears that instance's
+ * index, as vLLM's own consumers do). Duplicates (seq ≤ last) are dropped.
+ */
+export class KvEventSubscriber {
+  lastSeq: bigint | null = null;
+  batches = 0;
+  gaps = 0;
+  lost = 0;
+  replayed = 0;
+  private sub: import('zeromq').Subscriber | null = null;
+  private chain: Promise<void> = Promise.resolve();
+  private closed = false;
+
+  constructor(
+    readonly index: number,
+    readonly source: KvEventSource,
+    private readonly onBatch: (batch: import('./kv-events.js').KvEventBatch, seq: bigint) => void,
+    private readonly onGap: (lost: number) => void = () => undefined,
+  ) {}
+
+  /** Connects and starts receiving (in the background). */
+  async start(): Promise<void> {
+    const { Subscriber } = await import('zeromq');
+    const sub = new Subscriber({ linger: 0 });
+    sub.connect(this.source.endpoint);
+    sub.subscribe(this.source.topic ?? '');
+    this.sub = sub;
+    void (async () => {
+      try {
+        for await (const frames of sub) {
+          if (frames.length < 3 || frames[1]!.length !== 8) continue;
+          await this.onMessage(frames[1]!.readBigUInt64BE(0), frames[2]!);
+        }
+      } catch {
+        // socket closed
+      }
+    })();
+  }
+
+  /** Handles one message (exposed for tests); batches are applied in order. */
+  onMessage(seq: bigint, payload: Uint8Array): Promise<void> {
+    this.chain = this.chain.then(async () => {
+      if (this.closed) return;
+      if (this.lastSeq !== null && seq <= this.lastSeq) return;
+      if (this.lastSeq !== null && seq > this.lastSeq + 1n) {
+        this.gaps++;
+        const from = this.lastSeq + 1n;
+        const got = this.source.replayEndpoint ? await this.replay(from, seq) : 0n;
+        const lost = Number(seq - from - got);
+        if (lost > 0) {
+          this.lost += lost;
+          this.onGap(lost);
+        }
+      }
+      this.apply(seq, payload);
+    });
+    return this.chain;
+  }
+
+  private apply(seq: bigint, payload: Uint8Array): void {
+    let batch;
+    try {
+      batch = decodeEventBatchLazy(payload);
+    } catch {
+      return; // malformed batch: skipped (counted as neither)
+    }
+    this.lastSeq = seq;
+    this.batches++;
+    this.onBatch(batch, seq);
+  }
+
+  /** Asks the replay endpoint for [from, until); returns how many batches it applied. */
+  private async replay(from: bigint, until: bigint): Promise<bigint> {
+    const { Dealer } = await import('zeromq');
+    const d = new Dealer({ linger: 0, receiveTimeout: 2000 });
+    let n = 0n;
+    try {
+      d.connect(this.source.replayEndpoint!);
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64BE(from);
+      await d.send([Buffer.alloc(0), b]);
+      for (;;) {
+        const frames = await d.receive();
+        if (frames.length < 3 || frames[1]!.length !== 8) continue;
+        if (frames[1]!.equals(Buffer.alloc(8, 0xff))) break;
+        const s = frames[1]!.readBigUInt64BE(0);
+        if (s < from || s >= until) continue;
+        if (this.lastSeq !== null && s <= this.lastSeq) continue;
+        this.apply(s, frames[2]!);
+        this.replayed++;
+        n++;
+      }
+    } catch {
+      // timeout or socket error: whatever arrived counts
+    } finally {
+      d.close();
+    }
+    return n;
+  }
+
+  /** Stops receiving. */
+  close(): void {
+    this.closed = true;
+    this.sub?.close();
+  }
+}
+
+type KvModules = {
+  decode: (p: Uint8Array) => import('./kv-events.js').KvEventBatch;
+  vllmBlockHashes: (tokens: readonly number[], blockSize: number, seed?: string) => Buffer[];
+  kvEventHash: (d: Uint8Array) => bigint;
+};
+let kvModules: KvModules | null = null;
+function kv(): KvModules {
+  if (!kvModules) throw new Error('KV event modules not loaded: call loadKvEventModules() first');
+  return kvModules;
+}
+function decodeEventBatchLazy(p: Uint8Array): import('./kv-events.js').KvEventBatch {
+  return kv().decode(p);
+}
+/**
+ * Loads the msgpack decoder and vLLM block hashing once (kept out of the gateway's start-up when
+ * KV events are off). Call before using {@link KvEventSubscriber} / {@link BlockHashMap}.
+ */
+export async function loadKvEventModules(): Promise<void> {
+  if (kvModules) return;
+  const [ev, bh] = await Promise.all([import('./kv-events.js'), import('./block-hash.js')]);
+  kvModules = { decode: ev.decodeEventBatch, vllmBlockHashes: bh.vllmBlockHashes, kvEventHash: bh.kvEventHash };
+}
+
+/**
+ * vLLM block hash (KV-event int: last 8 bytes of the sha256_cbor digest) → the engine's block id
+ * (live/block-hash.ts `fastBlockIds`), for the prefixes this gateway routed. Bounded: the oldest
+ * entries go first past `max`.
+ */
+export class BlockHashMap {
+  private readonly map = new Map<bigint, number>();
+  constructor(
+    readonly blockSize: number,
+    readonly hashSeed = '0',
+    readonly max = 2_000_000,
+  ) {}
+
+  get size(): number {
+    return this.map.size;
+  }
+
+  /**
+   * Registers the full blocks of a prompt (token ids) and their engine ids: one sha256 over
+   * canonical CBOR per block (vLLM `sha256_cbor`, chained from NONE_HASH(`hashSeed`)).
+   */
+  add(ids: readonly number[], engineIds: readonly number[]): void {
+    const { vllmBlockHashes, kvEventHash } = kv();
+    const n = engineIds.length;
+    if (n === 0) return;
+    const hashes = vllmBlockHashes(ids.slice(0, n * this.blockSize), this.blockSize, this.hashSeed);
+    for (let i = 0; i < n; i++) {
+      const h = kvEventHash(hashes[i]!);
+      if (!this.map.has(h)) this.map.set(h, engineIds[i]!);
+    }
+    if (this.map.size > this.max) {
+      let drop = this.map.size - this.max;
+      for (const k of this.map.keys()) {
+        if (drop-- <= 0) break;
+        this.map.delete(k);
+      }
+    }
+  }
+
+  /** Engine ids of the known hashes (unknown ones — prefixes routed elsewhere — are skipped). */
+  lookup(hashes: readonly bigint[]): number[] {
+    const out: number[] = [];
+    for (const h of hashes) {
+      const id = this.map.get(h);
+      if (id !== undefined) out.push(id);
+    }
+    return out;
+  }
+}

@@ -13,7 +13,7 @@
  * summary.json before exiting).
  */
 import type { Command } from 'commander';
-import { backendSpecs } from './backends.js';
+import { backendSpecs, type KvEventSource } from './backends.js';
 import { choiceOption, numberOption, untilSignal } from './cli.js';
 import { diffRuns, formatDiff } from './diff.js';
 
@@ -79,6 +79,10 @@ interface GatewayFlags {
   upstream: 'stream' | 'direct';
   healthMs: number;
   decisionHeader: boolean;
+  kvEvents: string[];
+  kvEventsReplay: string[];
+  kvEventsTopic: string;
+  hashSeed: string;
   log: boolean;
 }
 
@@ -103,6 +107,10 @@ function registerGateway(program: Command): void {
     .option('--upstream <mode>', 'non-streaming client requests: stream (observe TTFT, assemble) | direct', choiceOption('--upstream', ['stream', 'direct'] as const), 'stream')
     .option('--health-ms <ms>', 'backend /health poll period (0 = off)', numberOption('--health-ms', 0), 1000)
     .option('--no-decision-header', 'do not send the x-kvlab-decision response header')
+    .option('--kv-events <endpoints>', "comma-separated vLLM KV-event PUB endpoint of each backend, same order ('-' for none), e.g. tcp://10.0.0.11:5557", list, [])
+    .option('--kv-events-replay <endpoints>', 'comma-separated KV-event replay (ROUTER) endpoints, same order (fills sequence gaps)', list, [])
+    .option('--kv-events-topic <topic>', 'KV-event topic prefix (vLLM kv-events-config topic)', '')
+    .option('--hash-seed <s>', "the instances' PYTHONHASHSEED (vLLM NONE_HASH seed)", '0')
     .option('--log', 'log requests (pino)', false)
     .action(async (f: GatewayFlags) => {
       const { startGateway } = await import('./gateway.js');
@@ -123,12 +131,26 @@ function registerGateway(program: Command): void {
         upstreamMode: f.upstream,
         health: { intervalMs: f.healthMs },
         decisionHeader: f.decisionHeader,
+        kvEvents: f.kvEvents.length ? kvEventSources(f.kvEvents, f.kvEventsReplay, f.kvEventsTopic, f.backends.length) : undefined,
+        hashSeed: f.hashSeed,
         logger: f.log,
       });
       process.stderr.write(`gateway: ${f.backends.length} backends, strategy ${f.strategy}, KDN ${f.kdn ?? 'none'}${f.out ? `, records in ${f.out}` : ''}\n`);
       process.stdout.write(`ready ${gw.url}\n`);
       await untilSignal('gateway', () => gw.close());
     });
+}
+
+/** KV-event sources from the CLI lists ('-' or '' = none). @throws Error naming the option. */
+export function kvEventSources(endpoints: string[], replay: string[], topic: string, n: number): Array<KvEventSource | null> {
+  if (endpoints.length !== n) throw new Error(`--kv-events: ${endpoints.length} endpoints for ${n} backends (one per backend, '-' for none)`);
+  if (replay.length && replay.length !== n) throw new Error(`--kv-events-replay: ${replay.length} endpoints for ${n} backends`);
+  return endpoints.map((e, i) => {
+    if (e === '-' || e === '') return null;
+    if (!/^(tcp|ipc):\/\//.test(e)) throw new Error(`--kv-events: entry ${i + 1} must be a ZMQ endpoint like tcp://host:5557 (got "${e}")`);
+    const r = replay[i];
+    return { endpoint: e, ...(r && r !== '-' ? { replayEndpoint: r } : {}), topic };
+  });
 }
 
 interface ReplayFlags {

@@ -48,7 +48,7 @@ import { createStrategy, STRATEGY_NAMES } from '../engine/strategies/index.js';
 import type { ClusterSpec, Decision, Intent, KnowledgeRef, TraceRequest } from '../engine/types.js';
 import { readClusterFile, resolveCluster, type ResolvedCluster } from '../sim/cluster.js';
 import { DEFAULT_PROFILE } from '../sim/profiles.js';
-import { Backend, classifyChunk, HealthMonitor, isConnectError, SseSplitter, type BackendOptions, type BackendSpec, type HealthOptions, type StreamUsage } from './backends.js';
+import { Backend, BlockHashMap, classifyChunk, HealthMonitor, isConnectError, KvEventSubscriber, loadKvEventModules, SseSplitter, type BackendOptions, type BackendSpec, type HealthOptions, type KvEventSource, type StreamUsage } from './backends.js';
 import { fastBlockIds } from './block-hash.js';
 import { ApiError, badRequest, chatRequestSchema, completionRequestSchema, modelNotFound, parseBody, type ChatRequest, type CompletionRequest } from './openai.js';
 import { columnarAlternatives, Recorder, writeConfig, type RecordObserved, type TimingRecord } from './recorder.js';
@@ -95,6 +95,15 @@ export interface GatewayOptions {
   pool?: BackendOptions;
   /** catalogue refresh period for RAG retrieval, ms (default 30,000). */
   catalogueRefreshMs?: number;
+  /**
+   * vLLM KV-event sources, one per backend (same order; null = none): the engine's prefix index
+   * then follows what the instances really store and evict (BlockStored / BlockRemoved /
+   * AllBlocksCleared), on top of predict-on-route. Events of prefixes this gateway routed are
+   * mapped to engine block ids through their vLLM hashes (sha256_cbor, `hashSeed`).
+   */
+  kvEvents?: Array<KvEventSource | null>;
+  /** PYTHONHASHSEED of the instances (vLLM NONE_HASH seed), default "0". */
+  hashSeed?: string;
   /** keep every routed engine request for `requests()` (default false; the demo re-simulates them). */
   keepRequests?: boolean;
   /** pino logging (fastify `logger`), default false. */
@@ -659,6 +668,54 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     opts.health,
   );
 
+  // ---- KV events
+  const kvSources = opts.kvEvents ?? [];
+  if (kvSources.length && kvSources.length !== backends.length) throw new Error(`kvEvents: ${kvSources.length} sources for ${backends.length} backends (one per backend, null for none)`);
+  let hashMap: BlockHashMap | null = null;
+  const subscribers: KvEventSubscriber[] = [];
+  if (kvSources.some(Boolean)) {
+    await loadKvEventModules();
+    hashMap = new BlockHashMap(blockSize, opts.hashSeed ?? '0');
+    const hm = hashMap;
+    kvSources.forEach((src, i) => {
+      if (!src) return;
+      subscribers.push(
+        new KvEventSubscriber(
+          i,
+          src,
+          (batch) => {
+            for (const ev of batch.events) {
+              if (ev.type === 'AllBlocksCleared') engine.onKvEvent({ instance: i, kind: 'cleared', blocks: [] });
+              else {
+                const blocks = hm.lookup(ev.blockHashes);
+                if (blocks.length) engine.onKvEvent({ instance: i, kind: ev.type === 'BlockStored' ? 'stored' : 'removed', blocks });
+              }
+            }
+          },
+          (lost) => {
+            // lost batches: this instance's index can no longer be trusted
+            engine.onKvEvent({ instance: i, kind: 'cleared', blocks: [] });
+            app.log.warn(`instance ${ids[i]}: ${lost} KV-event batches lost; its prefix index was cleared`);
+          },
+        ),
+      );
+    });
+  }
+  new client.Gauge({
+    name: 'kvlab_gateway_kv_event_batches',
+    help: 'KV-event batches applied per instance (and gaps / lost batches).',
+    labelNames: ['instance', 'what'],
+    registers: [registry],
+    collect() {
+      for (const s of subscribers) {
+        this.set({ instance: ids[s.index]!, what: 'applied' }, s.batches);
+        this.set({ instance: ids[s.index]!, what: 'gaps' }, s.gaps);
+        this.set({ instance: ids[s.index]!, what: 'lost' }, s.lost);
+        this.set({ instance: ids[s.index]!, what: 'replayed' }, s.replayed);
+      }
+    },
+  });
+
   // ---- served model
   let served: string | null = opts.model ?? null;
   let modelsBody: unknown = null;
@@ -956,6 +1013,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     const f: Flight = { id, kind, tArr, req, d: null, planned: null, fallback: null, retries: 0, linkWait: 0, transfer: 0, transferTokens: 0, wireBytes: 0, ackMs: -1, tSend: -1, tFirst: -1, tDone: -1, usage: null, completionTokens: 0, abort: new AbortController(), finished: false, killed: null };
     inflight.set(id, f);
     if (keepRequests) routed.push(req);
+    hashMap?.add(built.ids, req.blocks);
     if (built.stream) {
       // a streaming client that goes away aborts the upstream stream (non-streaming ones finish)
       reply.raw.once('close', () => {
@@ -1209,6 +1267,10 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
         failures: b.failures,
         lmcache_redis: b.spec.lmcacheRedis ? `${b.spec.lmcacheRedis.host}:${b.spec.lmcacheRedis.port}/${b.spec.lmcacheRedis.db}` : null,
         booked: { ...engine.loads.loads[i]!, backlog_ms: r3(engine.loads.backlogMs(i, t)) },
+        kv_events: (() => {
+          const sub = subscribers.find((x) => x.index === i);
+          return sub ? { endpoint: sub.source.endpoint, last_seq: sub.lastSeq === null ? null : Number(sub.lastSeq), batches: sub.batches, gaps: sub.gaps, lost: sub.lost, replayed: sub.replayed } : null;
+        })(),
       })),
     };
   });
@@ -1241,12 +1303,14 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
   const port = typeof addr === 'object' && addr ? addr.port : (opts.port ?? 7001);
   if (served === null || modelsBody === null) await fetchModels();
   health.start();
+  for (const sub of subscribers) await sub.start();
 
   let closed: Promise<void> | undefined;
   const close = (): Promise<void> =>
     (closed ??= (async () => {
       closing = true;
       health.stop();
+      for (const sub of subscribers) sub.close();
       for (const f of inflight.values()) {
         f.killed = 'gateway shutting down';
         f.abort.abort(new Error('gateway shutting down'));
