@@ -241,6 +241,7 @@ interface DemoFlags {
   outputTokens: number;
   profile?: string;
   seed: number;
+  kvEvents: boolean;
 }
 
 function registerDemo(program: Command): void {
@@ -259,9 +260,10 @@ function registerDemo(program: Command): void {
     .option('--output-tokens <n>', 'output tokens per request', numberOption('--output-tokens', 1, 4096, true), 32)
     .option('--profile <name>', 'instance profile')
     .option('--seed <n>', 'workload and engine seed', numberOption('--seed', 0, 2 ** 31, true), 1)
+    .option('--kv-events', 'emulators publish vLLM KV events and the gateway follows them (sim: events without delay)', false)
     .action(async (f: DemoFlags) => {
       const { runDemo } = await import('./demo.js');
-      const r = await runDemo({ out: f.out, requests: f.requests, strategy: f.strategy, instances: f.instances, timeScale: f.timeScale, workload: f.workload, rate: f.rate, outputTokens: f.outputTokens, profile: f.profile, seed: f.seed });
+      const r = await runDemo({ out: f.out, requests: f.requests, strategy: f.strategy, instances: f.instances, timeScale: f.timeScale, workload: f.workload, rate: f.rate, outputTokens: f.outputTokens, profile: f.profile, seed: f.seed, kvEvents: f.kvEvents });
       process.stdout.write(`${r.text}\nlive demo: done in ${(r.wallMs / 1000).toFixed(1)} s; outputs in ${r.out}\n`);
       // everything started was stopped; do not wait for stray timers of closed servers
       process.exit(0);

@@ -44,7 +44,7 @@ import { startEmulator, type EmulatorHandle } from './emulator.js';
 import { startGateway, type GatewayHandle } from './gateway.js';
 import { startKdn, type KdnHandle } from './kdn.js';
 import { readRecords, type TimingRecord } from './recorder.js';
-import { launchRedis, type RedisServerHandle } from './redis-launcher.js';
+import { freePort, launchRedis, type RedisServerHandle } from './redis-launcher.js';
 import { registerDocuments, renameKnowledge, runReplay, synthesizeDocument, workloadDocuments, type KnowledgeDoc } from './replay.js';
 import { existsSync } from 'node:fs';
 
@@ -70,6 +70,11 @@ export interface DemoOptions {
   /** instance profile (default rtx5090x8-llama3-70b). */
   profile?: string;
   seed?: number;
+  /**
+   * emulators publish vLLM KV events and the gateway follows them (the simulated engine then
+   * gets its KV events without delay too); default false: predict-on-route only on both sides.
+   */
+  kvEvents?: boolean;
   /** progress lines (default: stderr). */
   log?: (line: string) => void;
 }
@@ -138,7 +143,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
   try {
     const profile = loadProfile(opts.profile ?? DEFAULT_PROFILE);
     // ---- the cluster both the gateway's engine and the simulator use
-    const rc: ResolvedCluster = resolveCluster({ instances: n, sim: { stepNoiseCv: 0 } }, { profile: profile.name, kvEventDelayMs: 1e9 }, DEFAULT_PROFILE);
+    const rc: ResolvedCluster = resolveCluster({ instances: n, sim: { stepNoiseCv: 0 } }, { profile: profile.name, kvEventDelayMs: opts.kvEvents ? 0 : 1e9 }, DEFAULT_PROFILE);
     const kdnSpec = rc.spec.kdns[0]!;
     const link = rc.spec.links[0]![0]!;
 
@@ -149,8 +154,11 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     const redis: RedisServerHandle = await launchRedis({ maxmemory: '1gb' });
     stops.push(() => redis.stop());
     const ems: EmulatorHandle[] = [];
+    const kvPorts: number[] = [];
     for (let i = 0; i < n; i++) {
-      const em = await startEmulator({ profile, model: MODEL, modelPath: MODEL_PATH, redisUrl: `${redis.url}/${i + 1}`, timeScale: ts, coldStart: false });
+      const kvPort = opts.kvEvents ? await freePort() : 0;
+      kvPorts.push(kvPort);
+      const em = await startEmulator({ profile, model: MODEL, modelPath: MODEL_PATH, redisUrl: `${redis.url}/${i + 1}`, timeScale: ts, coldStart: false, ...(opts.kvEvents ? { kvEvents: { endpoint: `tcp://127.0.0.1:${kvPort}` } } : {}) });
       stops.push(() => em.close());
       ems.push(em);
     }
@@ -179,6 +187,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
       model: MODEL,
       seed: opts.seed ?? 1,
       keepRequests: true,
+      ...(opts.kvEvents ? { kvEvents: kvPorts.map((p) => ({ endpoint: `tcp://127.0.0.1:${p}` })) } : {}),
     });
     stops.push(() => gw.close());
     log(`live demo: redis ${redis.url}, emulators ${ems.map((e) => e.url).join(' ')}, KDN ${kdn.url}, gateway ${gw.url}`);
