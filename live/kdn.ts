@@ -525,7 +525,9 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
       (closing ??= (async () => {
         // stop listening; running requests (injections) finish, idle keep-alive sockets close
         const closed = app.close();
-        await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([closed, new Promise((r) => (timer = setTimeout(r, 10_000)))]);
+        clearTimeout(timer); // a pending 10 s grace timer would keep the process alive
         app.server.closeAllConnections();
         await closed;
         for (const r of targets.values()) await r.quit().catch(() => r.disconnect());
