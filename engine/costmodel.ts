@@ -95,17 +95,23 @@ const memo: { p: Profile | null; start: number; tokens: number; ms: number } = {
 function prefillAloneCompute(p: Profile, startTokens: number, newTokens: number): number {
   const m = p.step;
   const budget = p.engine.maxNumBatchedTokens;
-  let s = startTokens;
-  let left = newTokens;
+  const left = newTokens <= 0 ? 1 : newTokens; // at least the last token is recomputed
+  // f full chunks of `budget` tokens then a remainder r, in closed form (same sum as stepping):
+  // attention Σ c·(s + c/2) over chunks starting at s0, s0 + B, ... = f·B·s0 + f²·B²/2, plus r·(s0 + f·B + r/2)
+  const f = Math.floor(left / budget);
+  const r = left - f * budget;
+  const perStep = m.fixedMs + m.prefillSeqMs;
   let t = 0;
-  if (left <= 0) left = 1; // at least the last token is recomputed
-  while (left > 0) {
-    const c = Math.min(left, budget);
-    t += m.fixedMs + m.prefillSeqMs + curveMs(m, c) + (slopeLast(m) * chunkAttnUnits(s, c)) / m.attnTokens;
-    s += c;
-    left -= c;
+  let attn = 0;
+  if (f > 0) {
+    t += f * (perStep + curveMs(m, budget));
+    attn += f * budget * startTokens + (f * f * budget * budget) / 2;
   }
-  return t;
+  if (r > 0) {
+    t += perStep + curveMs(m, r);
+    attn += chunkAttnUnits(startTokens + f * budget, r);
+  }
+  return t + (slopeLast(m) * attn) / m.attnTokens;
 }
 
 /**

@@ -1,10 +1,12 @@
+import { BlockTable } from './block-table.js';
+
 /**
  * Prefix index: chained block hash -> set of instances caching it, with a hard per-instance
  * bound. One lookup walk returns, for every instance, how many leading blocks of a request it
  * holds (contiguous prefix match, like Dynamo's radix tree / llm-d's index).
  *
- * Representation: per block id a bitmask of instances (30 bits per word, so every word is a V8
- * small integer) — membership is a bit test. Per instance, an insertion-ordered array of the
+ * Representation: per block id a bitmask of instances (32 bits per word) in an open-addressing
+ * typed-array table (engine/block-table.ts) — membership is a bit test. Per instance, an insertion-ordered array of the
  * ids added (stale entries of removed blocks are skipped and compacted away) enforces the
  * bound: when an instance holds more than its capacity, its oldest-inserted blocks are dropped
  * (FIFO; re-adding a present block does not reorder it, which keeps the hot path
@@ -13,9 +15,8 @@
  */
 export class PrefixIndex {
   private readonly words: number;
-  /** block id -> mask word(s). words === 1: number; otherwise number[]. */
-  private readonly masks1 = new Map<number, number>();
-  private readonly masksN = new Map<number, number[]>();
+  /** block id -> mask words. */
+  private readonly table: BlockTable;
   /** per-instance ids in insertion order (may contain stale ids) and the read head. */
   private readonly order: number[][];
   private readonly heads: number[];
@@ -26,14 +27,15 @@ export class PrefixIndex {
   private readonly curBuf: Int32Array;
 
   /**
-   * @param instances number of instances (any count; 30 per mask word)
+   * @param instances number of instances (any count; 32 per mask word)
    * @param capacityBlocks per-instance bound in blocks (Infinity = unbounded); a number applies to all
    */
   constructor(
     readonly instances: number,
     capacityBlocks: number | number[],
   ) {
-    this.words = Math.max(1, Math.ceil(instances / 30));
+    this.words = Math.max(1, Math.ceil(instances / 32));
+    this.table = new BlockTable(this.words);
     this.order = Array.from({ length: instances }, () => []);
     this.heads = new Array<number>(instances).fill(0);
     this.counts = new Array<number>(instances).fill(0);
@@ -60,42 +62,24 @@ export class PrefixIndex {
 
   /** true when `instance` holds block `id`. */
   has(instance: number, id: number): boolean {
-    const w = (instance / 30) | 0;
-    const bit = 1 << instance % 30;
-    if (this.words === 1) return ((this.masks1.get(id) ?? 0) & bit) !== 0;
-    const m = this.masksN.get(id);
-    return m !== undefined && (m[w]! & bit) !== 0;
+    return this.bitSet(id, instance >>> 5, 1 << (instance & 31));
   }
 
   /** Marks `blocks` as cached on `instance`; enforces the bound (drops the oldest inserted). */
   add(instance: number, blocks: readonly number[]): void {
-    const w = (instance / 30) | 0;
-    const bit = 1 << instance % 30;
+    const w = instance >>> 5;
+    const bit = 1 << (instance & 31);
     const order = this.order[instance]!;
+    const t = this.table;
     let added = 0;
-    if (this.words === 1) {
-      const masks = this.masks1;
-      for (let i = 0; i < blocks.length; i++) {
-        const id = blocks[i]!;
-        const m = masks.get(id);
-        if (m === undefined) masks.set(id, bit);
-        else if ((m & bit) === 0) masks.set(id, m | bit);
-        else continue;
-        order.push(id);
-        added++;
-      }
-    } else {
-      for (let i = 0; i < blocks.length; i++) {
-        const id = blocks[i]!;
-        let m = this.masksN.get(id);
-        if (m === undefined) {
-          m = new Array<number>(this.words).fill(0);
-          this.masksN.set(id, m);
-        } else if ((m[w]! & bit) !== 0) continue;
-        m[w] = m[w]! | bit;
-        order.push(id);
-        added++;
-      }
+    for (let i = 0; i < blocks.length; i++) {
+      const id = blocks[i]!;
+      const slot = t.insert(id);
+      const m = t.word(slot, w);
+      if ((m & bit) !== 0) continue;
+      t.setWord(slot, w, m | bit);
+      order.push(id);
+      added++;
     }
     this.counts[instance]! += added;
     if (this.counts[instance]! > this.caps[instance]!) this.evictOldest(instance);
@@ -103,8 +87,8 @@ export class PrefixIndex {
 
   /** Removes `blocks` from `instance` (KV event BlockRemoved). Unknown ids are ignored. */
   remove(instance: number, blocks: readonly number[]): void {
-    const w = (instance / 30) | 0;
-    const bit = 1 << instance % 30;
+    const w = instance >>> 5;
+    const bit = 1 << (instance & 31);
     let removed = 0;
     for (let i = 0; i < blocks.length; i++) if (this.clearBit(blocks[i]!, w, bit)) removed++;
     this.counts[instance]! -= removed;
@@ -113,8 +97,8 @@ export class PrefixIndex {
 
   /** Removes every block of `instance` (AllBlocksCleared, or instance down). */
   clear(instance: number): void {
-    const w = (instance / 30) | 0;
-    const bit = 1 << instance % 30;
+    const w = instance >>> 5;
+    const bit = 1 << (instance & 31);
     const order = this.order[instance]!;
     for (let i = this.heads[instance]!; i < order.length; i++) this.clearBit(order[i]!, w, bit);
     this.order[instance] = [];
@@ -130,74 +114,50 @@ export class PrefixIndex {
   match(blocks: readonly number[], out: Int32Array): number {
     const n = this.instances;
     const depth = blocks.length;
-    if (this.words === 1) {
-      let cur = n >= 30 ? 0x3fffffff : (1 << n) - 1;
-      const masks = this.masks1;
-      let pos = 0;
-      for (; pos < depth && cur !== 0; pos++) {
-        const m = masks.get(blocks[pos]!) ?? 0;
-        let dropped = cur & ~m;
-        while (dropped !== 0) {
-          const b = 31 - Math.clz32(dropped);
-          out[b] = pos;
-          dropped &= ~(1 << b);
-        }
-        cur &= m;
-      }
-      let best = 0;
-      if (cur !== 0) {
-        best = pos;
-        while (cur !== 0) {
-          const b = 31 - Math.clz32(cur);
-          out[b] = pos;
-          cur &= ~(1 << b);
-        }
-      } else {
-        for (let i = 0; i < n; i++) if (out[i]! > best) best = out[i]!;
-      }
-      return best;
-    }
+    const t = this.table;
     const W = this.words;
     const cur = this.curBuf;
     for (let w = 0; w < W; w++) {
-      const bits = Math.min(30, n - w * 30);
-      cur[w] = bits >= 30 ? 0x3fffffff : (1 << bits) - 1;
+      const bits = Math.min(32, n - w * 32);
+      cur[w] = bits >= 32 ? -1 : (1 << bits) - 1;
     }
-    const masks = this.masksN;
     let alive = true;
     let pos = 0;
     for (; pos < depth && alive; pos++) {
-      const m = masks.get(blocks[pos]!);
+      const slot = t.find(blocks[pos]!);
       alive = false;
       for (let w = 0; w < W; w++) {
-        const mw = m ? m[w]! : 0;
-        let dropped = cur[w]! & ~mw;
+        const c = cur[w]!;
+        if (c === 0) continue;
+        const mw = slot < 0 ? 0 : t.word(slot, w);
+        let dropped = c & ~mw;
         while (dropped !== 0) {
           const b = 31 - Math.clz32(dropped);
-          out[w * 30 + b] = pos;
+          out[(w << 5) + b] = pos;
           dropped &= ~(1 << b);
         }
-        cur[w] = cur[w]! & mw;
-        if (cur[w] !== 0) alive = true;
+        const nc = c & mw;
+        cur[w] = nc;
+        if (nc !== 0) alive = true;
       }
     }
-    let best = 0;
     for (let w = 0; w < W; w++) {
       let c = cur[w]!;
       while (c !== 0) {
         const b = 31 - Math.clz32(c);
-        out[w * 30 + b] = pos;
+        out[(w << 5) + b] = pos;
         c &= ~(1 << b);
       }
     }
+    let best = 0;
     for (let i = 0; i < n; i++) if (out[i]! > best) best = out[i]!;
     return best;
   }
 
   /** Drops the oldest-inserted live blocks of `instance` until it is within its bound. */
   private evictOldest(instance: number): void {
-    const w = (instance / 30) | 0;
-    const bit = 1 << instance % 30;
+    const w = instance >>> 5;
+    const bit = 1 << (instance & 31);
     const order = this.order[instance]!;
     let h = this.heads[instance]!;
     while (this.counts[instance]! > this.caps[instance]! && h < order.length) {
@@ -213,8 +173,8 @@ export class PrefixIndex {
     const order = this.order[instance]!;
     const live = this.counts[instance]!;
     if (order.length < 1024 || order.length < 3 * live) return;
-    const w = (instance / 30) | 0;
-    const bit = 1 << instance % 30;
+    const w = instance >>> 5;
+    const bit = 1 << (instance & 31);
     const next: number[] = [];
     const seen = new Set<number>();
     for (let i = this.heads[instance]!; i < order.length; i++) {
@@ -229,25 +189,19 @@ export class PrefixIndex {
   }
 
   private bitSet(id: number, w: number, bit: number): boolean {
-    if (this.words === 1) return ((this.masks1.get(id) ?? 0) & bit) !== 0;
-    const m = this.masksN.get(id);
-    return m !== undefined && (m[w]! & bit) !== 0;
+    const slot = this.table.find(id);
+    return slot >= 0 && (this.table.word(slot, w) & bit) !== 0;
   }
 
-  /** Clears the bit; returns true when it was set. */
+  /** Clears the bit; returns true when it was set (drops the entry when no bit is left). */
   private clearBit(id: number, w: number, bit: number): boolean {
-    if (this.words === 1) {
-      const m = this.masks1.get(id);
-      if (m === undefined || (m & bit) === 0) return false;
-      const v = m & ~bit;
-      if (v === 0) this.masks1.delete(id);
-      else this.masks1.set(id, v);
-      return true;
-    }
-    const m = this.masksN.get(id);
-    if (!m || (m[w]! & bit) === 0) return false;
-    m[w] = m[w]! & ~bit;
-    if (m.every((x) => x === 0)) this.masksN.delete(id);
+    const t = this.table;
+    const slot = t.find(id);
+    if (slot < 0) return false;
+    const m = t.word(slot, w);
+    if ((m & bit) === 0) return false;
+    t.setWord(slot, w, m & ~bit);
+    if (t.isZero(slot)) t.removeSlot(slot);
     return true;
   }
 }
