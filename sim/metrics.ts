@@ -20,9 +20,27 @@ export function r3(x: number): number {
   return Math.round(x * 1000) / 1000;
 }
 
-/** A number as JSON text, 3 decimals; non-finite values (Infinity, NaN) become null. */
+const FRAC = ['', '.001', '.002', '.003', '.004', '.005', '.006', '.007', '.008', '.009'];
+
+/**
+ * A number as JSON text, 3 decimals (same text as String(Math.round(x·1000)/1000)); non-finite
+ * values (Infinity, NaN) become null. Integer arithmetic on the common range: formatting doubles
+ * is the main cost of writing records.jsonl.
+ */
 export function j3(x: number): string {
-  return Number.isFinite(x) ? String(Math.round(x * 1000) / 1000) : 'null';
+  if (!Number.isFinite(x)) return 'null';
+  const v = Math.round(x * 1000);
+  if (v > 2_000_000_000 || v < -2_000_000_000) return String(v / 1000);
+  const neg = v < 0;
+  const a = neg ? -v : v;
+  const ip = (a / 1000) | 0;
+  const f = a - ip * 1000;
+  let out: string;
+  if (f === 0) out = String(ip);
+  else if (f < 10) out = ip + FRAC[f]!;
+  else if (f < 100) out = ip + (f % 10 === 0 ? '.0' + f / 10 : '.0' + f);
+  else out = ip + '.' + (f % 100 === 0 ? String(f / 100) : f % 10 === 0 ? String(f / 10) : String(f));
+  return neg && a !== 0 ? '-' + out : out;
 }
 
 /** Distribution of `values` (unsorted; copied). */
@@ -175,7 +193,7 @@ function recordLine(o: SimOutcome, obs: Observed, r: number, quotedIds: string[]
   const d = o.decisions.get(r);
   const st = o.status[r] === ST_OK ? 'ok' : o.status[r] === ST_REJECTED ? 'rejected' : 'failed';
   const p = d.predicted;
-  const pred = `{"prepare_ms":${r3(p.prepareMs)},"link_wait_ms":${r3(p.linkWaitMs)},"transfer_ms":${r3(p.transferMs)},"kv_load_ms":${r3(p.kvLoadMs)},"queue_ms":${r3(p.queueMs)},"prefill_ms":${r3(p.prefillMs)},"ttft_ms":${r3(p.ttftMs)}}`;
+  const pred = `{"prepare_ms":${j3(p.prepareMs)},"link_wait_ms":${j3(p.linkWaitMs)},"transfer_ms":${j3(p.transferMs)},"kv_load_ms":${j3(p.kvLoadMs)},"queue_ms":${j3(p.queueMs)},"prefill_ms":${j3(p.prefillMs)},"ttft_ms":${j3(p.ttftMs)}}`;
   let obsJ = 'null';
   if (o.status[r] === ST_OK) {
     const api = o.apiMs[d.instance]!;
@@ -183,13 +201,13 @@ function recordLine(o: SimOutcome, obs: Observed, r: number, quotedIds: string[]
     const queue = o.firstSchedAt[r]! - ready;
     const prefill = o.firstTokenAt[r]! + api - o.firstSchedAt[r]! - o.kvLoadMs[r]!;
     obsJ =
-      `{"prepare_ms":${r3(o.prepareMs[r]!)},"link_wait_ms":${r3(o.linkWaitMs[r]!)},"transfer_ms":${r3(o.transferMs[r]!)},"kv_load_ms":${r3(o.kvLoadMs[r]!)},` +
-      `"queue_ms":${r3(queue)},"prefill_ms":${r3(prefill)},"ttft_ms":${r3(obs.ttft[r]!)},"tpot_ms":${obs.tpot[r]! >= 0 ? r3(obs.tpot[r]!) : 'null'},"e2e_ms":${r3(obs.e2e[r]!)},` +
+      `{"prepare_ms":${j3(o.prepareMs[r]!)},"link_wait_ms":${j3(o.linkWaitMs[r]!)},"transfer_ms":${j3(o.transferMs[r]!)},"kv_load_ms":${j3(o.kvLoadMs[r]!)},` +
+      `"queue_ms":${j3(queue)},"prefill_ms":${j3(prefill)},"ttft_ms":${j3(obs.ttft[r]!)},"tpot_ms":${obs.tpot[r]! >= 0 ? r3(obs.tpot[r]!) : 'null'},"e2e_ms":${j3(obs.e2e[r]!)},` +
       `"cached_tokens":${o.hitTokens[r]!},"loaded_tokens":${o.loadTokens[r]!},"transfer_tokens":${o.transferTokens[r]!},"preemptions":${o.preemptions[r]!},` +
-      `"first_token_at_ms":${r3(o.firstTokenAt[r]! + api)},"done_at_ms":${r3(o.doneAt[r]! + api)}}`;
+      `"first_token_at_ms":${j3(o.firstTokenAt[r]! + api)},"done_at_ms":${j3(o.doneAt[r]! + api)}}`;
   }
   return (
-    `{"id":${JSON.stringify(q.id)},"arrival_ms":${r3(q.arrivalMs)},"status":"${st}","error":${st === 'rejected' ? '"prompt + output tokens exceed max_model_len"' : 'null'},` +
+    `{"id":${JSON.stringify(q.id)},"arrival_ms":${j3(q.arrivalMs)},"status":"${st}","error":${st === 'rejected' ? '"prompt + output tokens exceed max_model_len"' : 'null'},` +
     `"input_tokens":${q.inputTokens},"output_tokens":${q.outputTokens},"knowledge_tokens":${q.knowledgeTokens},` +
     `"instance":${quotedIds[d.instance]},"kdn":${d.kdn >= 0 ? quotedKdns[d.kdn] : 'null'},"intent":"${d.intent}",` +
     `"decision":${decisionJson(d, quotedIds)},"predicted":${pred},"observed":${obsJ},"source":"sim"}`
