@@ -5,7 +5,8 @@ import { describe, expect, it } from 'vitest';
 import { STRATEGY_NAMES, createStrategy } from '../engine/strategies/index.js';
 import type { ClusterSpec } from '../engine/types.js';
 import { abTable } from '../sim/cli.js';
-import { observed, recordsJsonl, summarize } from '../sim/metrics.js';
+import fc from 'fast-check';
+import { j3, observed, recordsJsonl, summarize } from '../sim/metrics.js';
 import { instanceSpecFromProfile, loadProfile } from '../sim/profiles.js';
 import { runAb, runSim } from '../sim/run.js';
 import { simulate } from '../sim/simulator.js';
@@ -78,6 +79,15 @@ describe('simulator', () => {
     expect(now.filter(([t, n]) => t < 19_000 && n > 0).length).toBeGreaterThan(0);
     expect(late.filter(([t, n]) => t < 19_000 && n > 0)).toEqual([]);
     expect(late.filter(([t, n]) => t > 25_000 && n > 0).length).toBeGreaterThan(0);
+  });
+});
+
+describe('j3 (record number formatting)', () => {
+  it('prints the same text as String(Math.round(x * 1000) / 1000), null for non-finite', () => {
+    fc.assert(fc.property(fc.double({ noNaN: true, min: -1e10, max: 1e10 }), (x) => j3(x) === String(Math.round(x * 1000) / 1000)), { numRuns: 5000 });
+    for (const x of [0, 0.0005, -0.0005, 12.05, 99.999, 1234.5625, 3e9 + 0.25]) expect(j3(x)).toBe(String(Math.round(x * 1000) / 1000));
+    expect(j3(Infinity)).toBe('null');
+    expect(j3(NaN)).toBe('null');
   });
 });
 
