@@ -39,9 +39,13 @@ export interface KvlabParams {
   queueWeight: number;
   /** consider hybrid splits. */
   hybrid: boolean;
+  /** costs within min(tieMaxMs, max(tieMs, tieFrac × cost)) of each other count as ties (ms, fraction, ms). */
+  tieMs: number;
+  tieFrac: number;
+  tieMaxMs: number;
 }
 
-export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, hybrid: true };
+export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, hybrid: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity };
 
 export class KvlabStrategy implements Strategy {
   readonly name = 'kvlab';
@@ -66,7 +70,10 @@ export class KvlabStrategy implements Strategy {
       const a: Alternative = { instance: i, intent, score: round3(cost), ttftMs: round3(pred.ttftMs) };
       if (intent === 'hybrid') a.reusedTokens = reuse;
       alternatives.push(a);
-      if (bestI < 0 || cost < bestCost - 1e-9 || (Math.abs(cost - bestCost) <= 1e-9 && ctx.load(i).inflight < ctx.load(bestI).inflight)) {
+      // costs closer than the tolerance are ties (prediction noise, wall-clock jitter in live mode):
+      // fewer requests in flight wins, then the lower index, so live and simulated runs agree
+      const tol = Math.min(this.p.tieMaxMs, Math.max(this.p.tieMs, this.p.tieFrac * Math.min(cost, bestCost)));
+      if (bestI < 0 || cost < bestCost - tol || (Math.abs(cost - bestCost) <= tol && ctx.load(i).inflight < ctx.load(bestI).inflight)) {
         bestI = i;
         bestIntent = intent;
         bestReuse = reuse;
