@@ -5,6 +5,7 @@
  * storing columns keeps the heap flat. `get(r)` rebuilds the Decision when a record is written.
  */
 import type { Alternative, Decision, Intent } from '../engine/types.js';
+import { j3 } from './format.js';
 
 const INTENTS: Intent[] = ['none', 'text', 'kvcache', 'hybrid'];
 const INTENT_CODE: Record<Intent, number> = { none: 0, text: 1, kvcache: 2, hybrid: 3 };
@@ -115,6 +116,45 @@ export class DecisionStore {
       alternatives,
       reason: this.reason[r]!,
     };
+  }
+
+  /** The `predicted` object of request r as JSON (docs/FORMATS.md keys). */
+  predictedJson(r: number): string {
+    const o = r * PRED;
+    const p = this.pred;
+    return `{"prepare_ms":${j3(p[o]!)},"link_wait_ms":${j3(p[o + 1]!)},"transfer_ms":${j3(p[o + 2]!)},"kv_load_ms":${j3(p[o + 3]!)},"queue_ms":${j3(p[o + 4]!)},"prefill_ms":${j3(p[o + 5]!)},"ttft_ms":${j3(p[o + 6]!)}}`;
+  }
+
+  /**
+   * The `decision` object of request r as JSON, alternatives columnar (docs/FORMATS.md), written
+   * straight from the columns (no Decision object is rebuilt).
+   * @param quotedIds JSON-quoted instance ids by index
+   */
+  decisionJson(r: number, quotedIds: readonly string[]): string {
+    const off = this.altOff[r]!;
+    const cnt = this.altCnt[r]!;
+    let inst = '';
+    let intent = '';
+    let score = '';
+    let ttft = '';
+    let reused = '';
+    let hasTtft = false;
+    let hasReused = false;
+    for (let j = 0; j < cnt; j++) {
+      const k = off + j;
+      const sep = j ? ',' : '';
+      inst += sep + quotedIds[this.altInst[k]!];
+      intent += sep + '"' + INTENTS[this.altIntent[k]!] + '"';
+      score += sep + j3(this.altScore[k]!);
+      const t = this.altTtft[k]!;
+      const u = this.altReused[k]!;
+      if (!Number.isNaN(t)) hasTtft = true;
+      if (!Number.isNaN(u)) hasReused = true;
+      ttft += sep + (Number.isNaN(t) ? 'null' : j3(t));
+      reused += sep + (Number.isNaN(u) ? 'null' : u);
+    }
+    const alts = `{"instance":[${inst}],"intent":[${intent}],"score":[${score}]` + (hasTtft ? `,"ttft_ms":[${ttft}]` : '') + (hasReused ? `,"reused_tokens":[${reused}]` : '') + '}';
+    return `{"strategy":${JSON.stringify(this.strategy[r])},"reason":${JSON.stringify(this.reason[r])},"reused_tokens":${this.reused[r]},"cached_tokens":${this.cached[r]},"alternatives":${alts}}`;
   }
 
   private grow(min: number): void {

@@ -2,8 +2,11 @@
  * Timing records, summary and time series of a simulated run (formats: docs/FORMATS.md).
  */
 import { mean as ssMean, quantileSorted } from 'simple-statistics';
-import type { Decision, Intent } from '../engine/types.js';
+import type { Intent } from '../engine/types.js';
+import { j3 } from './format.js';
 import type { SimOutcome } from './simulator.js';
+
+export { j3 } from './format.js';
 import { ST_OK, ST_REJECTED } from './simulator.js';
 
 /** mean / p50 / p90 / p99 of a metric (ms). null values when there is no sample. */
@@ -18,29 +21,6 @@ export interface Dist {
 /** Rounds to 3 decimals (stable, compact JSON). */
 export function r3(x: number): number {
   return Math.round(x * 1000) / 1000;
-}
-
-const FRAC = ['', '.001', '.002', '.003', '.004', '.005', '.006', '.007', '.008', '.009'];
-
-/**
- * A number as JSON text, 3 decimals (same text as String(Math.round(x·1000)/1000)); non-finite
- * values (Infinity, NaN) become null. Integer arithmetic on the common range: formatting doubles
- * is the main cost of writing records.jsonl.
- */
-export function j3(x: number): string {
-  if (!Number.isFinite(x)) return 'null';
-  const v = Math.round(x * 1000);
-  if (v > 2_000_000_000 || v < -2_000_000_000) return String(v / 1000);
-  const neg = v < 0;
-  const a = neg ? -v : v;
-  const ip = (a / 1000) | 0;
-  const f = a - ip * 1000;
-  let out: string;
-  if (f === 0) out = String(ip);
-  else if (f < 10) out = ip + FRAC[f]!;
-  else if (f < 100) out = ip + (f % 10 === 0 ? '.0' + f / 10 : '.0' + f);
-  else out = ip + '.' + (f % 100 === 0 ? String(f / 100) : f % 10 === 0 ? String(f / 10) : String(f));
-  return neg && a !== 0 ? '-' + out : out;
 }
 
 /** Distribution of `values` (unsorted; copied). */
@@ -159,44 +139,17 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o)): SummaryCo
   };
 }
 
-/** Columnar alternatives: {"instance":[...],"intent":[...],"score":[...],"ttft_ms":[...],"reused_tokens":[...]}. */
-function alternativesJson(d: Decision, quotedIds: string[]): string {
-  const alts = d.alternatives;
-  let inst = '';
-  let intent = '';
-  let score = '';
-  let ttft = '';
-  let reused = '';
-  let hasTtft = false;
-  let hasReused = false;
-  for (let j = 0; j < alts.length; j++) {
-    const a = alts[j]!;
-    const sep = j ? ',' : '';
-    inst += sep + quotedIds[a.instance];
-    intent += sep + '"' + a.intent + '"';
-    score += sep + j3(a.score);
-    if (a.ttftMs !== undefined) hasTtft = true;
-    if (a.reusedTokens !== undefined) hasReused = true;
-    ttft += sep + (a.ttftMs !== undefined ? j3(a.ttftMs) : 'null');
-    reused += sep + (a.reusedTokens !== undefined ? a.reusedTokens : 'null');
-  }
-  return `{"instance":[${inst}],"intent":[${intent}],"score":[${score}]` + (hasTtft ? `,"ttft_ms":[${ttft}]` : '') + (hasReused ? `,"reused_tokens":[${reused}]` : '') + '}';
-}
-
-function decisionJson(d: Decision, quotedIds: string[]): string {
-  return `{"strategy":${JSON.stringify(d.strategy)},"reason":${JSON.stringify(d.reason)},"reused_tokens":${d.reusedTokens},"cached_tokens":${d.cachedTokens},"alternatives":${alternativesJson(d, quotedIds)}}`;
-}
-
 /** One timing record line (no trailing newline). */
 function recordLine(o: SimOutcome, obs: Observed, r: number, quotedIds: string[], quotedKdns: string[]): string {
   const q = o.requests[r]!;
-  const d = o.decisions.get(r);
+  const ds = o.decisions;
+  const inst = ds.instance[r]!;
+  const kdn = ds.kdn[r]!;
   const st = o.status[r] === ST_OK ? 'ok' : o.status[r] === ST_REJECTED ? 'rejected' : 'failed';
-  const p = d.predicted;
-  const pred = `{"prepare_ms":${j3(p.prepareMs)},"link_wait_ms":${j3(p.linkWaitMs)},"transfer_ms":${j3(p.transferMs)},"kv_load_ms":${j3(p.kvLoadMs)},"queue_ms":${j3(p.queueMs)},"prefill_ms":${j3(p.prefillMs)},"ttft_ms":${j3(p.ttftMs)}}`;
+  const pred = ds.predictedJson(r);
   let obsJ = 'null';
   if (o.status[r] === ST_OK) {
-    const api = o.apiMs[d.instance]!;
+    const api = o.apiMs[inst]!;
     const ready = o.readyAt[r]!;
     const queue = o.firstSchedAt[r]! - ready;
     const prefill = o.firstTokenAt[r]! + api - o.firstSchedAt[r]! - o.kvLoadMs[r]!;
@@ -209,8 +162,8 @@ function recordLine(o: SimOutcome, obs: Observed, r: number, quotedIds: string[]
   return (
     `{"id":${JSON.stringify(q.id)},"arrival_ms":${j3(q.arrivalMs)},"status":"${st}","error":${st === 'rejected' ? '"prompt + output tokens exceed max_model_len"' : 'null'},` +
     `"input_tokens":${q.inputTokens},"output_tokens":${q.outputTokens},"knowledge_tokens":${q.knowledgeTokens},` +
-    `"instance":${quotedIds[d.instance]},"kdn":${d.kdn >= 0 ? quotedKdns[d.kdn] : 'null'},"intent":"${d.intent}",` +
-    `"decision":${decisionJson(d, quotedIds)},"predicted":${pred},"observed":${obsJ},"source":"sim"}`
+    `"instance":${quotedIds[inst]},"kdn":${kdn >= 0 ? quotedKdns[kdn] : 'null'},"intent":"${ds.intent(r)}",` +
+    `"decision":${ds.decisionJson(r, quotedIds)},"predicted":${pred},"observed":${obsJ},"source":"sim"}`
   );
 }
 
@@ -219,7 +172,7 @@ function recordLine(o: SimOutcome, obs: Observed, r: number, quotedIds: string[]
  * chunks of about `chunkChars` characters (keeps memory flat for large runs).
  * @param kdnIds KDN ids by index; instance ids come from the outcome
  */
-export function writeRecords(o: SimOutcome, obs: Observed, kdnIds: string[], write: (chunk: string) => void, chunkChars = 1 << 20): void {
+export function writeRecords(o: SimOutcome, obs: Observed, kdnIds: string[], write: (chunk: string) => void, chunkChars = 1 << 18): void {
   const quotedIds = o.instances.map((s) => JSON.stringify(s.id));
   const quotedKdns = kdnIds.map((k) => JSON.stringify(k));
   let buf = '';
