@@ -59,7 +59,7 @@ async function main(): Promise<void> {
     .name('kvlab')
     .description('Knowledge injection and KV-cache-aware routing lab: simulate, A/B test, run live.')
     .version(KVLAB_VERSION)
-    .showHelpAfterError();
+    .showHelpAfterError('(run with --help for usage)');
   const sub = process.argv.slice(2).find((a) => !a.startsWith('-'));
   const area = sub === undefined || sub === 'help' ? undefined : OWNER[sub];
   if (area) await register(program, area);

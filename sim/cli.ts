@@ -125,6 +125,7 @@ export function summaryText(s: Summary): string {
     `intents ${Object.entries(s.intent_mix).map(([k, v]) => `${k}=${v}`).join(' ')}  KV bytes moved ${s.kv_bytes_moved}`,
     `simulated ${s.requests} requests in ${s.wall_ms} ms (${s.sim_requests_per_s} req/s)`,
   ];
+  if (s.skipped_lines > 0) lines.push(`skipped ${s.skipped_lines} malformed trace line(s): ${s.skipped_reasons.slice(0, 3).join('; ')}${s.skipped_lines > 3 ? '; …' : ''}`);
   return lines.join('\n');
 }
 

@@ -60,6 +60,9 @@ export interface Summary extends SummaryCore {
   sim_requests_per_s: number;
   /** peak resident set size of the process so far, MiB. */
   peak_rss_mib: number;
+  /** malformed trace lines skipped (--skip-bad-lines) and the first reasons. */
+  skipped_lines: number;
+  skipped_reasons: string[];
 }
 
 /**
@@ -143,6 +146,8 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
     wall_ms: Math.round(wall),
     sim_requests_per_s: wall > 0 ? Math.round((t.requests.length / wall) * 1000) : 0,
     peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),
+    skipped_lines: t.meta.skipped ?? 0,
+    skipped_reasons: t.meta.skippedReasons ?? [],
   };
   if (outDir) {
     writeFileSync(join(outDir, 'summary.json'), JSON.stringify(summary, null, 1) + '\n');
