@@ -9,6 +9,7 @@
  */
 const EMPTY = -1;
 
+/** Block id -> `stride` 32-bit mask words (see module doc); ids are non-negative integers < 2^53. */
 export class BlockTable {
   private keys: Float64Array;
   private words: Int32Array;

@@ -31,6 +31,7 @@ export const KDN_DEFAULTS = {
   compression: 3.41,
   textFetchMs: 4,
 };
+/** Default KDN->instance link: 10 Gbit/s, 0.5 ms, CacheRoute's 0.825 efficiency. */
 export const LINK_DEFAULTS: LinkSpec = { bandwidthGbps: 10, latencyMs: 0.5, efficiency: 0.825 };
 
 /**

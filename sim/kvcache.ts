@@ -25,6 +25,7 @@ export class BlockEntry {
 /** Receives KV events (block ids stored into / removed from the prefix cache). */
 export type KvEventSink = (kind: 'stored' | 'removed' | 'cleared', blocks: number[]) => void;
 
+/** KV memory of one instance (module doc). Token counts; ids are trace block ids. */
 export class KvCache {
   /** tokens in use: every resident block (referenced or not) + private tokens. */
   used = 0;

@@ -23,7 +23,9 @@ const EV_XFER = 4; // KV transfer ACK (a = request)
 
 /** Status codes of a simulated request. */
 export const ST_PENDING = 0;
+/** Completed. */
 export const ST_OK = 1;
+/** Rejected by the instance (longer than max_model_len or than its KV memory). */
 export const ST_REJECTED = 2;
 
 /** Simulator options. */

@@ -11,6 +11,7 @@ import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
 import { PrefixIndex } from '../prefix-index.js';
 import type { Alternative, Decision, Intent } from '../types.js';
 
+/** Parameters of `aibrix-prefix` (AIBrix gateway code defaults). */
 export interface AibrixParams {
   imbalanceAbsCount: number;
   stdDevFactor: number;
@@ -18,8 +19,10 @@ export interface AibrixParams {
   intent: Intent;
 }
 
+/** AIBrix's code defaults (imbalance 8 running requests, σ factor 1, 200,000-block table). */
 export const AIBRIX_DEFAULTS: AibrixParams = { imbalanceAbsCount: 8, stdDevFactor: 1, tableCapacityBlocks: 200_000, intent: 'text' };
 
+/** The `aibrix-prefix` strategy (module doc); keeps its own approximate block table. */
 export class AibrixPrefixStrategy implements Strategy {
   readonly name = 'aibrix-prefix';
   private readonly p: AibrixParams;

@@ -30,6 +30,7 @@ export interface CacheRouteParams {
   kdnPendingOverload: number;
 }
 
+/** CacheRoute's defaults (core/config.py, reference/cacheroute.md §3.5, §4.8). */
 export const CACHEROUTE_DEFAULTS: CacheRouteParams = {
   maxCapacity: 8,
   loadRatioDelta: 0.1,
@@ -41,6 +42,7 @@ export const CACHEROUTE_DEFAULTS: CacheRouteParams = {
   kdnPendingOverload: 0,
 };
 
+/** The `cacheroute` strategy (module doc); keeps per-instance knowledge affinity tables. */
 export class CacheRouteStrategy implements Strategy {
   readonly name = 'cacheroute';
   private readonly p: CacheRouteParams;

@@ -11,6 +11,7 @@
 import { argminUp, type DecideContext, type Strategy, type StrategyChoice } from '../engine.js';
 import type { Alternative, Intent } from '../types.js';
 
+/** Parameters of `dynamo-kv` (Dynamo KvRouterConfig names). */
 export interface DynamoParams {
   overlapScoreWeight: number;
   routerTemperature: number;
@@ -19,8 +20,10 @@ export interface DynamoParams {
   intent: Intent;
 }
 
+/** Dynamo's defaults: overlap_score_weight 1, router_temperature 0; costs in 16-token blocks. */
 export const DYNAMO_DEFAULTS: DynamoParams = { overlapScoreWeight: 1, routerTemperature: 0, blockSize: 16, intent: 'text' };
 
+/** The `dynamo-kv` strategy (module doc); stateless beyond the engine's booked load and index. */
 export class DynamoKvStrategy implements Strategy {
   readonly name = 'dynamo-kv';
   private readonly p: DynamoParams;

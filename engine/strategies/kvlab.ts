@@ -29,6 +29,7 @@ import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
 import { copyPrediction, emptyPrediction, type Prediction } from '../predict.js';
 import type { Alternative, Intent } from '../types.js';
 
+/** Parameters of the `kvlab` strategy (all costs in ms). */
 export interface KvlabParams {
   /** weight of the option's own prefill work (ms per ms) added to the cost. */
   workWeight: number;
@@ -45,8 +46,10 @@ export interface KvlabParams {
   tieMaxMs: number;
 }
 
+/** Defaults: pure predicted TTFT plus the queueing externality (queueWeight 3), hybrid splits on, no tie tolerance. */
 export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, hybrid: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity };
 
+/** The `kvlab` strategy (module doc): minimum predicted cost over instances × intents × splits. */
 export class KvlabStrategy implements Strategy {
   readonly name = 'kvlab';
   private readonly p: KvlabParams;

@@ -8,11 +8,13 @@
 import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
 import type { Alternative, Intent } from '../types.js';
 
+/** Parameters of `radixmesh`. */
 export interface RadixMeshParams {
   virtualNodes: number;
   intent: Intent;
 }
 
+/** RadixMesh's ring: 3 virtual nodes per instance. */
 export const RADIXMESH_DEFAULTS: RadixMeshParams = { virtualNodes: 3, intent: 'text' };
 
 /** 32-bit FNV-1a of a string. */
@@ -25,6 +27,7 @@ export function fnv1a32(s: string): number {
   return h >>> 0;
 }
 
+/** The `radixmesh` strategy (module doc). */
 export class RadixMeshStrategy implements Strategy {
   readonly name = 'radixmesh';
   private readonly p: RadixMeshParams;

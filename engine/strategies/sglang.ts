@@ -11,6 +11,7 @@ import { argminUp, type DecideContext, type Strategy, type StrategyChoice } from
 import { PrefixIndex } from '../prefix-index.js';
 import type { Alternative, Decision, Intent } from '../types.js';
 
+/** Parameters of `sglang-cache-aware` (SGLang RouterArgs names). */
 export interface SglangParams {
   cacheThreshold: number;
   balanceAbsThreshold: number;
@@ -20,8 +21,10 @@ export interface SglangParams {
   intent: Intent;
 }
 
+/** SGLang's Python RouterArgs defaults (cache_threshold 0.3, balance 64 / 1.5). */
 export const SGLANG_DEFAULTS: SglangParams = { cacheThreshold: 0.3, balanceAbsThreshold: 64, balanceRelThreshold: 1.5, maxTreeBlocks: Infinity, intent: 'text' };
 
+/** The `sglang-cache-aware` strategy (module doc); keeps its own approximate tree. */
 export class SglangCacheAwareStrategy implements Strategy {
   readonly name = 'sglang-cache-aware';
   private readonly p: SglangParams;
