@@ -32,7 +32,7 @@ const KNOWN_PARAMS: Record<string, string[]> = {
   'sglang-cache-aware': ['cacheThreshold', 'balanceAbsThreshold', 'balanceRelThreshold', 'maxTreeBlocks', 'intent'],
   'aibrix-prefix': ['imbalanceAbsCount', 'stdDevFactor', 'tableCapacityBlocks', 'intent'],
   radixmesh: ['virtualNodes', 'intent'],
-  kvlab: ['workWeight', 'queueWeight', 'hybrid', 'tieMs', 'tieFrac', 'tieMaxMs'],
+  kvlab: ['workWeight', 'queueWeight', 'arrivalWeight', 'rateAlpha', 'hybrid', 'tieMs', 'tieFrac', 'tieMaxMs'],
 };
 
 /**

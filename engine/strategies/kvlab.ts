@@ -4,19 +4,24 @@
  * request's TTFT from the booked load (prefill backlog, decoding requests, KV footprint), the
  * prefix hits on that instance and the KDN link state; the option with the lowest cost wins.
  *
- * cost = predicted TTFT + (workWeight + queueWeight · q_i) · W
+ * cost = predicted TTFT + (workWeight + queueWeight · q_i + arrivalWeight · λ_i · W / 2) · W
  *   W   = prefill work (ms) the option adds to instance i (compute + KV load),
- *   q_i = requests booked on i that have not had their first token yet.
+ *   q_i = requests booked on i that have not had their first token yet,
+ *   λ_i = arrival rate per instance (EWMA of inter-arrival gaps / up instances): the requests
+ *         that will arrive at i while W runs (λ_i·W of them) wait W/2 on average.
  * The second term prices the externality of a routing decision: by Little's law the requests
  * that will queue behind this work on i are about as many as are queued there now, and each of
  * them waits W longer. At low load q_i ≈ 0 and the cost is the request's own TTFT; near
  * saturation it makes cache hits (small W) and short queues worth more than a few ms of one
  * request's TTFT, which keeps prefix affinity instead of spreading every request onto the
  * momentarily shortest queue (the collapse of pure greedy TTFT routing under overload).
- * queueWeight 3 (default) was chosen over {0, 0.5, 1, 2, 3, 4} on the Mooncake conversation
- * trace at 0.5×–1.25× its rate and 8–32 instances: 1 is best by ~4 % at nominal load, but ≥ 2
- * avoids a collapse at 1.25× the rate (7 s vs 67 s mean TTFT) and 3 also holds at 2× overload
- * (8 instances), so it wins in every one of those scenarios.
+ * Both weights are 3 (theory says 1: the measured optimum is higher because the delay cascades
+ * beyond the requests directly behind). queueWeight was chosen over {0, 0.5, 1, 2, 3, 4} on the
+ * Mooncake conversation trace at 0.5×–1.25× its rate and 8–32 instances (≥ 2 avoids a collapse
+ * at 1.25× the rate: 7 s vs 67 s mean TTFT); arrivalWeight over {0, 1, 2, 3, 4} on those and on
+ * a generated agent-style trace (templates + multi-turn sessions, 88 % prefix reuse) where
+ * pure-TTFT routing lost to SGLang's stickiness. Ties (exactly equal cost by default) go to the
+ * smaller booked KV footprint, then a seeded uniform choice.
  *
  * Hybrid split: with link wait w, transfer t(X) and the instance's backlog b, loading X tokens
  * costs max(w + t(X), b) + load(X) + prefill(rest). Past the point where the transfer stops
@@ -38,6 +43,13 @@ export interface KvlabParams {
    * waiting for prefill on that instance (they and the ones that will join behind them).
    */
   queueWeight: number;
+  /**
+   * weight of the arrival externality: requests that will arrive at the instance while the
+   * option's work runs (rate per instance × W / 2 on average) also wait W.
+   */
+  arrivalWeight: number;
+  /** smoothing of the arrival-rate estimate (EWMA weight of each new inter-arrival gap). */
+  rateAlpha: number;
   /** consider hybrid splits. */
   hybrid: boolean;
   /** costs within min(tieMaxMs, max(tieMs, tieFrac × cost)) of each other count as ties (ms, fraction, ms). */
@@ -46,14 +58,17 @@ export interface KvlabParams {
   tieMaxMs: number;
 }
 
-/** Defaults: pure predicted TTFT plus the queueing externality (queueWeight 3), hybrid splits on, no tie tolerance. */
-export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, hybrid: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity };
+/** Defaults: predicted TTFT plus the queueing and arrival externalities (weights 3), hybrid splits on, no tie tolerance. */
+export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, arrivalWeight: 3, rateAlpha: 0.02, hybrid: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity };
 
 /** The `kvlab` strategy (module doc): minimum predicted cost over instances × intents × splits. */
 export class KvlabStrategy implements Strategy {
   readonly name = 'kvlab';
   private readonly p: KvlabParams;
   private readonly scratch: Prediction = emptyPrediction();
+  /** EWMA of the inter-arrival gap (ms) and the last arrival time seen. */
+  private gapMs = -1;
+  private lastArrival = -1;
   constructor(params: Partial<KvlabParams> = {}) {
     this.p = { ...KVLAB_DEFAULTS, ...params };
   }
@@ -61,22 +76,39 @@ export class KvlabStrategy implements Strategy {
   decide(ctx: DecideContext): StrategyChoice {
     const req = ctx.req;
     const alternatives: Alternative[] = [];
+    // arrival rate per up instance (requests per ms), from an EWMA of inter-arrival gaps
+    let ups = 0;
+    for (let i = 0; i < ctx.n; i++) if (ctx.isUp(i)) ups++;
+    const perInstanceRate = this.gapMs > 0 ? 1 / (this.gapMs * Math.max(1, ups)) : 0;
+    const aw = this.p.arrivalWeight * perInstanceRate * 0.5;
     const scratch = this.scratch;
     const bestPred = emptyPrediction();
     let bestI = -1;
     let bestIntent: Intent = 'none';
     let bestReuse = 0;
     let bestCost = Infinity;
+    let ties = 1;
     const consider = (i: number, intent: Intent, reuse: number) => {
       const pred = ctx.predictInto(scratch, i, intent, reuse);
-      const cost = pred.ttftMs + (this.p.workWeight + this.p.queueWeight * ctx.load(i).prefillReqs) * pred.workMs;
+      const cost = pred.ttftMs + (this.p.workWeight + this.p.queueWeight * ctx.load(i).prefillReqs + aw * pred.workMs) * pred.workMs;
       const a: Alternative = { instance: i, intent, score: round3(cost), ttftMs: round3(pred.ttftMs) };
       if (intent === 'hybrid') a.reusedTokens = reuse;
       alternatives.push(a);
       // costs closer than the tolerance are ties (prediction noise, wall-clock jitter in live mode):
-      // fewer requests in flight wins, then the lower index, so live and simulated runs agree
+      // the smaller booked KV footprint wins (like Dynamo's smallest-tree tie-break), then a seeded
+      // uniform choice — a fixed order (lowest index) piles every cold prefix onto the first
+      // instances, which then keep their sessions through prefix affinity
       const tol = Math.min(this.p.tieMaxMs, Math.max(this.p.tieMs, this.p.tieFrac * Math.min(cost, bestCost)));
-      if (bestI < 0 || cost < bestCost - tol || (Math.abs(cost - bestCost) <= tol && ctx.load(i).inflight < ctx.load(bestI).inflight)) {
+      let take = bestI < 0 || cost < bestCost - tol;
+      if (!take && Math.abs(cost - bestCost) <= tol) {
+        const kv = ctx.load(i).kvTokens;
+        const kvBest = ctx.load(bestI).kvTokens;
+        if (kv < kvBest) {
+          take = true;
+          ties = 1;
+        } else if (kv === kvBest) take = ctx.rng() * ++ties < 1;
+      } else if (take) ties = 1;
+      if (take) {
         bestI = i;
         bestIntent = intent;
         bestReuse = reuse;
@@ -110,6 +142,11 @@ export class KvlabStrategy implements Strategy {
       for (const x of cands) if (x > hit && x < kc.reuseTokens) consider(i, 'hybrid', x);
     }
     if (bestI < 0) throw new Error('no instance is up');
+    if (this.lastArrival >= 0 && ctx.now >= this.lastArrival) {
+      const gap = ctx.now - this.lastArrival;
+      this.gapMs = this.gapMs < 0 ? gap : this.gapMs + this.p.rateAlpha * (gap - this.gapMs);
+    }
+    this.lastArrival = ctx.now;
     return { instance: bestI, intent: bestIntent, reuseTokens: bestReuse, alternatives, reason: 'min-ttft', prediction: bestPred };
   }
 }
