@@ -50,7 +50,7 @@ import { readClusterFile, resolveCluster, type ResolvedCluster } from '../sim/cl
 import { DEFAULT_PROFILE } from '../sim/profiles.js';
 import { Backend, BlockHashMap, classifyChunk, HealthMonitor, isConnectError, KvEventSubscriber, loadKvEventModules, SseSplitter, type BackendOptions, type BackendSpec, type HealthOptions, type KvEventSource, type StreamUsage } from './backends.js';
 import { fastBlockIds } from './block-hash.js';
-import { ApiError, badRequest, chatRequestSchema, completionRequestSchema, modelNotFound, parseBody, type ChatRequest, type CompletionRequest } from './openai.js';
+import { acceptAnyJson, ApiError, badRequest, chatRequestSchema, completionRequestSchema, modelNotFound, parseBody, type ChatRequest, type CompletionRequest } from './openai.js';
 import { columnarAlternatives, Recorder, writeConfig, type RecordObserved, type TimingRecord } from './recorder.js';
 import { BOS_ID, encodePrompt, encodeSystemPrefix, encodeText, renderLlama3Chat, type ChatMessage } from './tokenizer.js';
 
@@ -736,16 +736,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
 
   // ---- app
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 64 * 1024 * 1024, forceCloseConnections: true });
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
-    const s = String(body);
-    if (s.trim() === '') return done(null, undefined);
-    try {
-      done(null, JSON.parse(s));
-    } catch (e) {
-      done(badRequest(`Invalid JSON body: ${(e as Error).message}`, null), undefined);
-    }
-  });
+  acceptAnyJson(app, (message) => badRequest(message, null));
   app.setErrorHandler((err, _req, reply) => {
     const e = toApiError(err);
     void reply.status(e.status).type('application/json').send(e.body());

@@ -10,7 +10,7 @@
  * Consequently two requests with the same leading documents share exactly their leading
  * knowledge-only block ids.
  */
-import type { KnowledgeRef } from './schema.js';
+import type { KnowledgeRef, TraceRequest } from './schema.js';
 
 const TWO_32 = 4294967296;
 
@@ -108,4 +108,36 @@ export function ragBlockIds(p: RagPrompt): number[] {
     ids[i] = prev;
   }
   return ids;
+}
+
+/** Input of {@link ragRequest}: one generated RAG request. */
+export interface RagRequestInput extends RagPrompt {
+  /** request index in the trace (id `r<index>`). */
+  index: number;
+  /** arrival time in ms before time scaling. */
+  arrivalMs: number;
+  timeScale: number;
+  outputTokens: number;
+  question?: string;
+}
+
+/**
+ * Builds a TraceRequest of a generated RAG workload (NQ, synthetic): id `r<index>`, arrival
+ * scaled and rounded to 0.001 ms, chained block ids from {@link ragBlockIds}.
+ * @throws RangeError as ragBlockIds does.
+ */
+export function ragRequest(p: RagRequestInput): TraceRequest {
+  const knowledgeTokens = p.knowledge.reduce((a, k) => a + k.tokens, 0);
+  const r: TraceRequest = {
+    id: `r${p.index}`,
+    arrivalMs: Math.round(p.arrivalMs * p.timeScale * 1000) / 1000,
+    inputTokens: p.inputTokens,
+    outputTokens: p.outputTokens,
+    blockSize: p.blockSize,
+    blocks: ragBlockIds(p),
+    knowledge: p.knowledge,
+    knowledgeTokens,
+  };
+  if (p.question !== undefined) r.question = p.question;
+  return r;
 }

@@ -12,7 +12,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse as parseCsvSync } from 'csv-parse/sync';
-import { ragBlockIds } from './blocks.js';
+import { ragRequest } from './blocks.js';
 import { ZipfSampler, exponential, makeRng } from './random.js';
 import { baseName } from './common.js';
 import type { LoadedTrace, TraceRequest } from './schema.js';
@@ -179,23 +179,20 @@ export async function loadNq(dir: string, opts: Partial<NqOptions> = {}): Promis
     const q = questions[zipf.sample(pick)]!;
     const knowledge = [{ kid: q.kid, tokens: q.docTokens }];
     const inputTokens = o.chatTemplateTokens + q.docTokens + q.questionTokens;
-    requests.push({
-      id: `r${i}`,
-      arrivalMs: Math.round(t * o.timeScale * 1000) / 1000,
-      inputTokens,
-      outputTokens: o.outputTokens,
-      blockSize: o.blockSize,
-      blocks: ragBlockIds({
+    requests.push(
+      ragRequest({
+        index: i,
+        arrivalMs: t,
+        timeScale: o.timeScale,
+        inputTokens,
+        outputTokens: o.outputTokens,
+        blockSize: o.blockSize,
         chatTemplateTokens: o.chatTemplateTokens,
         knowledge,
-        inputTokens,
-        blockSize: o.blockSize,
         requestSalt: `${salt}/${i}`,
+        question: q.question,
       }),
-      knowledge,
-      knowledgeTokens: q.docTokens,
-      question: q.question,
-    });
+    );
   }
   return {
     requests,

@@ -3,7 +3,7 @@
  * popularity and lognormal lengths, Poisson or bursty (gamma) arrivals.
  */
 import { createHash } from 'node:crypto';
-import { ragBlockIds } from './blocks.js';
+import { ragRequest } from './blocks.js';
 import { ZipfSampler, exponential, gammaGap, lognormalInt, makeRng, type Rng } from './random.js';
 import type { KnowledgeRef, LoadedTrace, TraceRequest } from './schema.js';
 
@@ -154,7 +154,7 @@ function pickDocs(rng: Rng, zipf: ZipfSampler, k: number): number[] {
  *
  * Request i: `id` r<i>, knowledge = docsPerRequest distinct catalog docs drawn by Zipf
  * popularity, `inputTokens = chatTemplateTokens + knowledge tokens + question tokens`, output
- * tokens lognormal (clamped to fit maxModelLen), blocks from {@link ragBlockIds} (question blocks
+ * tokens lognormal (clamped to fit maxModelLen), blocks from ragBlockIds via {@link ragRequest} (question blocks
  * unique per request), arrivals starting at 0 ms. Separate random streams are used for the
  * catalog, the per-request draws and the arrivals, so changing `rate` keeps the same requests.
  *
@@ -181,22 +181,19 @@ export function generateSynthetic(opts: Partial<SyntheticOptions> = {}): LoadedT
     const inputTokens = o.chatTemplateTokens + knowledgeTokens + question;
     let outputTokens = lognormalInt(rng, o.outputMedianTokens, o.outputSigma, o.outputMinTokens, o.outputMaxTokens);
     if (o.maxModelLen > 0) outputTokens = Math.max(1, Math.min(outputTokens, o.maxModelLen - inputTokens));
-    requests.push({
-      id: `r${i}`,
-      arrivalMs: Math.round(t * o.timeScale * 1000) / 1000,
-      inputTokens,
-      outputTokens,
-      blockSize: o.blockSize,
-      blocks: ragBlockIds({
+    requests.push(
+      ragRequest({
+        index: i,
+        arrivalMs: t,
+        timeScale: o.timeScale,
+        inputTokens,
+        outputTokens,
+        blockSize: o.blockSize,
         chatTemplateTokens: o.chatTemplateTokens,
         knowledge,
-        inputTokens,
-        blockSize: o.blockSize,
         requestSalt: `${salt}/${i}`,
       }),
-      knowledge,
-      knowledgeTokens,
-    });
+    );
   }
   return {
     requests,
