@@ -256,73 +256,106 @@ export class Engine {
     return ids;
   }
 
-  /** Builds the read-only decision context (cheap; lazily computed parts). */
+  private ctxObj: EngineContext | null = null;
+
+  /**
+   * The read-only decision context for `req` at `now`. One object is reused for every decision
+   * (decisions are not re-entrant): a strategy must not keep it past decide / onDispatch.
+   */
   context(req: EngineRequest, now: number): DecideContext {
-    const cluster = this.cluster;
-    const n = cluster.instances.length;
-    const match = this.matchBuf;
-    match.fill(0);
-    const best = req.blocks.length ? this.index.match(req.blocks, match) : 0;
-    const loads = this.loads;
-    const links = this.links;
-    const up = this.up;
-    const rng = this.rngFn;
-    const P = req.inputTokens;
-    const B = req.blockSize;
-    const coverage = kdnCoverage(cluster, req);
-    const cachedTokens = (i: number): number => Math.min(match[i]! * B, P - 1);
-    const kdnFor = (i: number): KdnChoice | null => {
-      if (coverage === null) return null;
-      let bestK = -1;
-      let bestCov = 0;
-      let bestWait = Infinity;
-      for (let k = 0; k < coverage.length; k++) {
-        const cov = coverage[k]!;
-        if (cov <= 0) continue;
-        const w = links.waitMs(k, i, now);
-        if (cov > bestCov || (cov === bestCov && w < bestWait)) {
-          bestK = k;
-          bestCov = cov;
-          bestWait = w;
-        }
+    const c = (this.ctxObj ??= new EngineContext(this.cluster, this.index, this.loads, this.links, this.up, this.rngFn, this.scratch, this.matchBuf));
+    c.reset(req, now);
+    return c;
+  }
+}
+
+/** The engine's DecideContext: plain fields and methods, reset per decision (no closures). */
+class EngineContext implements DecideContext {
+  now = 0;
+  req!: EngineRequest;
+  bestMatch = 0;
+  readonly n: number;
+  private coverage: number[] | null = null;
+
+  constructor(
+    readonly cluster: ClusterSpec,
+    readonly index: PrefixIndex,
+    private readonly loads: LoadBook,
+    private readonly links: LinkBook,
+    private readonly up: boolean[],
+    readonly rng: () => number,
+    private readonly scratch: PredictInput,
+    readonly match: Int32Array,
+  ) {
+    this.n = cluster.instances.length;
+  }
+
+  reset(req: EngineRequest, now: number): void {
+    this.req = req;
+    this.now = now;
+    this.match.fill(0);
+    this.bestMatch = req.blocks.length ? this.index.match(req.blocks, this.match) : 0;
+    this.coverage = kdnCoverage(this.cluster, req);
+  }
+
+  cachedTokens(i: number): number {
+    return Math.min(this.match[i]! * this.req.blockSize, this.req.inputTokens - 1);
+  }
+
+  load(i: number): InstanceLoad {
+    return this.loads.loads[i]!;
+  }
+
+  backlogMs(i: number): number {
+    return this.loads.backlogMs(i, this.now);
+  }
+
+  isUp(i: number): boolean {
+    return this.up[i]!;
+  }
+
+  kdnFor(i: number): KdnChoice | null {
+    const coverage = this.coverage;
+    if (coverage === null) return null;
+    let bestK = -1;
+    let bestCov = 0;
+    let bestWait = Infinity;
+    for (let k = 0; k < coverage.length; k++) {
+      const cov = coverage[k]!;
+      if (cov <= 0) continue;
+      const w = this.links.waitMs(k, i, this.now);
+      if (cov > bestCov || (cov === bestCov && w < bestWait)) {
+        bestK = k;
+        bestCov = cov;
+        bestWait = w;
       }
-      return bestK < 0 ? null : { kdn: bestK, reuseTokens: bestCov, linkWaitMs: bestWait };
-    };
-    const ctx: DecideContext = {
-      now,
-      req,
-      cluster,
-      n,
-      match,
-      bestMatch: best,
-      index: this.index,
-      cachedTokens,
-      load: (i) => loads.loads[i]!,
-      backlogMs: (i) => loads.backlogMs(i, now),
-      isUp: (i) => up[i]!,
-      rng,
-      kdnFor,
-      predict: (i, intent, reuseTokens) => ctx.predictInto(emptyPrediction(), i, intent, reuseTokens),
-      predictInto: (out, i, intent, reuseTokens) => {
-        const kc = intent === 'kvcache' || intent === 'hybrid' || req.knowledgeTokens > 0 ? kdnFor(i) : null;
-        const reuse = kc ? Math.min(reuseTokens ?? kc.reuseTokens, kc.reuseTokens) : 0;
-        const pi = this.scratch;
-        pi.inst = cluster.instances[i]!;
-        pi.load = loads.loads[i]!;
-        pi.backlogMs = loads.backlogMs(i, now);
-        pi.promptTokens = P;
-        pi.outputTokens = req.outputTokens;
-        pi.knowledgeTokens = req.knowledgeTokens;
-        pi.cachedTokens = cachedTokens(i);
-        pi.intent = intent;
-        pi.reuseTokens = reuse;
-        pi.kdn = kc ? cluster.kdns[kc.kdn] : cluster.kdns[0];
-        pi.link = kc ? cluster.links[kc.kdn]![i] : undefined;
-        pi.linkWaitMs = kc ? kc.linkWaitMs : 0;
-        return predictInto(out, pi);
-      },
-    };
-    return ctx;
+    }
+    return bestK < 0 ? null : { kdn: bestK, reuseTokens: bestCov, linkWaitMs: bestWait };
+  }
+
+  predict(i: number, intent: Intent, reuseTokens?: number): Prediction {
+    return this.predictInto(emptyPrediction(), i, intent, reuseTokens);
+  }
+
+  predictInto(out: Prediction, i: number, intent: Intent, reuseTokens?: number): Prediction {
+    const req = this.req;
+    const cluster = this.cluster;
+    const kc = intent === 'kvcache' || intent === 'hybrid' || req.knowledgeTokens > 0 ? this.kdnFor(i) : null;
+    const reuse = kc ? Math.min(reuseTokens ?? kc.reuseTokens, kc.reuseTokens) : 0;
+    const pi = this.scratch;
+    pi.inst = cluster.instances[i]!;
+    pi.load = this.loads.loads[i]!;
+    pi.backlogMs = this.loads.backlogMs(i, this.now);
+    pi.promptTokens = req.inputTokens;
+    pi.outputTokens = req.outputTokens;
+    pi.knowledgeTokens = req.knowledgeTokens;
+    pi.cachedTokens = this.cachedTokens(i);
+    pi.intent = intent;
+    pi.reuseTokens = reuse;
+    pi.kdn = kc ? cluster.kdns[kc.kdn] : cluster.kdns[0];
+    pi.link = kc ? cluster.links[kc.kdn]![i] : undefined;
+    pi.linkWaitMs = kc ? kc.linkWaitMs : 0;
+    return predictInto(out, pi);
   }
 }
 
