@@ -163,20 +163,101 @@ function short(v: unknown): string {
   return s.length > 60 ? `${s.slice(0, 57)}...` : s;
 }
 
+/** Options of {@link acceptAnyJson}. */
+export interface JsonBodyOptions {
+  /** maximum nesting depth of objects + arrays; deeper bodies fail before `JSON.parse` (default 64). */
+  maxDepth?: number;
+}
+
 /**
  * Makes `app` parse every request body as JSON whatever its content type (as vLLM/FastAPI
  * does, so `curl -d '{…}'` works). An empty body parses to `undefined` (handlers report the
- * missing object); malformed JSON fails with `makeError("Invalid JSON body: <reason>")`.
+ * missing object); malformed JSON fails with `makeError("Invalid JSON body: <reason>")`, JSON
+ * nested deeper than `maxDepth` with `makeError("Invalid JSON body: nested deeper than …")`,
+ * found by a linear scan before any parsing (a 1M-deep body costs one pass, never a stack
+ * overflow in `JSON.parse`, the schema check or a later `JSON.stringify`).
  */
-export function acceptAnyJson(app: FastifyInstance, makeError: (message: string) => Error): void {
+export function acceptAnyJson(app: FastifyInstance, makeError: (message: string) => Error, opts: JsonBodyOptions = {}): void {
+  const maxDepth = opts.maxDepth ?? 64;
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
     const s = String(body);
     if (s.trim() === '') return done(null, undefined);
+    const depth = jsonDepth(s, maxDepth);
+    if (depth > maxDepth) return done(makeError(`Invalid JSON body: nested deeper than ${maxDepth} levels of objects/arrays`), undefined);
     try {
       done(null, JSON.parse(s));
     } catch (e) {
       done(makeError(`Invalid JSON body: ${(e as Error).message}`), undefined);
     }
   });
+}
+
+/**
+ * Maximum nesting depth of a JSON text (objects and arrays; brackets inside strings do not
+ * count), by one linear scan that stops as soon as `limit` is exceeded (then returns a value
+ * > limit). The text need not be valid JSON.
+ */
+export function jsonDepth(text: string, limit = Infinity): number {
+  let depth = 0;
+  let max = 0;
+  let inStr = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inStr) {
+      if (c === 92) i++; // backslash: skip the escaped character
+      else if (c === 34) inStr = false;
+      continue;
+    }
+    if (c === 34) inStr = true;
+    else if (c === 123 || c === 91) {
+      if (++depth > max) {
+        max = depth;
+        if (max > limit) return max;
+      }
+    } else if (c === 125 || c === 93) depth--;
+  }
+  return max;
+}
+
+/**
+ * Maps anything thrown in a fastify handler to an OpenAI-shaped {@link ApiError}: ApiErrors as
+ * they are; fastify's own 4xx errors (bad JSON, empty body, body too large → 413 naming the
+ * limit) keep their status; anything else is a 500.
+ * @param bodyLimitFlag how the body limit is configured, for the 413 message (e.g. "--max-body-bytes")
+ */
+export function toApiError(err: unknown, bodyLimit?: { bytes: number; flag: string }): ApiError {
+  if (err instanceof ApiError) return err;
+  const e = err as { statusCode?: number; message?: string; code?: string };
+  if (e && typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+    if (e.statusCode === 413 || e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      const msg = bodyLimit ? `request body is larger than ${bodyLimit.bytes} bytes (${bodyLimit.flag})` : (e.message ?? 'request body too large');
+      return new ApiError(413, msg, 'BadRequestError', null);
+    }
+    const msg = e.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' ? 'request body must be a JSON object' : (e.message ?? 'bad request');
+    return e.statusCode === 404 ? new ApiError(404, msg, 'NotFoundError', null) : new ApiError(400, msg, 'BadRequestError', null);
+  }
+  return new ApiError(500, e?.message ?? String(err), 'InternalServerError', null);
+}
+
+/**
+ * A fastify `clientErrorHandler` answering HTTP-level errors in OpenAI's error shape instead of
+ * fastify's: 431 (headers larger than the server's limit), 408 (request timeout), 400 (anything
+ * else the HTTP parser rejects), then closes the socket (as Node and fastify do).
+ * @param onError called with the status for each answered error (metrics)
+ */
+export function openAiClientErrorHandler(onError?: (status: number, message: string) => void): (err: NodeJS.ErrnoException, socket: import('node:net').Socket) => void {
+  return (err, socket) => {
+    if (err.code === 'ECONNRESET' || socket.destroyed) return;
+    const [status, text, message] =
+      err.code === 'HPE_HEADER_OVERFLOW'
+        ? [431, 'Request Header Fields Too Large', 'request headers are larger than the server accepts (Node --max-http-header-size, 16 KiB by default)']
+        : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? [408, 'Request Timeout', 'request timed out before its headers and body arrived']
+          : [400, 'Bad Request', `malformed HTTP request: ${err.message}`];
+    onError?.(status, message);
+    const body = JSON.stringify(new ApiError(status, message, status === 400 ? 'BadRequestError' : status === 408 ? 'RequestTimeoutError' : 'RequestHeaderFieldsTooLargeError', null).body());
+    if (socket.writable) socket.write(`HTTP/1.1 ${status} ${text}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`);
+    socket.destroy(err);
+  };
 }

@@ -15,7 +15,7 @@
  *   expose the split per request), so `ttft = prepare + link_wait + transfer + queue + prefill`
  *   still holds.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Intent } from '../engine/types.js';
 import { KVLAB_VERSION } from '../engine/version.js';
@@ -100,8 +100,11 @@ export interface RecordDecision {
 /** One timing record (docs/FORMATS.md records.jsonl). */
 export interface TimingRecord {
   id: string;
+  /** live: the client's `x-request-id` when the record id differs from it (a reused id got a suffix, or a prompt list was split). */
+  client_id?: string;
   arrival_ms: number;
-  status: 'ok' | 'rejected' | 'failed';
+  /** ok | rejected (refused: limit, bad request, max_model_len, backend 4xx) | failed (backend or gateway failure) | aborted (live: the client disconnected or timed out). */
+  status: 'ok' | 'rejected' | 'failed' | 'aborted';
   error: string | null;
   input_tokens: number;
   output_tokens: number;
@@ -135,6 +138,11 @@ export interface RecorderOptions {
   meta?: Record<string, unknown>;
   /** keep records in memory for the summary (default true). */
   keep?: boolean;
+  /**
+   * an existing DIR/records.jsonl with records is appended to (true) instead of refused (default
+   * false: nothing already recorded is ever overwritten).
+   */
+  append?: boolean;
 }
 
 /**
@@ -152,17 +160,44 @@ export class Recorder {
   /** records written so far. */
   count = 0;
 
+  /** ids of the records already in the file (append mode), else empty. */
+  readonly existingIds: string[] = [];
+  /**
+   * append mode: the end of the earlier records (max of done_at_ms, arrival_ms), model ms; a
+   * live driver starts its clock there so arrival times keep increasing. 0 otherwise.
+   */
+  readonly resumeAtMs: number = 0;
+
+  /**
+   * Opens DIR/records.jsonl for writing.
+   * @throws Error naming the path when DIR cannot be created or the file cannot be opened, or
+   *   when it already holds records and `append` is not set.
+   */
   constructor(dir: string, opts: RecorderOptions = {}) {
     this.dir = resolve(dir);
+    this.file = join(this.dir, 'records.jsonl');
+    const exists = existsSync(this.file) && statSync(this.file).size > 0;
+    if (exists && !opts.append) {
+      throw new Error(`run directory ${dir} already has records (${this.file}); use a new --out directory, or --append to add to it`);
+    }
+    if (exists) {
+      const old = readRecords(this.file);
+      let end = 0;
+      for (const r of old) {
+        this.existingIds.push(r.id);
+        end = Math.max(end, r.arrival_ms, r.observed?.done_at_ms ?? 0);
+      }
+      this.resumeAtMs = Math.ceil(end) + 1000;
+    }
     try {
       mkdirSync(this.dir, { recursive: true });
-      this.file = join(this.dir, 'records.jsonl');
-      this.fd = openSync(this.file, 'w');
+      this.fd = openSync(this.file, exists ? 'a' : 'w');
     } catch (e) {
       throw new Error(`recorder: cannot write to ${dir}: ${(e as Error).message}`);
     }
     this.keep = opts.keep ?? true;
     this.meta = opts.meta ?? {};
+    if (exists && this.keep) for (const r of readRecords(this.file)) this.kept.push(r);
   }
 
   /** Appends one record (rounded to 3 decimals) and writes it to the OS at once. No-op after close. */
@@ -232,6 +267,8 @@ export interface LiveSummary {
   completed: number;
   rejected: number;
   failed: number;
+  /** live: requests the client abandoned (disconnect / timeout). */
+  aborted: number;
   /** cached_tokens / input tokens over completed requests (live: local prefix hits + LMCache loads). */
   prefix_hit_ratio: number;
   ttft_ms: Dist;
@@ -259,6 +296,7 @@ export function summarizeRecords(recs: readonly TimingRecord[], meta: Record<str
   const e2e: number[] = [];
   let completed = 0;
   let rejected = 0;
+  let aborted = 0;
   let prompt = 0;
   let hit = 0;
   let bytes = 0;
@@ -269,6 +307,7 @@ export function summarizeRecords(recs: readonly TimingRecord[], meta: Record<str
     intent[r.intent] = (intent[r.intent] ?? 0) + 1;
     if (r.arrival_ms < first) first = r.arrival_ms;
     if (r.status === 'rejected') rejected++;
+    else if (r.status === 'aborted') aborted++;
     const id = r.instance ?? '(none)';
     let p = per.get(id);
     if (!p) per.set(id, (p = { id, requests: 0, prompt_tokens: 0, hit_tokens: 0, computed_tokens: 0 }));
@@ -301,7 +340,8 @@ export function summarizeRecords(recs: readonly TimingRecord[], meta: Record<str
     requests: recs.length,
     completed,
     rejected,
-    failed: recs.length - completed - rejected,
+    failed: recs.length - completed - rejected - aborted,
+    aborted,
     prefix_hit_ratio: prompt ? r3(hit / prompt) : 0,
     ttft_ms: dist(ttft),
     tpot_ms: dist(tpot),
@@ -316,8 +356,20 @@ export function summarizeRecords(recs: readonly TimingRecord[], meta: Record<str
   };
 }
 
-/** Writes DIR/config.json (pretty JSON). */
-export function writeConfig(dir: string, config: Record<string, unknown>): void {
+/**
+ * Writes DIR/config.json (pretty JSON). With `keepPrevious` (an appended run), the config that was
+ * there is kept inside the new one as `previous_config`.
+ */
+export function writeConfig(dir: string, config: Record<string, unknown>, opts: { keepPrevious?: boolean } = {}): void {
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'config.json'), JSON.stringify({ kvlab_version: KVLAB_VERSION, ...config }, null, 1) + '\n');
+  const file = join(dir, 'config.json');
+  let previous: unknown;
+  if (opts.keepPrevious && existsSync(file)) {
+    try {
+      previous = JSON.parse(readFileSync(file, 'utf8'));
+    } catch {
+      previous = readFileSync(file, 'utf8');
+    }
+  }
+  writeFileSync(file, JSON.stringify({ kvlab_version: KVLAB_VERSION, ...config, ...(previous !== undefined ? { previous_config: previous } : {}) }, null, 1) + '\n');
 }

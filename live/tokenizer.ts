@@ -21,13 +21,40 @@ export const VOCAB_SIZE = 128256;
 
 // The tokenizer first splits its input at special-token strings and encodes every piece in
 // between on its own, so caching long pieces (documents repeated across requests) is exact.
-// Only pieces of >= 512 characters are cached (LRU, 256 entries).
+// Only pieces of 512 .. 1 Mi characters are cached (LRU, at most 256 entries and 16 Mi
+// characters in all), so one huge input cannot pin its text and ids in memory.
 const SPECIAL_SPLIT = /(<\|(?:begin_of_text|end_of_text|start_header_id|end_header_id|eot_id|eom_id|python_tag|finetune_right_pad_id|reserved_special_token_(?:[0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-3][0-9]|24[0-7]))\|>)/;
 const pieceCache = new Map<string, number[]>();
+let pieceCacheChars = 0;
+const PIECE_MIN = 512;
+const PIECE_MAX = 1024 * 1024;
+const CACHE_MAX_ENTRIES = 256;
+const CACHE_MAX_CHARS = 16 * 1024 * 1024;
+
+/** Characters of text held by the tokenizer's piece cache now (for memory checks). */
+export function tokenizerCacheChars(): number {
+  return pieceCacheChars;
+}
+
+/** Empties the tokenizer's piece cache. */
+export function clearTokenizerCache(): void {
+  pieceCache.clear();
+  pieceCacheChars = 0;
+}
+
+function cachePiece(p: string, ids: number[]): void {
+  pieceCache.set(p, ids);
+  pieceCacheChars += p.length;
+  while (pieceCache.size > CACHE_MAX_ENTRIES || pieceCacheChars > CACHE_MAX_CHARS) {
+    const k = pieceCache.keys().next().value!;
+    pieceCache.delete(k);
+    pieceCacheChars -= k.length;
+  }
+}
 
 /** `llama3Tokenizer.encode(text, {bos: false, eos: false})`, with long pieces cached. */
 function encodeCached(text: string): number[] {
-  if (text.length < 512) return llama3Tokenizer.encode(text, { bos: false, eos: false });
+  if (text.length < PIECE_MIN) return llama3Tokenizer.encode(text, { bos: false, eos: false });
   const parts = text.split(SPECIAL_SPLIT);
   const out: number[] = [];
   for (let i = 0; i < parts.length; i++) {
@@ -39,16 +66,14 @@ function encodeCached(text: string): number[] {
       out.push(id);
       continue;
     }
-    let ids = p.length >= 512 ? pieceCache.get(p) : undefined;
+    const cacheable = p.length >= PIECE_MIN && p.length <= PIECE_MAX;
+    let ids = cacheable ? pieceCache.get(p) : undefined;
     if (ids) {
       pieceCache.delete(p); // LRU: re-insert as newest
       pieceCache.set(p, ids);
     } else {
       ids = llama3Tokenizer.encode(p, { bos: false, eos: false });
-      if (p.length >= 512) {
-        pieceCache.set(p, ids);
-        if (pieceCache.size > 256) pieceCache.delete(pieceCache.keys().next().value!);
-      }
+      if (cacheable) cachePiece(p, ids);
     }
     for (const t of ids) out.push(t);
   }

@@ -153,9 +153,9 @@ describe('errors in the OpenAI shape', () => {
     const kid = await postJson(`${gw.url}/v1/chat/completions`, chat('x', { knowledge_ids: ['f'.repeat(64)] }));
     expect(kid.status).toBe(404);
     expect(kid.json.error.param).toBe('knowledge_ids');
-    const batch = await postJson(`${gw.url}/v1/completions`, { model: MODEL, prompt: ['a', 'b'] });
-    expect(batch.status).toBe(400);
-    expect(batch.json.error.param).toBe('prompt');
+    const tooMany = await postJson(`${gw.url}/v1/completions`, { model: MODEL, prompt: Array.from({ length: 65 }, (_, i) => `p${i}`) });
+    expect(tooMany.status).toBe(400);
+    expect(tooMany.json.error.param).toBe('prompt');
   });
 });
 

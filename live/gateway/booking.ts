@@ -1,0 +1,110 @@
+/**
+ * Gateway stage "decision and booking": the one place that calls the engine for a request —
+ * `decide` (plus a forced `Injection_type`), `onDispatch` (books the request's load),
+ * `onKvTransferDone`, `onFirstToken`, and exactly one `onComplete` / `onAbort` per booking,
+ * whatever happens (completion, backend failure, retry, client disconnect, instance down,
+ * shutdown). A retry unbooks the failed attempt before booking the next one.
+ */
+import type { Engine } from '../../engine/engine.js';
+import type { Decision, Intent, TraceRequest } from '../../engine/types.js';
+import { ApiError } from '../openai.js';
+import type { RequestContext } from './context.js';
+
+/**
+ * Applies a forced intent (`Injection_type`) to the engine's decision on the same instance:
+ * kvcache → the KDN's full coverage; hybrid → half of it (chunk-aligned; kvcache when that is
+ * 0 or all); no coverage → text. The prediction is recomputed for the forced option.
+ */
+export function forceIntent(engine: Engine, req: TraceRequest, d: Decision, forced: Exclude<Intent, 'none'>, now: number): Decision {
+  if (req.knowledgeTokens <= 0 || d.intent === forced) return d;
+  const ctx = engine.context(req, now);
+  let intent: Intent = forced;
+  let reuse = 0;
+  let kdn = -1;
+  let reason = `${d.reason};forced-${forced}`;
+  if (forced !== 'text') {
+    const kc = ctx.kdnFor(d.instance);
+    if (!kc || kc.reuseTokens <= 0) {
+      intent = 'text';
+      reason += ';no-kdn-kv';
+    } else {
+      kdn = kc.kdn;
+      reuse = kc.reuseTokens;
+      if (forced === 'hybrid') {
+        const chunk = engine.cluster.chunkTokens;
+        const half = Math.floor(reuse / 2 / chunk) * chunk;
+        if (half > 0 && half < reuse) reuse = half;
+        else intent = 'kvcache';
+      }
+    }
+  }
+  const p = ctx.predict(d.instance, intent, reuse);
+  return {
+    ...d,
+    intent,
+    kdn,
+    reusedTokens: reuse,
+    predicted: { prepareMs: p.prepareMs, linkWaitMs: p.linkWaitMs, transferMs: p.transferMs, kvLoadMs: p.kvLoadMs, queueMs: p.queueMs, prefillMs: p.prefillMs, ttftMs: p.ttftMs },
+    reason,
+  };
+}
+
+/** Books and unbooks the engine's load for gateway requests (see the module doc). */
+export class EngineBooking {
+  constructor(
+    readonly engine: Engine,
+    private readonly now: () => number,
+    /** apply a body's `Injection_type` (false: ignore it). */
+    private readonly honorInjectionType: boolean,
+  ) {}
+
+  /**
+   * Decides where `ctx` runs (without instance `exclude`, for a retry; -1 = none) and books it.
+   * @throws ApiError 503 when no (other) instance is up.
+   */
+  decide(ctx: RequestContext, forced: Exclude<Intent, 'none'> | null, exclude: number): Decision {
+    if (ctx.booked) throw new Error(`booking: ${ctx.id} is already booked`);
+    const engine = this.engine;
+    const t = this.now();
+    let restore = false;
+    if (exclude >= 0 && engine.up[exclude]) {
+      engine.up[exclude] = false;
+      restore = true;
+    }
+    let d: Decision;
+    try {
+      if (!engine.up.some(Boolean)) throw new ApiError(503, exclude >= 0 ? 'no other instance is up to retry on' : 'no instance is up', 'ServiceUnavailableError', null);
+      d = engine.decide(ctx.req!, t);
+      if (forced && this.honorInjectionType) d = forceIntent(engine, ctx.req!, d, forced, t);
+      engine.onDispatch(ctx.req!, d, t);
+    } finally {
+      if (restore) engine.up[exclude] = true;
+    }
+    ctx.booked = true;
+    ctx.d = d;
+    ctx.planned = null;
+    ctx.fallback = null;
+    return d;
+  }
+
+  /** The KDN's ACK arrived (or the injection was abandoned): the link reservation is corrected. */
+  kvDone(ctx: RequestContext): void {
+    if (ctx.booked) this.engine.onKvTransferDone(ctx.id, this.now());
+  }
+
+  /** The first visible token: the prefill load is released. Returns false when it was seen already. */
+  firstToken(ctx: RequestContext): boolean {
+    if (ctx.tFirst >= 0) return false;
+    ctx.tFirst = this.now();
+    if (ctx.booked) this.engine.onFirstToken(ctx.id, ctx.tFirst);
+    return true;
+  }
+
+  /** Releases the booking: `onComplete` when the request completed, else `onAbort`. No-op when not booked. */
+  release(ctx: RequestContext, completed: boolean): void {
+    if (!ctx.booked) return;
+    ctx.booked = false;
+    if (completed) this.engine.onComplete(ctx.id, ctx.tDone >= 0 ? ctx.tDone : this.now());
+    else this.engine.onAbort(ctx.id, this.now());
+  }
+}

@@ -1,0 +1,90 @@
+/**
+ * Gateway stage "KV injection": for a kvcache/hybrid decision the KDN copies the document's KV
+ * chunks into the chosen instance's LMCache Redis (`POST /knowledge/inject_ready_kv`; hybrid:
+ * only `reusedTokens` tokens), and its ACK (`queue_ms`, `transfer_ms`, `tokens_injected`,
+ * `wire_bytes`) becomes the record's link wait / transfer. The KDN or its target Redis failing →
+ * the request falls back to text (the prompt already holds the text) and the record says why
+ * (`decision.fallback`). Nothing to move when the engine believes the instance holds the prefix.
+ */
+import { request as undiciRequest } from 'undici';
+import type { Backend } from '../backends.js';
+import type { EngineBooking } from './booking.js';
+import { RetryableError, type RequestContext } from './context.js';
+import type { GatewayRecords } from './records.js';
+
+/** Runs the KV injections of gateway requests. */
+export class KvInjector {
+  constructor(
+    private readonly kdnUrl: string | null,
+    private readonly backends: readonly Backend[],
+    private readonly booking: EngineBooking,
+    private readonly records: GatewayRecords,
+    private readonly ids: readonly string[],
+    private readonly kdnIds: readonly string[],
+    private readonly now: () => number,
+    private readonly timeScale: number,
+    /** the served model name (LMCache keys), once known. */
+    private readonly model: () => string | null,
+  ) {}
+
+  /**
+   * Injects the KV of `f`'s knowledge for its decision (no-op for text/none).
+   * @throws when the request was aborted while waiting for the KDN.
+   */
+  async run(f: RequestContext): Promise<void> {
+    const d = f.d!;
+    f.linkWait = 0;
+    f.transfer = 0;
+    f.transferTokens = 0;
+    f.wireBytes = 0;
+    f.ackMs = -1;
+    if (d.intent !== 'kvcache' && d.intent !== 'hybrid') return;
+    const b = this.backends[d.instance]!;
+    const fall = (why: string): void => {
+      f.planned = d.intent;
+      f.fallback = why;
+      d.intent = 'text';
+      d.reason += `;fallback-text:${why}`;
+      this.records.fallbacks.inc({ reason: why.split(':')[0]! });
+      this.booking.kvDone(f);
+    };
+    if (d.reusedTokens <= d.cachedTokens) return; // the instance holds the prefix already (engine's view): nothing to move
+    if (!b.spec.lmcacheRedis) return fall('no-lmcache-redis');
+    if (!this.kdnUrl) return fall('no-kdn');
+    const target = b.spec.lmcacheRedis;
+    const kid = f.req!.knowledge[0]!.kid;
+    let ack: { ok?: boolean; queue_ms?: number; transfer_ms?: number; tokens_injected?: number; wire_bytes?: number; detail?: string; injected_kids?: string[] };
+    const tStart = this.now();
+    try {
+      const res = await undiciRequest(`${this.kdnUrl}/knowledge/inject_ready_kv`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ request_id: f.id, model: this.model() ?? undefined, knowledge_ids: [kid], redis_host: target.host, redis_port: target.port, redis_db: target.db, redis_password: target.password, tokens: d.reusedTokens }),
+        signal: f.attemptSignal(),
+        headersTimeout: 120_000,
+        bodyTimeout: 120_000,
+      });
+      const text = await res.body.text();
+      if (res.statusCode !== 200) return fall(`kdn-http-${res.statusCode}: ${text.slice(0, 120)}`);
+      ack = JSON.parse(text);
+    } catch (e) {
+      if (f.abort.signal.aborted || f.instanceLost) {
+        this.booking.kvDone(f);
+        f.checkAborted();
+        throw new RetryableError(`instance ${this.ids[d.instance]} went down during the KV injection: ${f.instanceLost}`, false);
+      }
+      return fall(`kdn-unreachable: ${(e as Error).message}`);
+    }
+    const tAck = this.now();
+    f.ackMs = tAck - tStart;
+    this.booking.kvDone(f);
+    if (!ack.ok || !(ack.injected_kids ?? []).includes(kid)) return fall(`kv-inject-failed: ${(ack.detail ?? 'not injected').slice(0, 160)}`);
+    f.linkWait = Math.min((ack.queue_ms ?? 0) * this.timeScale, tAck - tStart);
+    f.transfer = Math.min((ack.transfer_ms ?? 0) * this.timeScale, tAck - tStart - f.linkWait);
+    f.transferTokens = ack.tokens_injected ?? 0;
+    f.wireBytes = ack.wire_bytes ?? 0;
+    const labels = { kdn: this.kdnIds[d.kdn] ?? 'kdn', instance: this.ids[d.instance]! };
+    this.records.linkBusy.inc(labels, f.transfer / 1000);
+    this.records.linkWait.inc(labels, f.linkWait / 1000);
+  }
+}
