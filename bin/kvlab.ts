@@ -53,13 +53,21 @@ async function register(program: Command, area: Area): Promise<void> {
   }
 }
 
+/** One line per error on stderr: `kvlab: <message>`, never a stack trace. */
+function fail(err: unknown): never {
+  const msg = (err instanceof Error ? err.message : String(err)).replace(/\s*\n\s*/g, '; ').trim();
+  process.stderr.write(`kvlab: ${msg}\n`);
+  process.exit(1);
+}
+
 async function main(): Promise<void> {
   const program = new Command();
   program
     .name('kvlab')
     .description('Knowledge injection and KV-cache-aware routing lab: simulate, A/B test, run live.')
     .version(KVLAB_VERSION)
-    .showHelpAfterError('(run with --help for usage)');
+    // commander's own errors (bad flag values, unknown options) as one line, with the hint on it
+    .configureOutput({ outputError: (str, write) => write(`kvlab: ${str.replace(/^error:\s*/, '').replace(/\s*\n\s*/g, '; ').trim()} (run with --help for usage)\n`) });
   const sub = process.argv.slice(2).find((a) => !a.startsWith('-'));
   const area = sub === undefined || sub === 'help' ? undefined : OWNER[sub];
   if (area) await register(program, area);
@@ -67,8 +75,8 @@ async function main(): Promise<void> {
   await program.parseAsync(process.argv);
 }
 
-main().catch((err: unknown) => {
-  const msg = err instanceof Error ? err.message : String(err);
-  process.stderr.write(`kvlab: ${msg}\n`);
-  process.exit(1);
-});
+// anything that escapes a command (also from timers and streams of running servers) ends the
+// process with one line, not a stack dump
+process.on('uncaughtException', fail);
+process.on('unhandledRejection', fail);
+main().catch(fail);

@@ -14,8 +14,12 @@
  */
 import type { Command } from 'commander';
 import { backendSpecs, type KvEventSource } from './backends.js';
-import { choiceOption, numberOption, untilSignal } from './cli.js';
-import { diffRuns, formatDiff } from './diff.js';
+import { choiceArg, intArg, keyValueArg, numberArg, outDirArg, outFileArg, seedArg } from '../bin/options.js';
+import { checkStrategyParams } from '../engine/strategies/index.js';
+import { checkWorkloadOptions } from '../traces/load.js';
+import { untilSignal } from './cli.js';
+import { diffRuns, formatDiff, overlapWarning } from './diff.js';
+import { DEFAULT_LIMITS } from './gateway/limits.js';
 
 /** Registers gateway, replay, diff and `live demo` on the root program. */
 export function registerLiveRunCommands(program: Command): void {
@@ -30,23 +34,6 @@ const list = (v: string): string[] =>
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
-const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
-
-/**
- * Parses repeated `k=v` options into an object (numbers and booleans converted).
- * @throws Error naming the option for an entry without `=`.
- */
-export function parseKv(entries: string[], flag: string): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const e of entries) {
-    const i = e.indexOf('=');
-    if (i <= 0) throw new Error(`${flag} must look like key=value (got "${e}")`);
-    const k = e.slice(0, i).trim();
-    const v = e.slice(i + 1).trim();
-    out[k] = v === 'true' ? true : v === 'false' ? false : v !== '' && Number.isFinite(Number(v)) ? Number(v) : v;
-  }
-  return out;
-}
 
 /** Parses `--strategy-params` JSON. @throws Error naming the option. */
 function parseJsonObject(v: string | undefined, flag: string): Record<string, unknown> {
@@ -83,6 +70,14 @@ interface GatewayFlags {
   kvEventsReplay: string[];
   kvEventsTopic: string;
   hashSeed: string;
+  append: boolean;
+  maxBodyBytes: number;
+  maxJsonDepth: number;
+  maxN: number;
+  maxPrompts: number;
+  maxTokens?: number;
+  maxModelLen?: number;
+  maxCharsPerToken: number;
   log: boolean;
 }
 
@@ -98,21 +93,31 @@ function registerGateway(program: Command): void {
     .option('--cluster <file>', "the engine's cluster file (YAML/JSON); its instance count must equal the backends'")
     .option('--profile <name>', 'instance profile when no cluster file is given')
     .option('--host <addr>', 'listen address', '127.0.0.1')
-    .option('--port <n>', 'listen port (0 = any)', numberOption('--port', 0, 65535, true), 7001)
-    .option('--out <dir>', 'write records.jsonl / summary.json / config.json here')
-    .option('--time-scale <x>', 'model ms per wall ms (the emulators\' --time-scale); records and engine use model ms', numberOption('--time-scale', 1e-6), 1)
+    .option('--port <n>', 'listen port (0 = any)', intArg('--port', { min: 0, max: 65535 }), 7001)
+    .option('--out <dir>', 'write records.jsonl / summary.json / config.json here (a directory with records is refused unless --append)', outDirArg('--out'))
+    .option('--append', 'add to the records of an existing --out directory (its clock continues after them)', false)
+    .option('--time-scale <x>', 'model ms per wall ms (the emulators\' --time-scale); records and engine use model ms', numberArg('--time-scale', { min: 1e-6 }), 1)
     .option('--model <name>', 'served model name (default: asked from the first backend)')
-    .option('--seed <n>', 'engine seed', numberOption('--seed', 0, 2 ** 31, true), 1)
+    .option('--seed <n>', 'engine seed', seedArg, 1)
     .option('--no-injection-type', "ignore the body's Injection_type instead of forcing it")
-    .option('--upstream <mode>', 'non-streaming client requests: stream (observe TTFT, assemble) | direct', choiceOption('--upstream', ['stream', 'direct'] as const), 'stream')
-    .option('--health-ms <ms>', 'backend /health poll period (0 = off)', numberOption('--health-ms', 0), 1000)
+    .option('--upstream <mode>', 'non-streaming client requests: stream (observe TTFT, assemble) | direct', choiceArg('--upstream', ['stream', 'direct'] as const), 'stream')
+    .option('--health-ms <ms>', 'backend /health poll period (0 = off)', numberArg('--health-ms', { min: 0 }), 1000)
     .option('--no-decision-header', 'do not send the x-kvlab-decision response header')
     .option('--kv-events <endpoints>', "comma-separated vLLM KV-event PUB endpoint of each backend, same order ('-' for none), e.g. tcp://10.0.0.11:5557", list, [])
     .option('--kv-events-replay <endpoints>', 'comma-separated KV-event replay (ROUTER) endpoints, same order (fills sequence gaps)', list, [])
     .option('--kv-events-topic <topic>', 'KV-event topic prefix (vLLM kv-events-config topic)', '')
     .option('--hash-seed <s>', "the instances' PYTHONHASHSEED (vLLM NONE_HASH seed)", '0')
+    .option('--max-body-bytes <n>', 'request body limit, bytes (413 above)', intArg('--max-body-bytes', { min: 1 }), DEFAULT_LIMITS.maxBodyBytes)
+    .option('--max-json-depth <n>', 'JSON nesting limit of request bodies (400 above, checked before parsing)', intArg('--max-json-depth', { min: 1, max: 10_000 }), DEFAULT_LIMITS.maxJsonDepth)
+    .option('--max-n <n>', 'largest n per request (OpenAI\'s API maximum by default)', intArg('--max-n', { min: 1 }), DEFAULT_LIMITS.maxN)
+    .option('--max-prompts <n>', 'largest prompt list of /v1/completions', intArg('--max-prompts', { min: 1 }), DEFAULT_LIMITS.maxPrompts)
+    .option('--max-tokens <n>', 'largest max_tokens / max_completion_tokens (default: max_model_len)', intArg('--max-tokens', { min: 1 }))
+    .option('--max-model-len <n>', "context length the gateway enforces (default: the backends' /v1/models max_model_len, else the cluster profile's)", intArg('--max-model-len', { min: 1 }))
+    .option('--max-chars-per-token <n>', 'prompts longer than this × max_model_len characters are refused without tokenising', intArg('--max-chars-per-token', { min: 1 }), DEFAULT_LIMITS.maxCharsPerToken)
     .option('--log', 'log requests (pino)', false)
     .action(async (f: GatewayFlags) => {
+      const strategyParams = parseJsonObject(f.strategyParams, '--strategy-params');
+      checkStrategyParams(f.strategy, strategyParams);
       const { startGateway } = await import('./gateway.js');
       const gw = await startGateway({
         host: f.host,
@@ -120,7 +125,7 @@ function registerGateway(program: Command): void {
         backends: backendSpecs(f.backends, f.lmcacheRedis),
         kdnUrl: f.kdn ?? null,
         strategy: f.strategy,
-        strategyParams: parseJsonObject(f.strategyParams, '--strategy-params'),
+        strategyParams,
         cluster: f.cluster,
         profile: f.profile,
         out: f.out,
@@ -133,6 +138,8 @@ function registerGateway(program: Command): void {
         decisionHeader: f.decisionHeader,
         kvEvents: f.kvEvents.length ? kvEventSources(f.kvEvents, f.kvEventsReplay, f.kvEventsTopic, f.backends.length) : undefined,
         hashSeed: f.hashSeed,
+        append: f.append,
+        limits: { maxBodyBytes: f.maxBodyBytes, maxJsonDepth: f.maxJsonDepth, maxN: f.maxN, maxPrompts: f.maxPrompts, maxTokens: f.maxTokens ?? null, maxModelLen: f.maxModelLen ?? null, maxCharsPerToken: f.maxCharsPerToken },
         logger: f.log,
       });
       process.stderr.write(`gateway: ${f.backends.length} backends, strategy ${f.strategy}, KDN ${f.kdn ?? 'none'}${f.out ? `, records in ${f.out}` : ''}\n`);
@@ -157,7 +164,7 @@ interface ReplayFlags {
   target: string;
   trace?: string;
   workload?: 'synthetic' | 'nq';
-  workloadOpt: string[];
+  workloadOpt?: Record<string, unknown>;
   limit?: number;
   speed: number;
   timeScale: number;
@@ -174,25 +181,28 @@ function registerReplay(program: Command): void {
     .description('Replay a trace or workload open-loop against an OpenAI-compatible target (the gateway, vLLM or an emulator) and record observed timings.')
     .requiredOption('--target <url>', 'target base URL, e.g. http://127.0.0.1:7001')
     .option('--trace <file>', 'trace file (.jsonl Mooncake, .csv) or NQ directory')
-    .option('--workload <name>', 'built-in workload: synthetic | nq', choiceOption('--workload', ['synthetic', 'nq'] as const))
-    .option('--workload-opt <k=v>', 'workload option (repeatable), e.g. requests=50 rate=2', collect, [])
-    .option('--limit <n>', 'only the first N requests', numberOption('--limit', 1, Infinity, true))
-    .option('--speed <x>', 'send arrivals x times faster than the trace', numberOption('--speed', 1e-6), 1)
-    .option('--time-scale <x>', 'model ms per wall ms of observed durations (the emulators\' --time-scale)', numberOption('--time-scale', 1e-6), 1)
-    .requiredOption('--out <dir>', 'run directory to write')
-    .option('--concurrency-limit <n>', 'at most N requests in flight', numberOption('--concurrency-limit', 1, Infinity, true))
+    .option('--workload <name>', 'built-in workload: synthetic | nq', choiceArg('--workload', ['synthetic', 'nq'] as const))
+    .option('--workload-opt <k=v>', 'workload option (repeatable), e.g. requests=50 rate=2', keyValueArg('--workload-opt'))
+    .option('--limit <n>', 'only the first N requests', intArg('--limit', { min: 1 }))
+    .option('--speed <x>', 'send arrivals x times faster than the trace', numberArg('--speed', { min: 1e-6 }), 1)
+    .option('--time-scale <x>', 'model ms per wall ms of observed durations (the emulators\' --time-scale)', numberArg('--time-scale', { min: 1e-6 }), 1)
+    .requiredOption('--out <dir>', 'run directory to write (refused when it already has records)', outDirArg('--out'))
+    .option('--concurrency-limit <n>', 'at most N requests in flight', intArg('--concurrency-limit', { min: 1 }))
     .option('--model <name>', 'model field of every request')
     .option('--register-kdn <url>', "register the workload's documents in this KDN first (NQ files, or synthesised synthetic documents) and send its kids")
     .option('--quiet', 'no progress', false)
     .action(async (f: ReplayFlags) => {
       if (f.trace && f.workload) throw new Error('give --trace or --workload, not both');
+      if (!f.trace && !f.workload) throw new Error('give --trace FILE or --workload synthetic|nq');
+      if (f.workloadOpt && f.trace) throw new Error('--workload-opt applies to --workload, not to --trace');
+      if (f.workloadOpt) checkWorkloadOptions(f.workload!, f.workloadOpt, '--workload-opt');
       const { runReplay } = await import('./replay.js');
       let last = 0;
       const res = await runReplay({
         target: f.target,
         trace: f.trace,
         workload: f.workload,
-        workloadOptions: parseKv(f.workloadOpt, '--workload-opt'),
+        workloadOptions: f.workloadOpt ?? {},
         limit: f.limit,
         speed: f.speed,
         timeScale: f.timeScale,
@@ -222,9 +232,11 @@ function registerDiff(program: Command): void {
     .argument('<runA>', 'run directory (or records.jsonl)')
     .argument('<runB>', 'run directory (or records.jsonl)')
     .option('--json', 'print diff.json to stdout instead of a table', false)
-    .option('--out <file>', 'where to write diff.json', 'diff.json')
+    .option('--out <file>', 'where to write diff.json', outFileArg('--out'), 'diff.json')
     .action((a: string, b: string, f: { json: boolean; out: string }) => {
       const d = diffRuns(a, b, f.out);
+      const warn = overlapWarning(d);
+      if (warn) process.stderr.write(`${warn}\n`);
       if (f.json) process.stdout.write(JSON.stringify(d, null, 1) + '\n');
       else process.stdout.write(formatDiff(d) + `(written to ${f.out})\n`);
     });
@@ -250,16 +262,16 @@ function registerDemo(program: Command): void {
   live
     .command('demo')
     .description('One command: Redis + emulators + KDN + gateway on loopback, replay a short workload, simulate the same requests, and compare simulated / predicted / observed TTFT (DIR/diff.json).')
-    .requiredOption('--out <dir>', 'output directory (live/, replay/, sim/, diff.json)')
-    .option('--requests <n>', 'requests to replay', numberOption('--requests', 1, 5000, true), 40)
+    .requiredOption('--out <dir>', 'output directory (live/, replay/, sim/, diff.json); refused when it holds an earlier demo', outDirArg('--out'))
+    .option('--requests <n>', 'requests to replay', intArg('--requests', { min: 1, max: 5000 }), 40)
     .option('--strategy <name>', 'strategy', 'kvlab')
-    .option('--instances <n>', 'emulated instances', numberOption('--instances', 1, 16, true), 2)
-    .option('--time-scale <x>', 'run the emulators, links and clocks x times faster than real time', numberOption('--time-scale', 0.01, 100), 1)
-    .option('--workload <name>', 'nq (default when ../shared/data/workloads/cacheroute-nq exists) | synthetic', choiceOption('--workload', ['nq', 'synthetic'] as const))
-    .option('--rate <rps>', 'mean arrival rate, requests per model second', numberOption('--rate', 1e-3), 0.5)
-    .option('--output-tokens <n>', 'output tokens per request', numberOption('--output-tokens', 1, 4096, true), 32)
+    .option('--instances <n>', 'emulated instances', intArg('--instances', { min: 1, max: 16 }), 2)
+    .option('--time-scale <x>', 'run the emulators, links and clocks x times faster than real time', numberArg('--time-scale', { min: 0.01, max: 100 }), 1)
+    .option('--workload <name>', 'nq (default when ../shared/data/workloads/cacheroute-nq exists) | synthetic', choiceArg('--workload', ['nq', 'synthetic'] as const))
+    .option('--rate <rps>', 'mean arrival rate, requests per model second', numberArg('--rate', { min: 1e-3 }), 0.5)
+    .option('--output-tokens <n>', 'output tokens per request', intArg('--output-tokens', { min: 1, max: 4096 }), 32)
     .option('--profile <name>', 'instance profile')
-    .option('--seed <n>', 'workload and engine seed', numberOption('--seed', 0, 2 ** 31, true), 1)
+    .option('--seed <n>', 'workload and engine seed', seedArg, 1)
     .option('--kv-events', 'emulators publish vLLM KV events and the gateway follows them (sim: events without delay)', false)
     .action(async (f: DemoFlags) => {
       const { runDemo } = await import('./demo.js');

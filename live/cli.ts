@@ -11,6 +11,7 @@
  * spawn them) and close gracefully on SIGINT/SIGTERM.
  */
 import type { Command } from 'commander';
+import { choiceArg, intArg, numberArg } from '../bin/options.js';
 import type { LinkSpec } from '../engine/types.js';
 import { DEFAULT_PROFILE } from '../sim/profiles.js';
 import type { KnowledgeFormat } from './kdn.js';
@@ -25,27 +26,6 @@ export function registerLiveCommands(program: Command): void {
 // ------------------------------------------------------------------------------------------
 // option parsing helpers (errors name the option)
 
-/** A commander argument parser for a finite number within [min, max]. */
-export function numberOption(flag: string, min = -Infinity, max = Infinity, integer = false): (v: string) => number {
-  return (v: string) => {
-    const x = Number(v);
-    if (v.trim() === '' || !Number.isFinite(x) || x < min || x > max || (integer && !Number.isInteger(x))) {
-      const kind = integer ? 'an integer' : 'a number';
-      const range = min > -Infinity && max < Infinity ? `${kind} in [${min}, ${max}]` : min > -Infinity ? `${kind} >= ${min}` : max < Infinity ? `${kind} <= ${max}` : kind;
-      throw new Error(`${flag} must be ${range} (got "${v}")`);
-    }
-    return x;
-  };
-}
-
-/** A commander parser accepting one of `choices`. */
-export function choiceOption<T extends string>(flag: string, choices: readonly T[]): (v: string) => T {
-  return (v: string) => {
-    if (!(choices as readonly string[]).includes(v)) throw new Error(`${flag} must be one of ${choices.join(', ')} (got "${v}")`);
-    return v as T;
-  };
-}
-
 /** Collects a repeatable string option. */
 const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
 
@@ -53,7 +33,7 @@ const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
 export function parseLinkOverride(v: string): [string, LinkSpec] {
   const m = /^([^=\s]+:\d+(?:\/\d+)?)=([^,]+),([^,]+),([^,]+)$/.exec(v.trim());
   if (!m) throw new Error(`--link must look like HOST:PORT[/DB]=GBPS,LATENCY_MS,EFFICIENCY (got "${v}")`);
-  return [m[1]!, { bandwidthGbps: numberOption('--link bandwidth', 0)(m[2]!), latencyMs: numberOption('--link latency', 0)(m[3]!), efficiency: numberOption('--link efficiency', 0, 1)(m[4]!) }];
+  return [m[1]!, { bandwidthGbps: numberArg('--link bandwidth', { min: 0, minExclusive: true })(m[2]!), latencyMs: numberArg('--link latency', { min: 0 })(m[3]!), efficiency: numberArg('--link efficiency', { min: 0, max: 1, minExclusive: true })(m[4]!) }];
 }
 
 /**
@@ -101,6 +81,9 @@ interface EmulateFlags {
   defaultMaxTokens: number;
   maxModelLen?: number;
   kvCapacityTokens?: number;
+  maxRequestSeqs?: number;
+  maxLogprobs: number;
+  maxBodyBytes: number;
   coldStart: boolean;
   log: boolean;
 }
@@ -110,23 +93,26 @@ function registerEmulate(program: Command): void {
     .command('emulate')
     .description('Run a vLLM-compatible server (OpenAI API, /tokenize, /metrics, LMCache Redis, KV events) timed by the instance model, no GPU needed.')
     .option('--host <addr>', 'listen address', '127.0.0.1')
-    .option('--port <n>', 'listen port (0 = any)', numberOption('--port', 0, 65535, true), 8000)
+    .option('--port <n>', 'listen port (0 = any)', intArg('--port', { min: 0, max: 65535 }), 8000)
     .option('--profile <name|path>', 'instance profile (engine/profiles/<name>.json or a file)', DEFAULT_PROFILE)
     .option('--redis <url>', 'LMCache Redis URL (enables LMCache lookups/stores), e.g. redis://127.0.0.1:6379/0')
     .option('--model <name>', 'served model name (default: the profile model name)')
     .option('--model-path <path>', 'vLLM --model path, used in LMCache keys and /v1/models root (default: --model)')
-    .option('--bytes-per-token <n>', 'synthesised LMCache KV bytes per token', numberOption('--bytes-per-token', 1, Infinity, true), 64)
+    .option('--bytes-per-token <n>', 'synthesised LMCache KV bytes per token', intArg('--bytes-per-token', { min: 1 }), 64)
     .option('--kv-events <endpoint>', 'publish vLLM KV events on this ZMQ PUB endpoint (bound), e.g. tcp://127.0.0.1:5557')
     .option('--kv-events-replay <endpoint>', 'ZMQ ROUTER endpoint for KV-event replay (bound)')
     .option('--kv-events-topic <topic>', 'ZMQ topic frame of KV events', '')
-    .option('--time-scale <x>', 'run the model clock x times faster than the wall clock', numberOption('--time-scale', 1e-6), 1)
-    .option('--world-size <n>', 'TP world size in LMCache keys (one key per rank)', numberOption('--world-size', 1, 1024, true), 1)
-    .option('--hash-variant <v>', 'LMCache chunk-hash recipe: cacheroute (0.3.11 + CacheRoute patch) | upstream (>= 0.3.12)', choiceOption('--hash-variant', ['cacheroute', 'upstream'] as const), 'cacheroute')
+    .option('--time-scale <x>', 'run the model clock x times faster than the wall clock', numberArg('--time-scale', { min: 1e-6 }), 1)
+    .option('--world-size <n>', 'TP world size in LMCache keys (one key per rank)', intArg('--world-size', { min: 1, max: 1024 }), 1)
+    .option('--hash-variant <v>', 'LMCache chunk-hash recipe: cacheroute (0.3.11 + CacheRoute patch) | upstream (>= 0.3.12)', choiceArg('--hash-variant', ['cacheroute', 'upstream'] as const), 'cacheroute')
     .option('--hash-seed <s>', 'PYTHONHASHSEED of the emulated vLLM (NONE_HASH seed)', '0')
     .option('--no-prompt-tokens-details', 'do not report usage.prompt_tokens_details (vLLM without --enable-prompt-tokens-details)')
-    .option('--default-max-tokens <n>', 'output tokens of a chat request without max_tokens', numberOption('--default-max-tokens', 1, Infinity, true), 256)
-    .option('--max-model-len <n>', 'override the profile max_model_len', numberOption('--max-model-len', 1, Infinity, true))
-    .option('--kv-capacity-tokens <n>', 'override the profile KV capacity (tokens)', numberOption('--kv-capacity-tokens', 1, Infinity, true))
+    .option('--default-max-tokens <n>', 'output tokens of a chat request without max_tokens', intArg('--default-max-tokens', { min: 1 }), 256)
+    .option('--max-model-len <n>', 'override the profile max_model_len', intArg('--max-model-len', { min: 1 }))
+    .option('--kv-capacity-tokens <n>', 'override the profile KV capacity (tokens)', intArg('--kv-capacity-tokens', { min: 1 }))
+    .option('--max-request-seqs <n>', 'sequences (n × prompts) one request may ask for; more is a 400 (default: max(max_num_seqs, 256))', intArg('--max-request-seqs', { min: 1 }))
+    .option('--max-logprobs <n>', 'largest logprobs / top_logprobs (vLLM --max-logprobs)', intArg('--max-logprobs', { min: 0 }), 20)
+    .option('--max-body-bytes <n>', 'request body limit in bytes (413 above)', intArg('--max-body-bytes', { min: 1 }), 64 * 1024 * 1024)
     .option('--no-cold-start', "skip the profile's cold-start delay on the first request")
     .option('--log', 'log requests (pino)', false)
     .action(async (f: EmulateFlags) => {
@@ -150,6 +136,9 @@ function registerEmulate(program: Command): void {
         enablePromptTokensDetails: f.promptTokensDetails,
         defaultMaxTokens: f.defaultMaxTokens,
         coldStart: f.coldStart,
+        maxRequestSeqs: f.maxRequestSeqs,
+        maxLogprobs: f.maxLogprobs,
+        maxBodyBytes: f.maxBodyBytes,
         logger: f.log,
       });
       process.stderr.write(
@@ -179,6 +168,8 @@ interface KdnFlags {
   hashVariant: ChunkHashVariant;
   hashSeed: string;
   timeScale: number;
+  maxDocumentBytes: number;
+  maxDocumentTokens: number;
   log: boolean;
 }
 
@@ -187,22 +178,24 @@ function registerKdn(program: Command): void {
     .command('kdn')
     .description('Run a KDN (knowledge delivery node): knowledge text + KV chunks in Redis, injected into instances\' LMCache Redis over paced links (CacheRoute KDN API).')
     .option('--host <addr>', 'listen address', '127.0.0.1')
-    .option('--port <n>', 'listen port (0 = any)', numberOption('--port', 0, 65535, true), 9101)
+    .option('--port <n>', 'listen port (0 = any)', intArg('--port', { min: 0, max: 65535 }), 9101)
     .requiredOption('--redis <url>', "the KDN's own Redis URL, e.g. redis://127.0.0.1:6390/0")
     .requiredOption('--model <path>', 'LMCache model_name of the target instances (their vLLM --model path)')
     .option('--model-alias <name>', 'another accepted inject_ready_kv model name (repeatable)', collect, [])
-    .option('--bytes-per-token <n>', 'synthesised KV bytes per token (summed over ranks)', numberOption('--bytes-per-token', 1, Infinity, true), 64)
-    .option('--wire-bytes-per-token <n>', 'bytes per token charged by the link model (default: --bytes-per-token)', numberOption('--wire-bytes-per-token', 0))
-    .option('--format <f>', 'knowledge prefix layout: chat-system | completion', choiceOption('--format', ['chat-system', 'completion'] as const), 'chat-system')
+    .option('--bytes-per-token <n>', 'synthesised KV bytes per token (summed over ranks)', intArg('--bytes-per-token', { min: 1 }), 64)
+    .option('--wire-bytes-per-token <n>', 'bytes per token charged by the link model (default: --bytes-per-token)', numberArg('--wire-bytes-per-token', { min: 0 }))
+    .option('--format <f>', 'knowledge prefix layout: chat-system | completion', choiceArg('--format', ['chat-system', 'completion'] as const), 'chat-system')
     .option('--tokenize-url <url>', 'tokenise via this instance /tokenize instead of the local Llama-3 tokenizer')
-    .option('--bandwidth-gbps <g>', 'default link bandwidth, Gbit/s', numberOption('--bandwidth-gbps', 1e-9), 1)
-    .option('--latency-ms <ms>', 'default link latency, ms', numberOption('--latency-ms', 0), 10)
-    .option('--efficiency <e>', 'default link efficiency (0, 1]', numberOption('--efficiency', 1e-9, 1), 0.8)
+    .option('--bandwidth-gbps <g>', 'default link bandwidth, Gbit/s', numberArg('--bandwidth-gbps', { min: 1e-9 }), 1)
+    .option('--latency-ms <ms>', 'default link latency, ms', numberArg('--latency-ms', { min: 0 }), 10)
+    .option('--efficiency <e>', 'default link efficiency (0, 1]', numberArg('--efficiency', { min: 1e-9, max: 1 }), 0.8)
     .option('--link <spec>', 'per-target link HOST:PORT[/DB]=GBPS,LATENCY_MS,EFFICIENCY (repeatable)', collect, [])
-    .option('--world-size <n>', 'target TP world size (one key per rank)', numberOption('--world-size', 1, 1024, true), 1)
-    .option('--hash-variant <v>', 'LMCache chunk-hash recipe: cacheroute | upstream', choiceOption('--hash-variant', ['cacheroute', 'upstream'] as const), 'cacheroute')
+    .option('--world-size <n>', 'target TP world size (one key per rank)', intArg('--world-size', { min: 1, max: 1024 }), 1)
+    .option('--hash-variant <v>', 'LMCache chunk-hash recipe: cacheroute | upstream', choiceArg('--hash-variant', ['cacheroute', 'upstream'] as const), 'cacheroute')
     .option('--hash-seed <s>', 'PYTHONHASHSEED of the target vLLM', '0')
-    .option('--time-scale <x>', 'divide link durations by x', numberOption('--time-scale', 1e-6), 1)
+    .option('--time-scale <x>', 'divide link durations by x', numberArg('--time-scale', { min: 1e-6 }), 1)
+    .option('--max-document-bytes <n>', 'largest document (UTF-8 bytes of its text); larger ones are refused with 413 before tokenising', intArg('--max-document-bytes', { min: 1 }), 2 * 1024 * 1024)
+    .option('--max-document-tokens <n>', 'largest document in tokens (422 above)', intArg('--max-document-tokens', { min: 1 }), 131_072)
     .option('--log', 'log requests (pino)', false)
     .action(async (f: KdnFlags) => {
       const { startKdn } = await import('./kdn.js');
@@ -220,6 +213,8 @@ function registerKdn(program: Command): void {
         links: Object.fromEntries(f.link.map(parseLinkOverride)),
         lmcache: { worldSize: f.worldSize, variant: f.hashVariant, hashSeed: f.hashSeed },
         timeScale: f.timeScale,
+        maxDocumentBytes: f.maxDocumentBytes,
+        maxDocumentTokens: f.maxDocumentTokens,
         logger: f.log,
       });
       process.stderr.write(`kdn: model ${f.model}, store ${f.redis}, link ${f.bandwidthGbps} Gbit/s ${f.latencyMs} ms x${f.efficiency}\n`);

@@ -118,6 +118,10 @@ async function demoWorkload(o: Required<Pick<DemoOptions, 'requests' | 'rate' | 
 export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
   const log = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
   const out = resolve(opts.out);
+  // never overwrite an earlier demo's records (its live/ and replay/ runs cannot be regenerated)
+  for (const sub of ['live', 'replay']) {
+    if (existsSync(join(out, sub, 'records.jsonl'))) throw new Error(`${opts.out} already holds a live demo (${join(out, sub, 'records.jsonl')}); use a new --out directory`);
+  }
   mkdirSync(out, { recursive: true });
   const n = opts.instances ?? 2;
   const ts = opts.timeScale ?? 1;
@@ -147,7 +151,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     const kdnSpec = rc.spec.kdns[0]!;
     const link = rc.spec.links[0]![0]!;
 
-    log(`live demo: ${workload} workload, ${opts.requests ?? 40} requests, ${n} × ${profile.name}, strategy ${strategy}, time scale ${ts}`);
+    log(`live demo: ${workload} workload, ${opts.requests ?? 40} requests, ${n} × ${profile.name}, strategy ${strategy}, time scale ${ts}; starting Redis, ${n} emulators, a KDN and the gateway`);
     const { trace, docs } = await demoWorkload({ workload, nqDir, requests: opts.requests ?? 40, rate: opts.rate ?? 0.5, outputTokens: opts.outputTokens ?? 32, seed: opts.seed ?? 1 });
 
     // ---- servers
@@ -201,8 +205,24 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
 
     // ---- replay through the gateway
     const tr = performance.now();
-    const rep = await runReplay({ target: gw.url, requests, speed: ts, timeScale: ts, out: join(out, 'replay'), model: MODEL, meta: { strategy, workload } });
-    log(`live demo: replayed ${requests.length} requests in ${((performance.now() - tr) / 1000).toFixed(1)} s wall`);
+    let lastLog = performance.now();
+    const rep = await runReplay({
+      target: gw.url,
+      requests,
+      speed: ts,
+      timeScale: ts,
+      out: join(out, 'replay'),
+      model: MODEL,
+      meta: { strategy, workload },
+      onProgress: (d, total) => {
+        const t = performance.now();
+        if (d === total || t - lastLog >= 5000) {
+          lastLog = t;
+          log(`live demo: replay ${d}/${total} requests done (${((t - tr) / 1000).toFixed(0)} s)`);
+        }
+      },
+    });
+    log(`live demo: replayed ${requests.length} requests in ${((performance.now() - tr) / 1000).toFixed(1)} s wall; simulating the same requests`);
     const routed: TraceRequest[] = gw.requests();
     await stopAll();
 

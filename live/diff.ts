@@ -150,16 +150,29 @@ export function diffRecords(aRecs: readonly TimingRecord[], bRecs: readonly Timi
 
 /**
  * Diffs two run directories (or records.jsonl files) and writes `out` when given.
- * @throws Error naming the missing directory/file or the bad line.
+ * @throws Error naming the missing directory/file or the bad line; when a run has no records;
+ *   when the runs share no request id (they are not runs of the same requests: nothing to compare).
  */
 export function diffRuns(a: string, b: string, out?: string): DiffResult {
   for (const p of [a, b]) if (!existsSync(p)) throw new Error(`run not found: ${p}`);
-  const d = diffRecords(readRecords(a), readRecords(b), resolve(a), resolve(b));
+  const ra = readRecords(a);
+  const rb = readRecords(b);
+  for (const [p, r] of [[a, ra], [b, rb]] as const) if (r.length === 0) throw new Error(`${p}: the run has no records`);
+  const d = diffRecords(ra, rb, resolve(a), resolve(b));
+  if (d.joined === 0) {
+    throw new Error(`${a} (${ra.length} records, e.g. ${JSON.stringify(ra[0]!.id)}) and ${b} (${rb.length}, e.g. ${JSON.stringify(rb[0]!.id)}) share no request id: diff compares runs of the same requests (e.g. a live replay and its simulation)`);
+  }
   if (out) {
     mkdirSync(dirname(resolve(out)), { recursive: true });
     writeFileSync(out, JSON.stringify(d, null, 1) + '\n');
   }
   return d;
+}
+
+/** A warning line when the runs only partly overlap (null when every id is in both). */
+export function overlapWarning(d: DiffResult): string | null {
+  if (d.a_only === 0 && d.b_only === 0) return null;
+  return `warning: the runs overlap partly: ${d.joined} request ids in both, ${d.a_only} only in ${d.a}, ${d.b_only} only in ${d.b} (statistics cover the joined ones)`;
 }
 
 const pct = (x: number | null): string => (x === null ? '—' : `${(x * 100).toFixed(1)}%`);

@@ -21,7 +21,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import { connectRedis } from './redis-connect.js';
 import type { EngineSettings, InstanceSpec, Profile } from '../engine/types.js';
 import { DEFAULT_PROFILE, instanceSpecFromProfile, loadProfile } from '../sim/profiles.js';
 import type { ReqState } from '../sim/instance.js';
@@ -30,6 +31,7 @@ import { EmulatorMetrics } from './emulator-metrics.js';
 import { KvEventPublisher, type KvCacheEvent, type KvEventPublisherOptions } from './kv-events.js';
 import { lmcacheChunks, lmcacheConfig, type LmcacheChunk, type LmcacheConfig } from './lmcache.js';
 import { LmcacheRedis } from './lmcache-redis.js';
+import { OutputText, type OutputSpec, type OutputStep } from './emulator-output.js';
 import {
   acceptAnyJson,
   ApiError,
@@ -39,12 +41,15 @@ import {
   detokenizeRequestSchema,
   internalError,
   modelNotFound,
+  openAiClientErrorHandler,
   parseBody,
   tokenizeChatSchema,
   tokenizeCompletionSchema,
+  toApiError,
   type UsageInfo,
 } from './openai.js';
-import { decodeTokens, encodeChat, encodePrompt, fillerToken, tokenString, VOCAB_SIZE, type ChatMessage } from './tokenizer.js';
+import { decodeTokens, fillerToken, tokenString, VOCAB_SIZE, type ChatMessage } from './tokenizer.js';
+import { encodeChatAsync, encodePromptAsync, holdTokenizePool } from './tokenize-pool.js';
 import { WallClockEngine } from './wall-engine.js';
 
 /** Options of {@link startEmulator}. */
@@ -77,6 +82,14 @@ export interface EmulatorOptions {
   defaultMaxTokens?: number;
   /** apply the profile's cold-start delay to the first request; default true. */
   coldStart?: boolean;
+  /** sequences (n × prompts) one request may ask for (default max(max_num_seqs, 256)). */
+  maxRequestSeqs?: number;
+  /** largest `logprobs` / `top_logprobs` (vLLM `--max-logprobs`, default 20). */
+  maxLogprobs?: number;
+  /** request body limit, bytes (default 64 MiB; 413 above). */
+  maxBodyBytes?: number;
+  /** JSON nesting limit of request bodies (default 64). */
+  maxJsonDepth?: number;
   /** pino logging (fastify `logger` option); default false. */
   logger?: boolean | object;
 }
@@ -188,19 +201,18 @@ class KvEventBridge {
 }
 
 /** One generation (a prompt × one of its n samples) as the API layer sees it. */
-interface ChoiceSpec {
+interface ChoiceSpec extends OutputSpec {
   index: number;
   promptIndex: number;
   promptIds: number[];
   maxTokens: number;
   /** finish reason when the output limit is reached. */
   finishReason: 'length' | 'stop';
-  seedOffset: number;
 }
 
 /** Progress callbacks of one choice. */
 interface ChoiceCallbacks {
-  token(choice: ChoiceSpec, i: number, text: string, last: boolean): void;
+  token(choice: ChoiceSpec, step: OutputStep): void;
 }
 
 /** Result of one finished choice. */
@@ -208,6 +220,16 @@ interface ChoiceResult {
   text: string;
   tokens: number;
   cachedTokens: number;
+  finishReason: string;
+  stopReason: string | null;
+  logprobs: Record<string, unknown[]> | null;
+}
+
+/** The client went away: the choice was aborted. */
+class ClientGone extends Error {
+  constructor() {
+    super('client disconnected');
+  }
 }
 
 const nowSec = (): number => Math.floor(Date.now() / 1000);
@@ -226,20 +248,18 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   const defaultMaxTokens = opts.defaultMaxTokens ?? 256;
   const blockSize = spec.engine.blockSizeTokens;
   const maxModelLen = spec.engine.maxModelLen;
+  const maxRequestSeqs = opts.maxRequestSeqs ?? Math.max(spec.engine.maxNumSeqs, 256);
+  const maxLogprobs = opts.maxLogprobs ?? 20;
+  const bodyLimit = opts.maxBodyBytes ?? 64 * 1024 * 1024;
+  for (const [k, v] of Object.entries({ maxRequestSeqs, maxLogprobs, bodyLimit })) if (!Number.isSafeInteger(v) || v < (k === 'maxLogprobs' ? 0 : 1)) throw new Error(`emulator: ${k} must be a positive integer (got ${v})`);
   const created = nowSec();
 
   let redis: Redis | undefined;
   let lmcache: LmcacheRedis | undefined;
   if (opts.redisUrl) {
-    redis = new Redis(opts.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2, enableOfflineQueue: true });
+    redis = await connectRedis(opts.redisUrl, 'emulator', 'its LMCache Redis', { maxRetriesPerRequest: 2, enableOfflineQueue: true });
     // connection errors surface on the commands that fail (lookups then count as misses)
     redis.on('error', () => undefined);
-    try {
-      await redis.connect();
-    } catch (e) {
-      redis.disconnect();
-      throw new Error(`emulator: cannot connect to LMCache Redis ${opts.redisUrl}: ${(e as Error).message}`);
-    }
     lmcache = new LmcacheRedis(redis, lmcfg, bytesPerToken);
   }
 
@@ -274,10 +294,10 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     },
   );
 
-  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 64 * 1024 * 1024, forceCloseConnections: 'idle' });
-  acceptAnyJson(app, (msg) => badRequest(msg, null));
+  const app = Fastify({ logger: opts.logger ?? false, bodyLimit, forceCloseConnections: 'idle', clientErrorHandler: openAiClientErrorHandler() });
+  acceptAnyJson(app, (msg) => badRequest(msg, null), { maxDepth: opts.maxJsonDepth ?? 64 });
   app.setErrorHandler((err, _req, reply) => {
-    const e = toApiError(err);
+    const e = err instanceof ClientGone ? new ApiError(499, err.message, 'ClientClosedRequestError') : toApiError(err, { bytes: bodyLimit, flag: 'the emulator\'s --max-body-bytes' });
     void reply.status(e.status).type('application/json').send(e.body());
   });
   app.setNotFoundHandler((_req, reply) => {
@@ -289,7 +309,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   };
 
   /** Runs one choice through LMCache lookup, the engine, and LMCache store. */
-  const runChoice = async (reqId: string, ch: ChoiceSpec, cb: ChoiceCallbacks, arrivalWall: number): Promise<ChoiceResult> => {
+  const runChoice = async (reqId: string, ch: ChoiceSpec, cb: ChoiceCallbacks, arrivalWall: number, signal: AbortSignal): Promise<ChoiceResult> => {
     const ids = ch.promptIds;
     const P = ids.length;
     const blocks = fastBlockIds(ids, blockSize);
@@ -317,17 +337,44 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
       }
       loadedTokens = Math.min(lmHitChunks * lmcfg.chunkSize, P);
     }
+    if (signal.aborted) throw new ClientGone();
     const coreId = `${reqId}-${ch.index}`;
     return new Promise<ChoiceResult>((resolve, reject) => {
-      let text = '';
+      const out = new OutputText(ch);
       let lastWall = 0;
       let firstWall = 0;
       let cached = 0;
       let emitted = 0;
+      let settled = false;
+      const finished = (reason: string): void => {
+        const now = performance.now();
+        metrics.inc(metrics.promptTokens, P);
+        metrics.inc(metrics.requestSuccess, 1, { finished_reason: reason });
+        metrics.observe(metrics.e2e, (now - arrivalWall) / 1000);
+        metrics.observe(metrics.reqPromptTokens, P);
+        metrics.observe(metrics.reqGenTokens, emitted);
+        metrics.observe(metrics.reqMaxTokens, ch.maxTokens);
+        if (emitted > 1) metrics.observe(metrics.tpot, (now - firstWall) / 1000 / (emitted - 1));
+      };
+      const settle = (r: ChoiceResult): void => {
+        if (settled) return;
+        settled = true;
+        signal.removeEventListener('abort', onAbort);
+        resolve(r);
+      };
+      const onAbort = (): void => {
+        if (settled) return;
+        settled = true;
+        engine.abort(coreId); // vLLM aborts a request whose client went away
+        metrics.inc(metrics.requestSuccess, 1, { finished_reason: 'abort' });
+        reject(new ClientGone());
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
       const err = engine.submit(
         { id: coreId, promptTokens: P, outputTokens: ch.maxTokens, blocks, blockSize, loadedTokens },
         {
           token: (i, st) => {
+            if (settled) return;
             const t = fillerToken(i, ch.seedOffset);
             const now = performance.now();
             if (i === 0) {
@@ -349,23 +396,21 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
             } else metrics.observe(metrics.itl, (now - lastWall) / 1000);
             lastWall = now;
             metrics.inc(metrics.generationTokens, 1);
-            text += t.text;
             emitted = i + 1;
-            cb.token(ch, i, t.text, i + 1 >= ch.maxTokens);
+            const step = out.push(t.id, t.text, i + 1 >= ch.maxTokens);
+            cb.token(ch, step);
+            if (step.last) {
+              // a stop string ends the request before max_tokens: it leaves the engine now
+              if (i + 1 < ch.maxTokens) engine.abort(coreId);
+              finished(step.finishReason ?? ch.finishReason);
+              settle({ text: out.text, tokens: emitted, cachedTokens: cached, finishReason: step.finishReason ?? ch.finishReason, stopReason: step.stopReason, logprobs: out.logprobs });
+            }
           },
           preempted: () => {
             preemptionsSeen++;
             metrics.inc(metrics.preemptions, 1);
           },
           done: (st?: ReqState) => {
-            const now = performance.now();
-            metrics.inc(metrics.promptTokens, P);
-            metrics.inc(metrics.requestSuccess, 1, { finished_reason: ch.finishReason });
-            metrics.observe(metrics.e2e, (now - arrivalWall) / 1000);
-            metrics.observe(metrics.reqPromptTokens, P);
-            metrics.observe(metrics.reqGenTokens, emitted);
-            metrics.observe(metrics.reqMaxTokens, ch.maxTokens);
-            if (emitted > 1) metrics.observe(metrics.tpot, (now - firstWall) / 1000 / (emitted - 1));
             if (st && st.firstScheduledAt >= 0) {
               const s = engine.timeScale * 1000;
               metrics.observe(metrics.queueTime, (st.firstScheduledAt - st.arrivedAt) / s);
@@ -373,12 +418,22 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
               metrics.observe(metrics.decodeTime, (st.doneAt - st.firstTokenAt) / s);
               metrics.observe(metrics.inferenceTime, (st.doneAt - st.firstScheduledAt) / s);
             }
-            resolve({ text, tokens: emitted, cachedTokens: cached });
+            if (!settled) {
+              finished(ch.finishReason);
+              settle({ text: out.text, tokens: emitted, cachedTokens: cached, finishReason: ch.finishReason, stopReason: null, logprobs: out.logprobs });
+            }
           },
-          failed: (reason) => reject(internalError(`request ${coreId} failed: ${reason}`)),
+          failed: (reason) => {
+            if (settled) return;
+            settled = true;
+            reject(internalError(`request ${coreId} failed: ${reason}`));
+          },
         },
       );
-      if (err) reject(badRequest(`This model's maximum context length is ${maxModelLen} tokens: ${err}. Please reduce the length of the prompt or completion.`, 'max_tokens'));
+      if (err) {
+        settled = true;
+        reject(badRequest(`This model's maximum context length is ${maxModelLen} tokens: ${err}. Please reduce the length of the prompt or completion.`, 'max_tokens'));
+      }
     });
   };
 
@@ -432,9 +487,20 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     const completionTokens = (): number => counts.reduce((a, b) => a + b, 0);
     const counts = choices.map(() => 0);
     const cachedPerPrompt = prompts.map(() => 0);
+    // the client going away aborts every choice in the engine (as vLLM does)
+    const gone = new AbortController();
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableFinished) gone.abort();
+    });
 
     if (!stream) {
-      const results = await Promise.all(choices.map((c) => runChoice(rid, c, { token: () => undefined }, arrival)));
+      let results: ChoiceResult[];
+      try {
+        results = await Promise.all(choices.map((c) => runChoice(rid, c, { token: () => undefined }, arrival, gone.signal)));
+      } catch (e) {
+        gone.abort(); // one choice failed: the others stop too
+        throw e;
+      }
       results.forEach((r, i) => {
         counts[i] = r.tokens;
         const pi = choices[i]!.promptIndex;
@@ -451,9 +517,9 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
           choices: results.map((r, i) => ({
             index: i,
             text: (echoTexts ? echoTexts[choices[i]!.promptIndex]! : '') + r.text,
-            logprobs: null,
-            finish_reason: choices[i]!.finishReason,
-            stop_reason: null,
+            logprobs: r.logprobs,
+            finish_reason: r.finishReason,
+            stop_reason: r.stopReason,
             prompt_logprobs: null,
           })),
           usage,
@@ -469,9 +535,9 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
         choices: results.map((r, i) => ({
           index: i,
           message: { role: 'assistant', content: r.text, reasoning_content: null, tool_calls: [] },
-          logprobs: null,
-          finish_reason: choices[i]!.finishReason,
-          stop_reason: null,
+          logprobs: r.logprobs,
+          finish_reason: r.finishReason,
+          stop_reason: r.stopReason,
         })),
         usage,
         prompt_logprobs: null,
@@ -491,10 +557,13 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
       if (open) raw.write(`data: ${JSON.stringify(obj)}\n\n`);
     };
     const started = choices.map(() => false);
+    const tokensSeen = choices.map(() => 0);
     const cb: ChoiceCallbacks = {
-      token: (ch, i, text, last) => {
-        counts[ch.index] = i + 1;
+      token: (ch, step) => {
+        counts[ch.index] = ++tokensSeen[ch.index]!;
+        if (!step.delta && !step.last) return; // held back (a stop string may be starting)
         const usage = continuousUsage ? { prompt_tokens: promptTokens, completion_tokens: completionTokens(), total_tokens: promptTokens + completionTokens() } : undefined;
+        const finish = step.last ? (step.finishReason ?? ch.finishReason) : null;
         if (kind === 'completion') {
           const echo = !started[ch.index] && echoTexts ? echoTexts[ch.promptIndex]! : '';
           started[ch.index] = true;
@@ -503,7 +572,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
             object: 'text_completion',
             created: createdAt,
             model: served,
-            choices: [{ index: ch.index, text: echo + text, logprobs: null, finish_reason: last ? ch.finishReason : null, stop_reason: null }],
+            choices: [{ index: ch.index, text: echo + step.delta, logprobs: step.logprobs, finish_reason: finish, stop_reason: step.last ? step.stopReason : null }],
             usage: usage ?? null,
           });
         } else {
@@ -512,15 +581,16 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
             started[ch.index] = true;
             send({ ...base, choices: [{ index: ch.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }], ...(usage ? { usage } : {}) });
           }
-          const choice: Record<string, unknown> = { index: ch.index, delta: { content: text }, logprobs: null, finish_reason: last ? ch.finishReason : null };
-          if (last) choice.stop_reason = null;
+          const choice: Record<string, unknown> = { index: ch.index, delta: { content: step.delta }, logprobs: step.logprobs, finish_reason: finish };
+          if (step.last) choice.stop_reason = step.stopReason;
           send({ ...base, choices: [choice], ...(usage ? { usage } : {}) });
         }
       },
     };
     try {
-      const results = await Promise.all(choices.map((c) => runChoice(rid, c, cb, arrival)));
+      const results = await Promise.all(choices.map((c) => runChoice(rid, c, cb, arrival, gone.signal)));
       results.forEach((r, i) => {
+        counts[i] = r.tokens;
         const pi = choices[i]!.promptIndex;
         cachedPerPrompt[pi] = Math.max(cachedPerPrompt[pi]!, r.cachedTokens);
       });
@@ -535,6 +605,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
         });
       }
     } catch (e) {
+      gone.abort();
       send(toApiError(e).body());
     }
     if (open) raw.end('data: [DONE]\n\n');
@@ -600,13 +671,13 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     if (isChat) {
       const body = parseBody(tokenizeChatSchema, req.body, 'tokenize');
       checkModel(body.model);
-      tokens = encodeChat(body.messages as ChatMessage[], { addGenerationPrompt: body.add_generation_prompt ?? true, continueFinalMessage: body.continue_final_message ?? false });
+      tokens = await encodeChatAsync(body.messages as ChatMessage[], { addGenerationPrompt: body.add_generation_prompt ?? true, continueFinalMessage: body.continue_final_message ?? false });
       if (body.add_special_tokens) tokens = [128000, ...tokens];
       strs = body.return_token_strs ?? false;
     } else {
       const body = parseBody(tokenizeCompletionSchema, req.body, 'tokenize');
       checkModel(body.model);
-      tokens = encodePrompt(body.prompt, body.add_special_tokens ?? true);
+      tokens = await encodePromptAsync(body.prompt, body.add_special_tokens ?? true);
       strs = body.return_token_strs ?? false;
     }
     return { count: tokens.length, max_model_len: maxModelLen, tokens, token_strs: strs ? tokens.map(tokenString) : null };
@@ -620,25 +691,50 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     return { prompt: decodeTokens(body.tokens) };
   });
 
+  /**
+   * Checks `n` × prompts against `maxRequestSeqs` before anything is tokenised or allocated
+   * (vLLM has no hard cap, but it never runs more than max_num_seqs sequences at once; the
+   * emulator keeps per-sequence state, so a request of a million sequences is refused).
+   */
+  const checkSeqs = (n: number, prompts: number): void => {
+    if (n * prompts > maxRequestSeqs) throw badRequest(`n: this server accepts at most ${maxRequestSeqs} sequences per request (n = ${n} × ${prompts} prompt${prompts > 1 ? 's' : ''}; emulator --max-request-seqs)`, 'n');
+  };
+  /** The output options shared by every choice of a request (stop strings, logprobs). */
+  const outputSpec = (body: { stop?: string | string[] | null; include_stop_str_in_output?: boolean | null; min_tokens?: number | null; seed?: number | null }, logprobs: number | null, chat: boolean, j: number): OutputSpec => ({
+    seedOffset: (body.seed ?? 0) + j,
+    stop: body.stop === undefined || body.stop === null ? [] : typeof body.stop === 'string' ? [body.stop] : body.stop,
+    includeStopStr: body.include_stop_str_in_output ?? false,
+    minTokens: body.min_tokens ?? 0,
+    logprobs,
+    chat,
+  });
+
   app.post('/v1/completions', async (req, reply) => {
     const body = parseBody(completionRequestSchema, req.body, 'completions');
     checkModel(body.model);
     if (body.stream_options && !body.stream) throw badRequest('Stream options can only be defined when `stream=True`.', 'stream_options');
-    if (body.logprobs !== null && body.logprobs !== undefined) throw badRequest('logprobs are not supported by the kvlab emulator', 'logprobs');
+    const lp = body.logprobs ?? null;
+    if (lp !== null && lp > maxLogprobs) throw badRequest(`Requested sample logprobs of ${lp}, which is greater than max allowed: ${maxLogprobs}`, 'logprobs');
     const addSpecial = body.add_special_tokens ?? true;
     const raw = body.prompt;
     const list: Array<string | number[]> = typeof raw === 'string' ? [raw] : typeof raw[0] === 'number' ? [raw as number[]] : (raw as Array<string | number[]>);
-    const prompts = list.map((p, i) => {
-      if (typeof p === 'string') return encodePrompt(p, addSpecial);
+    const n = body.n ?? 1;
+    checkSeqs(n, list.length);
+    const prompts: number[][] = [];
+    for (let i = 0; i < list.length; i++) {
+      const p = list[i]!;
+      if (typeof p === 'string') {
+        prompts.push(await encodePromptAsync(p, addSpecial));
+        continue;
+      }
       const bad = p.findIndex((t) => t >= VOCAB_SIZE);
       if (bad >= 0) throw badRequest(`prompt: token id ${p[bad]} at ${list.length > 1 ? `${i}.` : ''}${bad} is out of vocabulary (size ${VOCAB_SIZE})`, 'prompt');
-      return p;
-    });
-    const n = body.n ?? 1;
+      prompts.push(p);
+    }
     const choices: ChoiceSpec[] = [];
     prompts.forEach((ids, pi) => {
       const out = outputTokens(ids.length, body.max_tokens, 'max_tokens', 16);
-      for (let j = 0; j < n; j++) choices.push({ index: choices.length, promptIndex: pi, promptIds: ids, maxTokens: out.n, finishReason: out.finish, seedOffset: (body.seed ?? 0) + j });
+      for (let j = 0; j < n; j++) choices.push({ index: choices.length, promptIndex: pi, promptIds: ids, maxTokens: out.n, finishReason: out.finish, ...outputSpec(body, lp, false, j) });
     });
     const echoTexts = body.echo ? list.map((p) => (typeof p === 'string' ? p : decodeTokens(p))) : null;
     const so = body.stream_options;
@@ -649,18 +745,22 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     const body = parseBody(chatRequestSchema, req.body, 'chat/completions');
     checkModel(body.model);
     if (body.stream_options && !body.stream) throw badRequest('Stream options can only be defined when `stream=True`.', 'stream_options');
-    if (body.logprobs) throw badRequest('logprobs are not supported by the kvlab emulator', 'logprobs');
-    let ids = encodeChat(body.messages as ChatMessage[], { addGenerationPrompt: body.add_generation_prompt ?? true, continueFinalMessage: body.continue_final_message ?? false });
+    const top = body.top_logprobs ?? null;
+    if (top !== null && !body.logprobs) throw badRequest('when using `top_logprobs`, `logprobs` must be set to true.', 'top_logprobs');
+    if (top !== null && (top < 0 || top > maxLogprobs)) throw badRequest(`top_logprobs must be between 0 and ${maxLogprobs} (got ${top})`, 'top_logprobs');
+    const n = body.n ?? 1;
+    checkSeqs(n, 1);
+    let ids = await encodeChatAsync(body.messages as ChatMessage[], { addGenerationPrompt: body.add_generation_prompt ?? true, continueFinalMessage: body.continue_final_message ?? false });
     if (body.add_special_tokens) ids = [128000, ...ids];
     const field = body.max_completion_tokens !== undefined && body.max_completion_tokens !== null ? 'max_completion_tokens' : 'max_tokens';
     const out = outputTokens(ids.length, body.max_completion_tokens ?? body.max_tokens, field, 'chat');
-    const n = body.n ?? 1;
     const choices: ChoiceSpec[] = [];
-    for (let j = 0; j < n; j++) choices.push({ index: j, promptIndex: 0, promptIds: ids, maxTokens: out.n, finishReason: out.finish, seedOffset: (body.seed ?? 0) + j });
+    for (let j = 0; j < n; j++) choices.push({ index: j, promptIndex: 0, promptIds: ids, maxTokens: out.n, finishReason: out.finish, ...outputSpec(body, body.logprobs ? (top ?? 0) : null, true, j) });
     const so = body.stream_options;
     await generate('chat', req, reply, choices, [ids], body.stream ?? false, !!so && (so.include_usage ?? true), !!so?.continuous_usage_stats, null);
   });
 
+  const releasePool = holdTokenizePool();
   await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 0 });
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : (opts.port ?? 0);
@@ -686,6 +786,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
       await closed;
       await kvPub?.close();
       if (redis) await redis.quit().catch(() => redis!.disconnect());
+      await releasePool();
     })();
     return closing;
   };
@@ -696,15 +797,4 @@ function headerRequestId(req: FastifyRequest): string | undefined {
   const h = req.headers['x-request-id'];
   const v = Array.isArray(h) ? h[0] : h;
   return v && /^[\w.:-]{1,128}$/.test(v) ? v : undefined;
-}
-
-/** Maps anything thrown in a handler to an ApiError (fastify's own 4xx errors keep their status). */
-function toApiError(err: unknown): ApiError {
-  if (err instanceof ApiError) return err;
-  const e = err as { statusCode?: number; message?: string; code?: string };
-  if (e && typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
-    const msg = e.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' ? 'request body must be a JSON object' : (e.message ?? 'bad request');
-    return e.statusCode === 404 ? new ApiError(404, msg, 'NotFoundError', null) : new ApiError(e.statusCode === 413 ? 413 : 400, msg, 'BadRequestError', null);
-  }
-  return internalError(e?.message ?? String(err));
 }

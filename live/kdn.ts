@@ -34,13 +34,14 @@
 import { createHash } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { Redis } from 'ioredis';
+import { connectRedis } from './redis-connect.js';
 import { request } from 'undici';
 import { z } from 'zod';
 import type { LinkSpec } from '../engine/types.js';
 import { LinkTable, type LinkTiming } from './link.js';
 import { kvBytesKey, lmcacheChunks, lmcacheConfig, metadataKey, rankChunkBytes, syntheticKvBytes, syntheticMetadata, type LmcacheConfig } from './lmcache.js';
 import { acceptAnyJson } from './openai.js';
-import { encodePrompt, encodeSystemPrefix } from './tokenizer.js';
+import { encodePromptAsync, encodeSystemPrefixAsync, holdTokenizePool } from './tokenize-pool.js';
 
 /** How a knowledge text sits at the prompt prefix (see module doc). */
 export type KnowledgeFormat = 'chat-system' | 'completion';
@@ -72,6 +73,10 @@ export interface KdnOptions {
   links?: Record<string, LinkSpec>;
   /** model ms per wall ms for link pacing (default 1). */
   timeScale?: number;
+  /** largest document, UTF-8 bytes of its text (default 2 MiB; 413 above, checked before tokenising). */
+  maxDocumentBytes?: number;
+  /** largest document, tokens of its knowledge prefix (default 131,072, Llama-3.1's context; 422 above). */
+  maxDocumentTokens?: number;
   logger?: boolean | object;
 }
 
@@ -179,17 +184,15 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
   const wireBpt = opts.wireBytesPerToken ?? bpt;
   if (!(wireBpt >= 0)) throw new Error(`wireBytesPerToken must be >= 0 (got ${wireBpt})`);
   const defaultFormat = opts.format ?? 'chat-system';
+  const maxDocBytes = opts.maxDocumentBytes ?? 2 * 1024 * 1024;
+  const maxDocTokens = opts.maxDocumentTokens ?? 131_072;
+  if (!Number.isSafeInteger(maxDocBytes) || maxDocBytes < 1) throw new Error(`kdn: maxDocumentBytes must be a positive integer (got ${opts.maxDocumentBytes})`);
+  if (!Number.isSafeInteger(maxDocTokens) || maxDocTokens < 1) throw new Error(`kdn: maxDocumentTokens must be a positive integer (got ${opts.maxDocumentTokens})`);
   const modelNames = new Set([opts.model, ...(opts.modelAliases ?? [])]);
   const links = new LinkTable(opts.link ?? { bandwidthGbps: 1, latencyMs: 10, efficiency: 0.8 }, opts.links ?? {}, opts.timeScale ?? 1);
 
-  const redis = new Redis(opts.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2 });
+  const redis = await connectRedis(opts.redisUrl, 'kdn', 'its Redis store', { maxRetriesPerRequest: 2 });
   redis.on('error', () => undefined); // failures surface on the commands (HTTP 500 with the reason)
-  try {
-    await redis.connect();
-  } catch (e) {
-    redis.disconnect();
-    throw new Error(`kdn: cannot connect to its Redis ${opts.redisUrl}: ${(e as Error).message}`);
-  }
   const targets = new Map<string, Redis>();
   const target = (host: string, port: number, db: number, password?: string | null): Redis => {
     const key = `${host}:${port}/${db}`;
@@ -211,7 +214,8 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
       const j = (await res.body.json()) as { tokens?: number[] };
       if (res.statusCode !== 200 || !Array.isArray(j.tokens)) throw new KdnError(502, `kdn: tokenize via ${opts.tokenizeUrl} failed (HTTP ${res.statusCode})`);
       ids = j.tokens;
-    } else ids = format === 'chat-system' ? encodeSystemPrefix(text) : encodePrompt(text, true);
+    } else ids = format === 'chat-system' ? await encodeSystemPrefixAsync(text) : await encodePromptAsync(text, true);
+    if (ids.length > maxDocTokens) throw new KdnError(422, `register_text: content: the document has ${ids.length} tokens, more than this KDN accepts (${maxDocTokens}, --max-document-tokens)`);
     return { ids, keyed: format === 'chat-system' ? ids : ids.slice(0, -1) };
   };
 
@@ -260,12 +264,15 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
   const pick = (o: Record<string, unknown>, fields: string[] | null | undefined, always: string[]): Record<string, unknown> =>
     fields && fields.length ? Object.fromEntries(Object.entries(o).filter(([k]) => fields.includes(k) || always.includes(k))) : o;
 
-  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 256 * 1024 * 1024, forceCloseConnections: 'idle' });
+  // JSON-escaped text can be up to 6 bytes per byte (\\u00XX); the content itself is checked below
+  const bodyLimit = 6 * maxDocBytes + 64 * 1024;
+  const app = Fastify({ logger: opts.logger ?? false, bodyLimit, forceCloseConnections: 'idle' });
   acceptAnyJson(app, (msg) => new KdnError(400, msg));
   app.setErrorHandler((err, _req, reply) => {
     const e = err as { status?: number; statusCode?: number; message: string };
     const status = err instanceof KdnError ? err.status : typeof e.statusCode === 'number' && e.statusCode < 500 ? e.statusCode : 500;
-    void reply.status(status).send({ detail: e.message });
+    const msg = status === 413 && !(err instanceof KdnError) ? `request body is larger than ${bodyLimit} bytes (this KDN takes documents of at most ${maxDocBytes} bytes, --max-document-bytes)` : e.message;
+    void reply.status(status).send({ detail: msg });
   });
   app.setNotFoundHandler((_req, reply) => void reply.status(404).send({ detail: 'Not Found' }));
 
@@ -276,6 +283,8 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     const b = parse(registerSchema, req.body, 'register_text');
     const text = normaliseKnowledge(b.content);
     if (!text) throw new KdnError(400, 'register_text: content: must not be empty after normalisation');
+    const bytes = Buffer.byteLength(text, 'utf8');
+    if (bytes > maxDocBytes) throw new KdnError(413, `register_text: content: the document has ${bytes} bytes, more than this KDN accepts (${maxDocBytes}, --max-document-bytes)`);
     const kid = knowledgeId(text);
     const format = b.format ?? defaultFormat;
     const now = Date.now();
@@ -509,6 +518,7 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
   };
 
   const host = opts.host ?? '127.0.0.1';
+  const releasePool = holdTokenizePool();
   await app.listen({ host, port: opts.port ?? 9101 });
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : (opts.port ?? 9101);
@@ -532,6 +542,7 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
         await closed;
         for (const r of targets.values()) await r.quit().catch(() => r.disconnect());
         await redis.quit().catch(() => redis.disconnect());
+        await releasePool();
       })()),
   };
 }

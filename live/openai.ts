@@ -65,6 +65,7 @@ const sampling = {
   presence_penalty: z.number().nullish(),
   frequency_penalty: z.number().nullish(),
   ignore_eos: z.boolean().nullish(),
+  include_stop_str_in_output: z.boolean().nullish(),
   min_tokens: int.min(0).nullish(),
   request_id: z.string().nullish(),
   user: z.string().nullish(),

@@ -299,19 +299,34 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayResult> {
     else active--;
   };
 
+  // the target does not know a knowledge id: every later request would fail the same way, so the
+  // replay stops at the first one (requests in flight are aborted, their records kept)
+  let stop: string | null = null;
+  const stopAll = new AbortController();
   const one = async (k: number): Promise<void> => {
     const req = requests[k]!;
     await slot();
+    if (stop) {
+      release();
+      return;
+    }
     const { path, body } = replayBody(req, opts);
     const tSend = clock();
     let rec: TimingRecord;
     try {
-      rec = await sendOne(base + path, body, req, tSend, clock, agent);
+      rec = await sendOne(base + path, body, req, tSend, clock, agent, stopAll.signal);
     } catch (e) {
-      rec = failedRecord(req, tSend, `request failed: ${(e as Error).message}`, null);
+      rec = failedRecord(req, tSend, stop ? `aborted: ${stop}` : `request failed: ${(e as Error).message}`, null);
+      if (stop) rec.status = 'aborted';
     } finally {
       release();
     }
+    if (!stop && rec.status === 'rejected' && (rec as TimingRecord & { unknownKnowledge?: string }).unknownKnowledge) {
+      const kid = (rec as TimingRecord & { unknownKnowledge?: string }).unknownKnowledge!;
+      stop = `${base} does not know knowledge id ${kid} (request ${req.id}): register the workload's documents in the target's KDN first (kvlab replay --register-kdn KDN_URL ...)`;
+      stopAll.abort();
+    }
+    delete (rec as TimingRecord & { unknownKnowledge?: string }).unknownKnowledge;
     records[k] = rec;
     recorder?.write(rec);
     done++;
@@ -319,17 +334,19 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayResult> {
   };
 
   const pending: Promise<void>[] = [];
-  for (let k = 0; k < requests.length; k++) {
+  for (let k = 0; k < requests.length && !stop; k++) {
     const dueWall = (requests[k]!.arrivalMs - first) / speed;
     const wait = dueWall - (performance.now() - t0);
     if (wait > 1) await sleep(wait);
+    if (stop) break;
     pending.push(one(k));
   }
   await Promise.all(pending);
   await agent.close();
   const wallMs = performance.now() - t0;
-  const summary = recorder ? recorder.close({ wall_ms: Math.round(wallMs) }) : null;
-  return { records, summary, outDir: recorder?.dir, wallMs };
+  const summary = recorder ? recorder.close({ wall_ms: Math.round(wallMs), ...(stop ? { stopped: stop } : {}) }) : null;
+  if (stop) throw new Error(`replay stopped after ${done} of ${requests.length} requests: ${stop}${recorder ? `; records so far in ${recorder.dir}` : ''}`);
+  return { records: records.filter(Boolean), summary, outDir: recorder?.dir, wallMs };
 }
 
 function failedRecord(req: TraceRequest, tSend: number, error: string, h: DecisionHeader | null): TimingRecord {
@@ -356,8 +373,8 @@ function decisionOf(h: DecisionHeader): TimingRecord['decision'] {
 }
 
 /** Sends one streamed request and builds its record. */
-async function sendOne(url: string, body: Record<string, unknown>, req: TraceRequest, tSend: number, clock: () => number, agent: Agent): Promise<TimingRecord> {
-  const res = await request(url, { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': req.id }, body: JSON.stringify(body), dispatcher: agent });
+async function sendOne(url: string, body: Record<string, unknown>, req: TraceRequest, tSend: number, clock: () => number, agent: Agent, signal: AbortSignal): Promise<TimingRecord> {
+  const res = await request(url, { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': req.id }, body: JSON.stringify(body), dispatcher: agent, signal });
   const hv = res.headers['x-kvlab-decision'];
   let h: DecisionHeader | null = null;
   if (typeof hv === 'string') {
@@ -370,12 +387,17 @@ async function sendOne(url: string, body: Record<string, unknown>, req: TraceReq
   if (res.statusCode !== 200) {
     const text = await res.body.text();
     let msg = text.slice(0, 300);
+    let param: string | null | undefined;
     try {
-      msg = (JSON.parse(text) as { error?: { message?: string } }).error?.message ?? msg;
+      const e = (JSON.parse(text) as { error?: { message?: string; param?: string | null } }).error;
+      msg = e?.message ?? msg;
+      param = e?.param;
     } catch {
       /* keep text */
     }
-    return { ...failedRecord(req, tSend, `HTTP ${res.statusCode}: ${msg}`, h), status: res.statusCode >= 500 ? 'failed' : 'rejected' };
+    const rec: TimingRecord & { unknownKnowledge?: string } = { ...failedRecord(req, tSend, `HTTP ${res.statusCode}: ${msg}`, h), status: res.statusCode >= 500 ? 'failed' : 'rejected' };
+    if (res.statusCode === 404 && (param === 'knowledge_ids' || param === 'knowledge_id')) rec.unknownKnowledge = /unknown knowledge ids?: ([^\s(,]+)/.exec(msg)?.[1] ?? req.knowledge[0]?.kid ?? '?';
+    return rec;
   }
   const sse = new SseSplitter();
   const dec = new TextDecoder();

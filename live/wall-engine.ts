@@ -59,6 +59,8 @@ export class WallClockEngine {
   private readonly delivery: Array<{ dueWall: number; run: () => void }> = [];
   private deliveryTimer: NodeJS.Timeout | undefined;
   private readonly entryTimers = new Set<NodeJS.Timeout>();
+  /** aborts asked while a step was running, applied at its end. */
+  private pendingAborts: string[] = [];
   private closed = false;
 
   constructor(
@@ -120,7 +122,7 @@ export class WallClockEngine {
     if (this.served === 0 && (this.opts.coldStart ?? true)) entry += this.spec.profile.coldStartMs;
     this.served++;
     const enter = (): void => {
-      if (this.closed) return;
+      if (this.closed || !this.sinks.has(req.id)) return; // aborted during the frontend delay
       if (!this.core.add(req, this.nowModel())) {
         this.sinks.delete(req.id);
         sink.failed('rejected by the instance model');
@@ -165,6 +167,10 @@ export class WallClockEngine {
       if (this.closed) return;
       if ((end - this.nowModel()) / this.timeScale > 0.25) return this.armStep(end);
       this.finish(end);
+      if (this.pendingAborts.length) {
+        for (const id of this.pendingAborts) this.core.abort(id);
+        this.pendingAborts = [];
+      }
       this.kick(end);
     }, wall);
   }
@@ -222,6 +228,18 @@ export class WallClockEngine {
       while (this.delivery.length && this.delivery[0]!.dueWall <= now + 0.5) this.delivery.shift()!.run();
       this.armDelivery();
     }, Math.max(0, head.dueWall - performance.now()));
+  }
+
+  /**
+   * Aborts a submitted request (vLLM aborts a request whose client went away, or whose output
+   * matched a stop string): its sink gets nothing more and it leaves the instance model at the
+   * next step boundary (its KV memory released). Returns false when it already finished.
+   */
+  abort(id: string): boolean {
+    if (!this.sinks.delete(id)) return false;
+    if (this.core.busy) this.pendingAborts.push(id);
+    else this.core.abort(id);
+    return true;
   }
 
   /** Stops all timers and fails every unfinished request with `reason`. Idempotent. */

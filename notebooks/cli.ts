@@ -2,34 +2,27 @@
  * kvlab sub-commands of notebooks/: `report` (HTML/Markdown/SVG/PNG reports of runs, A/B
  * comparisons, sweeps and diffs) and `sweep` (parameter grids over the simulator, in parallel).
  */
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
+import { intArg, keyValueArg, outDirArg } from '../bin/options.js';
+import { checkWorkloadOptions } from '../traces/load.js';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { formatProgress, parseSeeds, parseVary, runSweep, type SweepProgress } from './sweep.js';
-
-function positiveInt(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer');
-  return n;
-}
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
 }
 
 /**
- * Parses KEY=VALUE options into an object (numbers and true/false parsed).
- * @throws Error naming the option for an entry without "=".
+ * Parses KEY=VALUE options into an object (numbers and true/false parsed, bin/options.ts
+ * `keyValueArg`).
+ * @throws Error naming the option for an entry without "=" or a key given twice.
  */
 export function parseKeyValues(list: readonly string[], option: string): Record<string, unknown> | undefined {
   if (list.length === 0) return undefined;
-  const out: Record<string, unknown> = {};
-  for (const kv of list) {
-    const i = kv.indexOf('=');
-    if (i <= 0) throw new Error(`${option} "${kv}": expected KEY=VALUE`);
-    const v = kv.slice(i + 1).trim();
-    out[kv.slice(0, i).trim()] = v === 'true' ? true : v === 'false' ? false : v !== '' && Number.isFinite(Number(v)) ? Number(v) : v;
-  }
+  const parse = keyValueArg(option);
+  let out: Record<string, unknown> = {};
+  for (const kv of list) out = parse(kv, out);
   return out;
 }
 
@@ -62,7 +55,7 @@ export function registerReportCommands(program: Command): void {
       ].join('\n'),
     )
     .argument('<inputs...>', 'run, ab or sweep directories, or diff.json files')
-    .requiredOption('-o, --out <dir>', 'output directory (created)')
+    .requiredOption('-o, --out <dir>', 'output directory (created)', outDirArg('--out'))
     .option('--title <text>', 'report title', 'kvlab report')
     .option('--request <id>', "request shown in the time-line chart (default: the slowest request's id)")
     .option('--request-strategy <name>', 'take the time-line request from runs of this strategy')
@@ -98,8 +91,9 @@ export function registerReportCommands(program: Command): void {
         '                 --trace: rate multiplier (timeScale = 1/rate)',
         '  kdn_gbps       KDN link bandwidth, Gbit/s (overrides.kdn_gbps)',
         '  instances      number of instances',
-        '  workload.NAME  a workload generator option (workloadOptions.NAME)',
-        '  anything else  passed to the simulator as overrides.NAME',
+        '  workload.NAME  a workload generator option (workloadOptions.NAME;',
+        '                 kvlab trace defaults lists them)',
+        'Any other name is an error.',
         'A failed run is recorded with its error and the sweep goes on; the exit',
         'code is then 1.',
       ].join('\n'),
@@ -110,20 +104,25 @@ export function registerReportCommands(program: Command): void {
     .option('--vary <name=values>', 'a grid dimension, repeatable: --vary rate=1,2,4,8 --vary kdn_gbps=1,10,100', collect, [])
     .option('--seeds <k|list>', 'number of seeds (1..K) or a list', '3')
     .option('--workload-opt <key=value>', 'a workload generator option, repeatable (e.g. requests=2000)', collect, [])
-    .option('--instances <n>', 'instances per run', positiveInt)
+    .option('--instances <n>', 'instances per run (at most 4096)', intArg('--instances', { min: 1, max: 4096, maxWhy: 'a resource bound: every instance keeps its own KV-cache model and prefix index' }))
     .option('--cluster <file>', 'cluster config file')
-    .option('--jobs <n>', `parallel runs (default: all cores, here ${availableParallelism()})`, positiveInt)
+    .option('--jobs <n>', `parallel runs (default: all cores, here ${availableParallelism()})`, intArg('--jobs', { min: 1, max: 256 }))
     .option('--keep-runs', 'keep every run directory under OUT/runs/ (records, timeseries)')
     .option('--report', 'build a report of the sweep into OUT/report afterwards')
-    .requiredOption('-o, --out <dir>', 'output directory (created)')
+    .requiredOption('-o, --out <dir>', 'output directory (created)', outDirArg('--out'))
     .addHelpText('after', '\nExample:\n  kvlab sweep --trace trace.jsonl --strategies round-robin,kvlab --vary rate=1,2,4,8 --vary kdn_gbps=1,10,100 --seeds 3 --out runs/sweep')
     .action(
       async (o: { trace?: string; workload?: 'synthetic' | 'nq'; workloadOpt: string[]; strategies: string; vary: string[]; seeds: string; instances?: number; cluster?: string; jobs?: number; keepRuns?: boolean; report?: boolean; out: string }) => {
         const strategies = o.strategies.split(',').map((s) => s.trim()).filter(Boolean);
+        const { STRATEGY_NAMES } = await import('../engine/strategies/index.js');
+        for (const st of strategies) if (!STRATEGY_NAMES.includes(st)) throw new Error(`--strategies: unknown strategy "${st}"; known: ${STRATEGY_NAMES.join(', ')}`);
+        const workloadOptions = parseKeyValues(o.workloadOpt, '--workload-opt');
+        if (workloadOptions && o.trace) throw new Error('--workload-opt applies to --workload, not to --trace');
+        if (workloadOptions) checkWorkloadOptions(o.workload ?? 'synthetic', workloadOptions, '--workload-opt');
         const spec = {
           trace: o.trace,
           workload: o.trace ? undefined : (o.workload ?? 'synthetic'),
-          workloadOptions: parseKeyValues(o.workloadOpt, '--workload-opt'),
+          workloadOptions,
           strategies,
           vary: parseVary(o.vary),
           seeds: parseSeeds(o.seeds),

@@ -8,14 +8,16 @@
  *   rate multiplier (timeScale = 1 / rate: rate 2 replays the trace twice as fast);
  * - `kdn_gbps`: overrides.kdn_gbps (KDN link bandwidth, Gbit/s);
  * - `instances`: the instance count;
- * - `workload.NAME`: workloadOptions.NAME (e.g. workload.docMedianTokens);
- * - anything else: overrides.NAME.
+ * - `workload.NAME`: workloadOptions.NAME (e.g. workload.docMedianTokens; NAME must be an option
+ *   of the workload, `kvlab trace defaults` lists them);
+ * - anything else is an error naming the known parameters (a typo would give identical points).
  */
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
+import { checkWorkloadOptions } from '../traces/load.js';
 import { loadSimulator, type SimOptions, type SimResult, type SimRunner } from './sim-api.js';
 import type { SweepEntry, SweepParams } from './types.js';
 
@@ -87,6 +89,7 @@ export function parseSeeds(s: string): number[] {
   if (/^\d+$/.test(t)) {
     const k = Number(t);
     if (k < 1) throw new Error(`--seeds ${s}: need at least one seed`);
+    if (k > 1000) throw new Error(`--seeds ${s}: at most 1000 seeds`);
     return Array.from({ length: k }, (_, i) => i + 1);
   }
   if (/^\d+(\s*,\s*\d+)+$/.test(t)) return t.split(',').map((x) => Number(x.trim()));
@@ -112,9 +115,13 @@ export function paramSlug(p: SweepParams): string {
   return s || 'base';
 }
 
+/** The parameters `--vary` accepts (besides `workload.NAME`). */
+export const SWEEP_AXES = ['rate', 'kdn_gbps', 'instances'] as const;
+
 /**
  * The simulator options of one grid point (see the file comment for the mapping).
- * @throws Error when `rate` is not a positive number.
+ * @throws Error naming the parameter: unknown name, `rate`/`kdn_gbps` not a positive number,
+ *   `instances` not an integer in 1..4096, `workload.NAME` not an option of the workload.
  */
 export function toSimOptions(spec: SweepSpec, params: SweepParams, strategy: string, seed: number): SimOptions {
   const o: SimOptions = { strategy, seed };
@@ -130,13 +137,17 @@ export function toSimOptions(spec: SweepSpec, params: SweepParams, strategy: str
       if (spec.trace) o.timeScale = 1 / v;
       else wl['rate'] = v;
     } else if (k === 'kdn_gbps') {
+      if (typeof v !== 'number' || !(v > 0)) throw new Error(`--vary kdn_gbps must be positive numbers, got ${JSON.stringify(v)}`);
       ov['kdn_gbps'] = v;
     } else if (k === 'instances') {
-      if (typeof v !== 'number') throw new Error(`instances must be a number, got ${JSON.stringify(v)}`);
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1 || v > 4096) throw new Error(`--vary instances must be integers in 1..4096, got ${JSON.stringify(v)}`);
       o.instances = v;
     } else if (k.startsWith('workload.')) {
-      wl[k.slice('workload.'.length)] = v;
-    } else ov[k] = v;
+      if (spec.trace) throw new Error(`--vary ${k}: workload options apply to --workload runs, not to --trace`);
+      const name = k.slice('workload.'.length);
+      checkWorkloadOptions(spec.workload ?? 'synthetic', { [name]: v }, '--vary workload.');
+      wl[name] = v;
+    } else throw new Error(`--vary ${k}: unknown parameter (known: ${SWEEP_AXES.join(', ')}, workload.<option>)`);
   }
   if (!spec.trace && Object.keys(wl).length) o.workloadOptions = wl;
   if (Object.keys(ov).length) o.overrides = ov;
@@ -152,6 +163,9 @@ export function toSimOptions(spec: SweepSpec, params: SweepParams, strategy: str
 export function planJobs(spec: SweepSpec): SweepJob[] {
   if (spec.strategies.length === 0) throw new Error('sweep: no strategy (--strategies a,b,c)');
   if (spec.seeds.length === 0) throw new Error('sweep: no seed (--seeds K)');
+  const points = Object.values(spec.vary).reduce((a, v) => a * Math.max(1, v.length), 1);
+  const total = points * spec.strategies.length * spec.seeds.length;
+  if (total > 100_000) throw new Error(`sweep: ${total} runs (${points} grid points × ${spec.strategies.length} strategies × ${spec.seeds.length} seeds); at most 100,000 per sweep`);
   const jobs: SweepJob[] = [];
   for (const params of expandGrid(spec.vary)) {
     for (const strategy of spec.strategies) {

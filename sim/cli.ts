@@ -2,43 +2,31 @@
  * `kvlab sim`, `kvlab ab`, `kvlab strategies` (and `kvlab profile ...` from sim/calibrate.ts).
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { STRATEGY_NAMES } from '../engine/strategies/index.js';
-import { WORKLOAD_NAMES, type WorkloadName } from '../traces/load.js';
+import { intArg, keyValueArg, numberArg, outDirArg, seedArg } from '../bin/options.js';
+import { checkStrategyParams, STRATEGY_NAMES } from '../engine/strategies/index.js';
+import { checkWorkloadOptions, WORKLOAD_NAMES, type WorkloadName } from '../traces/load.js';
 import { runAb, runSim, type RunOptions, type Summary } from './run.js';
 
-/** Parses a positive number option. */
-export function positive(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number (got "${v}")`);
-    return n;
-  };
+/** Parses a positive number option (bin/options.ts `numberArg`, > 0). */
+export function positive(name: string): (v: string) => number {
+  return numberArg(name, { min: 0, minExclusive: true });
 }
 
-/** Parses a positive integer option. */
-export function positiveInt(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer (got "${v}")`);
-    return n;
-  };
+/** Parses a positive integer option (bin/options.ts `intArg`, >= 1). */
+export function positiveInt(name: string): (v: string) => number {
+  return intArg(name, { min: 1 });
 }
 
 /** Parses --kv-capacity-tokens N|inf. */
-export function capacityArg(v: string): number {
-  if (v === 'inf' || v === 'infinity' || v === 'Infinity') return Infinity;
-  return positive('--kv-capacity-tokens')(v);
-}
+export const capacityArg = intArg('--kv-capacity-tokens', { min: 1, allowInfinity: true });
 
-/** Parses repeated --workload-opt key=value into an object (numbers parsed). */
-function kvPairs(v: string, prev: Record<string, unknown> = {}): Record<string, unknown> {
-  const i = v.indexOf('=');
-  if (i <= 0) throw new InvalidArgumentError(`expected key=value (got "${v}")`);
-  const k = v.slice(0, i);
-  const raw = v.slice(i + 1);
-  const n = Number(raw);
-  return { ...prev, [k]: raw !== '' && Number.isFinite(n) ? n : raw === 'true' ? true : raw === 'false' ? false : raw };
-}
+/**
+ * Largest `--instances`: a resource bound (each instance carries its own KV-cache model, queues and
+ * prefix index), far above any cluster the bundled profiles describe.
+ */
+export const MAX_INSTANCES = 4096;
+/** Largest `--seeds`: every seed is a full run of every strategy. */
+export const MAX_SEEDS = 1000;
 
 function workloadArg(v: string): WorkloadName {
   if (!(WORKLOAD_NAMES as readonly string[]).includes(v)) throw new InvalidArgumentError(`--workload must be one of ${WORKLOAD_NAMES.join(', ')}`);
@@ -56,22 +44,38 @@ function strategiesArg(v: string): string[] {
   return list;
 }
 
+/**
+ * Checks the input flags before any work: --trace and --workload are exclusive, workload
+ * options must be known names of that workload (traces/load.ts `checkWorkloadOptions`).
+ * @throws Error naming the flag
+ */
+function checkInputs(o: Record<string, any>): void {
+  if (o.trace && o.workload) throw new Error('give --trace or --workload, not both');
+  if (o.workloadOpt && o.trace) throw new Error('--workload-opt applies to --workload, not to --trace');
+  if (o.workloadOpt) checkWorkloadOptions(o.workload ?? 'synthetic', o.workloadOpt, '--workload-opt');
+}
+
+/** Warns on stderr about what the loader changed (arrivals out of order, sorted). */
+export function inputWarnings(s: Pick<Summary, 'reordered_arrivals' | 'trace'>): void {
+  if (s.reordered_arrivals > 0) process.stderr.write(`warning: ${s.trace}: ${s.reordered_arrivals} request(s) arrived before an earlier line's timestamp; sorted by arrival (summary.json reordered_arrivals)\n`);
+}
+
 /** Shared input/cluster flags of sim and ab. */
 function addCommon(c: Command): Command {
   return c
     .option('--trace <file>', 'trace file: Mooncake .jsonl, Azure/Splitwise .csv, or a CacheRoute NQ directory')
     .addOption(new Option('--workload <name>', `built-in workload when no --trace (${WORKLOAD_NAMES.join('|')})`).argParser(workloadArg))
-    .option('--workload-opt <key=value>', 'workload generator option, repeatable (e.g. rate=2 requests=500)', kvPairs)
-    .option('--instances <n>', 'number of instances (default 16 for Mooncake traces, else 4)', positiveInt('--instances'))
+    .option('--workload-opt <key=value>', 'workload generator option, repeatable (e.g. rate=2 requests=500; kvlab trace defaults lists them)', keyValueArg('--workload-opt'))
+    .option('--instances <n>', `number of instances (default 16 for Mooncake traces, else 4; at most ${MAX_INSTANCES})`, intArg('--instances', { min: 1, max: MAX_INSTANCES, maxWhy: 'a resource bound: every instance keeps its own KV-cache model and prefix index' }))
     .option('--profile <name|file>', 'instance profile (default h100x8-llama3-70b for Mooncake, else rtx5090x8-llama3-70b)')
     .option('--kv-capacity-tokens <n|inf>', 'KV capacity per instance in tokens (default: from the profile)', capacityArg)
     .option('--kdn-gbps <x>', 'KDN->instance link bandwidth, Gbit/s (default 10)', positive('--kdn-gbps'))
-    .option('--kv-event-delay-ms <ms>', 'delay of KV events back to the engine (default 0)', (v) => Number(v))
+    .option('--kv-event-delay-ms <ms>', 'delay of KV events back to the engine (default 0)', numberArg('--kv-event-delay-ms', { min: 0 }))
     .option('--time-scale <x>', 'multiply arrival times by x (1000 spreads arrivals out)', positive('--time-scale'))
     .option('--cluster <file>', 'cluster file (YAML or JSON): instances, KDNs, links, strategy parameters')
     .option('--skip-bad-lines', 'skip and count malformed trace lines instead of stopping')
     .option('--limit <n>', 'only the first n requests of the trace', positiveInt('--limit'))
-    .option('--noise-cv <x>', 'step-time noise coefficient of variation (default 0.02)', (v) => Number(v))
+    .option('--noise-cv <x>', 'step-time noise coefficient of variation (default 0.02)', numberArg('--noise-cv', { min: 0 }))
     .option('--quiet', 'no progress on stderr');
 }
 
@@ -125,6 +129,7 @@ export function summaryText(s: Summary): string {
     `intents ${Object.entries(s.intent_mix).map(([k, v]) => `${k}=${v}`).join(' ')}  KV bytes moved ${s.kv_bytes_moved}`,
     `simulated ${s.requests} requests in ${s.wall_ms} ms (${s.sim_requests_per_s} req/s)`,
   ];
+  if (s.reordered_arrivals > 0) lines.push(`reordered ${s.reordered_arrivals} request(s) whose timestamp was earlier than a previous line's (sorted by arrival)`);
   if (s.skipped_lines > 0) lines.push(`skipped ${s.skipped_lines} malformed trace line(s): ${s.skipped_reasons.slice(0, 3).join('; ')}${s.skipped_lines > 3 ? '; …' : ''}`);
   return lines.join('\n');
 }
@@ -170,11 +175,13 @@ export function registerSimCommands(program: Command): void {
       .command('sim')
       .description('Simulate one strategy on a trace or workload; writes records.jsonl, summary.json, timeseries.json, config.json')
       .addOption(new Option('--strategy <name>', `strategy (${STRATEGY_NAMES.join(', ')})`).argParser(strategyArg).default('kvlab'))
-      .option('--strategy-opt <key=value>', 'strategy parameter, repeatable', kvPairs)
-      .option('--seed <n>', 'seed', (v) => Number(v), 1)
-      .option('--out <dir>', 'run directory', 'runs/sim')
+      .option('--strategy-opt <key=value>', "strategy parameter, repeatable (checked against the strategy's schema)", keyValueArg('--strategy-opt'))
+      .option('--seed <n>', 'seed (integer >= 0)', seedArg, 1)
+      .option('--out <dir>', 'run directory', outDirArg('--out'), 'runs/sim')
       .option('--json', 'print summary.json to stdout instead of the text summary'),
   ).action(async (o) => {
+    checkStrategyParams(o.strategy, o.strategyOpt ?? {});
+    checkInputs(o);
     const res = await runSim({
       ...inputAndCluster(o),
       strategy: o.strategy,
@@ -184,6 +191,7 @@ export function registerSimCommands(program: Command): void {
       onProgress: progress(`sim ${o.strategy}`, !!o.quiet),
     });
     if (!o.quiet && process.stderr.isTTY) process.stderr.write('\n');
+    inputWarnings(res.summary);
     if (o.json) process.stdout.write(JSON.stringify(res.summary, null, 1) + '\n');
     else process.stdout.write(summaryText(res.summary) + `\nwrote ${res.outDir}\n`);
   });
@@ -193,11 +201,12 @@ export function registerSimCommands(program: Command): void {
       .command('ab')
       .description('Run several strategies on the same schedule over K seeds; writes DIR/ab.json and prints a comparison table')
       .option('--strategies <list>', 'comma-separated strategies, first = baseline, or "all"', strategiesArg, ['round-robin', 'least-load', 'cacheroute', 'dynamo-kv', 'sglang-cache-aware', 'kvlab'])
-      .option('--seeds <k>', 'number of seeds (1..k)', positiveInt('--seeds'), 3)
-      .option('--out <dir>', 'output directory', 'runs/ab')
+      .option('--seeds <k>', `number of seeds (1..k, at most ${MAX_SEEDS})`, intArg('--seeds', { min: 1, max: MAX_SEEDS }), 3)
+      .option('--out <dir>', 'output directory', outDirArg('--out'), 'runs/ab')
       .option('--records', 'also write records.jsonl for every run')
       .option('--json', 'print ab.json to stdout instead of the table'),
   ).action(async (o) => {
+    checkInputs(o);
     const seeds = Array.from({ length: o.seeds }, (_, i) => i + 1);
     const total = seeds.length * o.strategies.length;
     let done = 0;
@@ -209,6 +218,7 @@ export function registerSimCommands(program: Command): void {
       out: o.out,
       records: !!o.records,
       onRun: (s, seed, sum) => {
+        if (done === 0) inputWarnings(sum);
         done++;
         if (!o.quiet) process.stderr.write(`[${done}/${total}] ${s} seed ${seed}: TTFT mean ${fmt(sum.ttft_ms.mean)} ms, ${sum.completed}/${sum.requests} completed (${sum.wall_ms} ms)\n`);
       },

@@ -19,6 +19,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { checkStrategyParams } from '../engine/strategies/index.js';
 import type { ClusterSpec, EngineSettings, KdnSpec, LinkSpec } from '../engine/types.js';
 import { instanceSpecFromProfile, loadProfile, loadSchemas } from './profiles.js';
 
@@ -35,8 +36,10 @@ export const KDN_DEFAULTS = {
 export const LINK_DEFAULTS: LinkSpec = { bandwidthGbps: 10, latencyMs: 0.5, efficiency: 0.825 };
 
 /**
- * Reads and validates a cluster file (YAML or JSON by content).
- * @throws Error "FILE: field.path: message" for schema errors, "FILE: ..." for parse errors.
+ * Reads and validates a cluster file (YAML or JSON by content), including every strategy's
+ * `strategyParams` against that strategy's parameter schema.
+ * @throws Error "FILE: field.path: message" for schema errors and bad strategy parameters,
+ *   "FILE: ..." for parse errors.
  */
 export function readClusterFile(file: string): ClusterFile {
   let text: string;
@@ -56,6 +59,14 @@ export function readClusterFile(file: string): ClusterFile {
   const s = loadSchemas();
   const r = s.clusterFileSchema.safeParse(obj ?? {});
   if (!r.success) throw new Error(s.formatZodError(file, r.error));
+  // strategy parameters: the one schema (engine/strategies/params.ts), at load time
+  for (const [name, params] of Object.entries(r.data.strategyParams ?? {})) {
+    try {
+      checkStrategyParams(name, params);
+    } catch (e) {
+      throw new Error(`${file}: strategyParams.${name}: ${(e as Error).message}`);
+    }
+  }
   return r.data;
 }
 

@@ -534,6 +534,27 @@ export class InstanceCore {
     return ev;
   }
 
+  /**
+   * Aborts a request between steps (vLLM `EngineCore.abort_requests`: the client went away or a
+   * stop string matched): it leaves the waiting / running queue and its KV memory is released
+   * (blocks it computed stay in the prefix cache). Its state is forgotten.
+   * @returns false when the request is unknown or already done
+   * @throws Error while a step is running (abort after `finishStep`)
+   */
+  abort(id: string): boolean {
+    if (this.busyFlag) throw new Error('InstanceCore: abort while a step is running');
+    const r = this.states.get(id);
+    if (!r || r.state === DONE) return false;
+    const queue = r.state === RUNNING ? this.running : this.waiting;
+    const at = queue.indexOf(r, r.state === RUNNING ? 0 : this.wHead);
+    if (at >= 0) queue.splice(at, 1);
+    r.state = DONE;
+    this.freeKv(r);
+    this.states.delete(id);
+    this.kv.flushEvents();
+    return true;
+  }
+
   /** Per-token prefill slope (ms/token) of this instance's profile. */
   msPerToken(): number {
     return slopeLast(this.model);

@@ -63,6 +63,8 @@ export interface Summary extends SummaryCore {
   /** malformed trace lines skipped (--skip-bad-lines) and the first reasons. */
   skipped_lines: number;
   skipped_reasons: string[];
+  /** requests whose arrival was earlier than a previous line's (the loader sorted them). */
+  reordered_arrivals: number;
 }
 
 /**
@@ -148,6 +150,7 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
     peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),
     skipped_lines: t.meta.skipped ?? 0,
     skipped_reasons: t.meta.skippedReasons ?? [],
+    reordered_arrivals: t.meta.reordered ?? 0,
   };
   if (outDir) {
     writeFileSync(join(outDir, 'summary.json'), JSON.stringify(summary, null, 1) + '\n');

@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { numberOption, parseLinkOverride, registerLiveCommands } from '../live/cli.js';
+import { intArg, numberArg } from '../bin/options.js';
+import { parseLinkOverride, registerLiveCommands } from '../live/cli.js';
 import { startTestRedis, type RedisServerHandle } from './helpers/redis.js';
 import { getText, postJson, sleep, testProfile } from './helpers/live.js';
 
@@ -53,10 +54,10 @@ async function run(args: string[]): Promise<{ url: string; done: Promise<unknown
 
 describe('option parsing', () => {
   it('number options name the flag', () => {
-    expect(numberOption('--port', 0, 65535, true)('8000')).toBe(8000);
-    expect(() => numberOption('--port', 0, 65535, true)('80.5')).toThrow('--port must be an integer in [0, 65535] (got "80.5")');
-    expect(() => numberOption('--time-scale', 1e-6)('')).toThrow(/--time-scale/);
-    expect(() => numberOption('--time-scale', 1e-6)('-1')).toThrow(/--time-scale must be a number >= 0.000001/);
+    expect(intArg('--port', { min: 0, max: 65535 })('8000')).toBe(8000);
+    expect(() => intArg('--port', { min: 0, max: 65535 })('80.5')).toThrow('--port must be an integer >= 0 and <= 65535 (got "80.5")');
+    expect(() => numberArg('--time-scale', { min: 1e-6 })('')).toThrow(/--time-scale/);
+    expect(() => numberArg('--time-scale', { min: 1e-6 })('-1')).toThrow(/--time-scale must be a number >= 0.000001/);
   });
   it('--link HOST:PORT[/DB]=GBPS,LATENCY,EFF', () => {
     expect(parseLinkOverride('127.0.0.1:6380/1=10,2.5,0.825')).toEqual(['127.0.0.1:6380/1', { bandwidthGbps: 10, latencyMs: 2.5, efficiency: 0.825 }]);

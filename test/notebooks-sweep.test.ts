@@ -71,11 +71,14 @@ describe('grid', () => {
     expect(() => planJobs(spec({ strategies: [] }))).toThrow(/no strategy/);
   });
 
-  it('maps rate to the workload rate or to a trace time scale, kdn_gbps and the rest to overrides', () => {
-    expect(toSimOptions(spec(), { rate: 4, kdn_gbps: 10, 'workload.docs': 50, instances: 8, policy: 'x' }, 'kvlab', 2)).toEqual({
+  it('maps rate to the workload rate or to a trace time scale, kdn_gbps to overrides; unknown parameters fail naming the known ones', () => {
+    expect(toSimOptions(spec(), { rate: 4, kdn_gbps: 10, 'workload.docs': 50, instances: 8 }, 'kvlab', 2)).toEqual({
       strategy: 'kvlab', seed: 2, workload: 'synthetic', instances: 8,
-      workloadOptions: { rate: 4, docs: 50 }, overrides: { kdn_gbps: 10, policy: 'x' },
+      workloadOptions: { rate: 4, docs: 50 }, overrides: { kdn_gbps: 10 },
     });
+    expect(() => toSimOptions(spec(), { rat: 1 }, 'kvlab', 1)).toThrow(/--vary rat: unknown parameter \(known: rate, kdn_gbps, instances, workload\.<option>\)/);
+    expect(() => toSimOptions(spec(), { 'workload.bogus': 1 }, 'kvlab', 1)).toThrow(/bogus: not an option of the synthetic workload/);
+    expect(() => toSimOptions(spec(), { instances: 0 }, 'kvlab', 1)).toThrow(/instances must be integers/);
     const t = toSimOptions(spec({ trace: '/t.jsonl', workload: undefined }), { rate: 4 }, 'kvlab', 1);
     expect(t).toEqual({ strategy: 'kvlab', seed: 1, trace: '/t.jsonl', timeScale: 0.25 });
     expect(() => toSimOptions(spec(), { rate: 0 }, 'kvlab', 1)).toThrow(/rate must be a positive number/);

@@ -101,9 +101,14 @@ describe('loadTrace / loadWorkload', () => {
     expect(n.meta.format).toBe('nq');
   });
 
-  it('loadWorkload("synthetic") equals generateSynthetic with the same options', async () => {
-    const w = await loadWorkload('synthetic', { requests: 20, seed: 3, dir: 'ignored' });
+  it('loadWorkload("synthetic") equals generateSynthetic with the same options; unknown option names and wrong types fail naming them', async () => {
+    const w = await loadWorkload('synthetic', { requests: 20, seed: 3 });
     expect(w).toEqual(generateSynthetic({ requests: 20, seed: 3 }));
+    await expect(loadWorkload('synthetic', { requests: 20, dir: 'x' })).rejects.toThrow(/dir: not an option of the synthetic workload \(known: requests, rate, /);
+    await expect(loadWorkload('synthetic', { bogus: 1 } as never)).rejects.toThrow(/bogus: not an option/);
+    await expect(loadWorkload('synthetic', { rate: 'fast' } as never)).rejects.toThrow(/rate: expected a number, got "fast"/);
+    await expect(loadWorkload('synthetic', { arrival: 'uniform' } as never)).rejects.toThrow(/arrival: expected poisson or bursty/);
+    await expect(loadWorkload('synthetic', { requests: 1e9 })).rejects.toThrow(/requests: at most 10000000/);
     await expect(loadWorkload('other' as 'nq')).rejects.toThrow('unknown workload "other"');
   });
 });

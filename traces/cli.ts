@@ -1,26 +1,11 @@
 /**
  * `kvlab trace ...` sub-commands.
  */
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
+import { intArg, numberArg, seedArg } from '../bin/options.js';
 import { WORKLOAD_NAMES, loadTrace, loadWorkload, workloadDefaults, type WorkloadName } from './load.js';
 import { formatStatsTable, traceStats } from './stats.js';
 import type { LoadedTrace } from './schema.js';
-
-function num(name: string) {
-  return (v: string): number => {
-    const x = Number(v);
-    if (v.trim() === '' || !Number.isFinite(x)) throw new InvalidArgumentError(`${name} must be a number`);
-    return x;
-  };
-}
-
-function int(name: string) {
-  return (v: string): number => {
-    const x = Number(v);
-    if (!Number.isSafeInteger(x) || x < 1) throw new InvalidArgumentError(`${name} must be a positive integer`);
-    return x;
-  };
-}
 
 interface StatsFlags {
   workload?: WorkloadName;
@@ -28,7 +13,7 @@ interface StatsFlags {
   skipBadLines?: boolean;
   timeScale?: number;
   limit?: number;
-  seed?: string;
+  seed?: number;
   requests?: number;
   rate?: number;
   zipfS?: number;
@@ -69,17 +54,18 @@ export function registerTraceCommands(program: Command): void {
     .addOption(new Option('--workload <name>', 'built-in workload instead of FILE').choices([...WORKLOAD_NAMES]))
     .option('--json', 'print one JSON object')
     .option('--skip-bad-lines', 'skip and count malformed lines instead of failing')
-    .option('--time-scale <x>', 'multiply arrival times by X', num('--time-scale'))
-    .option('--limit <n>', 'read at most N requests of FILE', int('--limit'))
-    .option('--seed <seed>', 'seed of a generated workload')
-    .option('--requests <n>', 'requests of a generated workload', int('--requests'))
-    .option('--rate <rps>', 'arrival rate of a generated workload, req/s', num('--rate'))
-    .option('--zipf-s <s>', 'Zipf popularity exponent of a generated workload', num('--zipf-s'))
+    .option('--time-scale <x>', 'multiply arrival times by X', numberArg('--time-scale', { min: 0, minExclusive: true }))
+    .option('--limit <n>', 'read at most N requests of FILE', intArg('--limit'))
+    .option('--seed <n>', 'seed of a generated workload (integer >= 0)', seedArg)
+    .option('--requests <n>', 'requests of a generated workload', intArg('--requests'))
+    .option('--rate <rps>', 'arrival rate of a generated workload, req/s', numberArg('--rate', { min: 0, minExclusive: true }))
+    .option('--zipf-s <s>', 'Zipf popularity exponent of a generated workload', numberArg('--zipf-s', { min: 0 }))
     .option('--arrival <kind>', 'arrival process: poisson, bursty (synthetic), uniform (nq)')
     .option('--dir <path>', 'NQ workload directory for --workload nq')
     .action(async (file: string | undefined, flags: StatsFlags) => {
       const t = await loadFor(file, flags);
       const stats = traceStats(t.requests, t.meta);
+      if (t.meta.reordered > 0) process.stderr.write(`warning: ${t.meta.file || t.meta.name}: ${t.meta.reordered} request(s) arrived before an earlier line's timestamp; sorted by arrival\n`);
       if (flags.json) {
         process.stdout.write(`${JSON.stringify({ name: t.meta.name, format: t.meta.format, ...stats })}\n`);
       } else {

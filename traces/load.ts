@@ -44,18 +44,59 @@ export function detectFormat(path: string): Exclude<TraceFormat, 'synthetic'> {
  * Loads a trace file or workload directory, detecting its format ({@link detectFormat}).
  * For an NQ directory, `timeScale` and the NQ options apply (`skipBadLines`, `limit` do not:
  * use `requests`).
- * @throws Error for a missing path or unknown format; TraceError for bad records.
+ * @throws Error for a missing path, an unknown format or a trace without requests; TraceError for bad records.
  */
 export async function loadTrace(path: string, opts: TraceOptions = {}): Promise<LoadedTrace> {
   const format = detectFormat(path);
+  let t: LoadedTrace;
   switch (format) {
     case 'mooncake':
-      return loadMooncake(path, opts);
+      t = await loadMooncake(path, opts);
+      break;
     case 'csv':
-      return loadCsv(path, opts);
+      t = await loadCsv(path, opts);
+      break;
     case 'nq':
-      return loadNq(path, stripUndefined(opts));
+      t = await loadNq(path, stripUndefined(opts));
+      break;
   }
+  if (t.requests.length === 0) {
+    throw new Error(`${path}: the trace has no requests${t.meta.skipped > 0 ? ` (all ${t.meta.skipped} line(s) were malformed and skipped; first: ${t.meta.skippedReasons[0] ?? '?'})` : t.meta.lines > 0 ? ` (${t.meta.lines} line(s) read)` : ' (empty file)'}`);
+  }
+  return t;
+}
+
+/** Largest `requests` of a generated workload (a resource bound: every request is kept in memory). */
+export const MAX_WORKLOAD_REQUESTS = 10_000_000;
+
+/**
+ * Checks workload options before generating: every name must be an option of that workload
+ * (`kvlab trace defaults --workload NAME` lists them; `dir` for nq), numbers must be finite
+ * numbers, `arrival` one of the workload's processes, `requests` at most
+ * {@link MAX_WORKLOAD_REQUESTS}. Ranges are checked by the generators themselves.
+ * @param flag how the options were given, for the message (e.g. "--workload-opt")
+ * @throws Error naming the option
+ */
+export function checkWorkloadOptions(name: WorkloadName, opts: Record<string, unknown>, flag = 'workload option'): void {
+  const defaults = workloadDefaults(name) as unknown as Record<string, unknown>;
+  const known = [...Object.keys(defaults), ...(name === 'nq' ? ['dir'] : [])];
+  const f = (k: string): string => `${flag}${flag.endsWith('.') ? '' : ' '}${k}`;
+  for (const [k, v] of Object.entries(opts)) {
+    if (v === undefined) continue;
+    if (!known.includes(k)) throw new Error(`${f(k)}: not an option of the ${name} workload (known: ${known.join(', ')})`);
+    if (k === 'seed') {
+      if (!(typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v)))) throw new Error(`${f('seed')}: expected a number or a string, got ${JSON.stringify(v)}`);
+    } else if (k === 'dir') {
+      if (typeof v !== 'string') throw new Error(`${f('dir')}: expected a directory path, got ${JSON.stringify(v)}`);
+    } else if (k === 'arrival') {
+      const ok = name === 'synthetic' ? ['poisson', 'bursty'] : ['poisson', 'uniform'];
+      if (typeof v !== 'string' || !ok.includes(v)) throw new Error(`${f('arrival')}: expected ${ok.join(' or ')}, got ${JSON.stringify(v)}`);
+    } else if (typeof defaults[k] === 'number' && (typeof v !== 'number' || !Number.isFinite(v))) {
+      throw new Error(`${f(k)}: expected a number, got ${JSON.stringify(v)}`);
+    }
+  }
+  const n = opts.requests;
+  if (typeof n === 'number' && n > MAX_WORKLOAD_REQUESTS) throw new Error(`${f('requests')}: at most ${MAX_WORKLOAD_REQUESTS} (got ${n}; a resource bound: every request is kept in memory)`);
 }
 
 /** Options of {@link loadWorkload}: the chosen generator's options, plus `dir` for NQ. */
@@ -85,12 +126,13 @@ export function defaultNqDir(): string {
 
 /**
  * Generates a built-in workload: `synthetic` ({@link generateSynthetic}) or `nq`
- * ({@link loadNq} on `opts.dir` or {@link defaultNqDir}). Unknown option keys for the chosen
- * workload are ignored.
- * @throws Error for an unknown name or a missing NQ directory; RangeError on bad options.
+ * ({@link loadNq} on `opts.dir` or {@link defaultNqDir}).
+ * @throws Error for an unknown name, an unknown option name or a wrong type ({@link checkWorkloadOptions}),
+ *   or a missing NQ directory; RangeError on bad option values.
  */
 export async function loadWorkload(name: WorkloadName, opts: WorkloadOptions = {}): Promise<LoadedTrace> {
   const o = stripUndefined(opts) as Record<string, unknown>;
+  if (name === 'synthetic' || name === 'nq') checkWorkloadOptions(name, o);
   if (name === 'synthetic') return generateSynthetic(pickKeys(o, SYNTHETIC_DEFAULTS));
   if (name === 'nq') return loadNq(opts.dir ?? defaultNqDir(), pickKeys(o, NQ_DEFAULTS));
   throw new Error(`unknown workload ${JSON.stringify(name)} (expected ${WORKLOAD_NAMES.join(' or ')})`);
