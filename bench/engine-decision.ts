@@ -8,7 +8,7 @@
  * conversations extending earlier turns); requests are 2..64-block prompts (512-token blocks)
  * drawn from the same chains, so lookups walk real matches.
  *
- * Usage: node --expose-gc dist/bench/engine-decision.js [--decisions N] [--strategies a,b]
+ * Usage: node --expose-gc dist/bench/engine-decision.js [--decisions N] [--strategies a,b:param=value]
  * Latencies are steady state: 10,000 warm-up decisions (JIT, GC after the index fill) come first.
  */
 import { Engine } from '../engine/engine.js';
@@ -24,7 +24,7 @@ const opt = (name: string, def: string): string => {
 const N_INST = 64;
 const TARGET_ENTRIES = 1_000_000;
 const decisions = Number(opt('decisions', '50000'));
-const strategies = opt('strategies', 'kvlab,dynamo-kv,sglang-cache-aware,least-load,cacheroute').split(',');
+const strategies = opt('strategies', 'kvlab,dynamo-kv,sglang-router,least-load,cacheroute,mooncake,llm-d').split(',');
 
 // deterministic LCG so every run measures the same work
 let seed = 12345;
@@ -82,9 +82,12 @@ function pct(xs: number[], p: number): number {
 
 console.log(`| strategy | instances | indexed blocks | decisions | decide p50 (µs) | decide p99 (µs) | decide+dispatch p50 (µs) | decide+dispatch p99 (µs) |`);
 console.log(`|---|---|---|---|---|---|---|---|`);
-for (const name of strategies) {
+for (const spec of strategies) {
+  // NAME or NAME:key=value:key=value (strategy parameters)
+  const [name, ...kv] = spec.split(':') as [string, ...string[]];
+  const params = Object.fromEntries(kv.map((x) => x.split('=') as [string, string]));
   seed = 12345;
-  const e = new Engine(cluster, createStrategy(name), { seed: 1 });
+  const e = new Engine(cluster, createStrategy(name, params), { seed: 1 });
   const entries = fill(e);
   const reqs = Array.from({ length: decisions }, (_, k) => request(k));
   // warm-up: JIT, and the old-generation GC that follows filling a 1M-entry index (measured
@@ -94,7 +97,7 @@ for (const name of strategies) {
     const d = e.decide(r, k);
     if (k % 4 === 0) {
       e.onDispatch({ ...r, id: `w${k}` }, { ...d, requestId: `w${k}` }, k);
-      e.onComplete(`w${k}`, k);
+      e.onComplete(`w${k}`, k, 200 + (k % 300));
     }
   }
   settleGc();
@@ -109,11 +112,11 @@ for (const name of strategies) {
     const t2 = process.hrtime.bigint();
     dec.push(Number(t1 - t0) / 1000);
     both.push(Number(t2 - t0) / 1000);
-    if (k >= 256) e.onComplete(reqs[k - 256]!.id, 10_000 + k); // keep ~256 in flight
+    if (k >= 256) e.onComplete(reqs[k - 256]!.id, 10_000 + k, 200 + (k % 300)); // keep ~256 in flight
   }
   const half = (xs: number[], h: 0 | 1) => xs.slice(h * (xs.length >> 1), (h + 1) * (xs.length >> 1)).sort((a, b) => a - b);
   if (process.env.KVLAB_BENCH_HALVES) console.log(`${name}: p99 first half ${pct(half(dec, 0), 0.99).toFixed(1)}, second half ${pct(half(dec, 1), 0.99).toFixed(1)}`);
   dec.sort((a, b) => a - b);
   both.sort((a, b) => a - b);
-  console.log(`| ${name} | ${N_INST} | ${entries} | ${decisions} | ${pct(dec, 0.5).toFixed(1)} | ${pct(dec, 0.99).toFixed(1)} | ${pct(both, 0.5).toFixed(1)} | ${pct(both, 0.99).toFixed(1)} |`);
+  console.log(`| ${spec} | ${N_INST} | ${entries} | ${decisions} | ${pct(dec, 0.5).toFixed(1)} | ${pct(dec, 0.99).toFixed(1)} | ${pct(both, 0.5).toFixed(1)} | ${pct(both, 0.99).toFixed(1)} |`);
 }

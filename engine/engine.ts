@@ -8,9 +8,10 @@
 import seedrandom from 'seedrandom';
 import { LinkBook } from './links.js';
 import { LoadBook, type InstanceLoad } from './load.js';
+import { OutputLengthPredictor, type OutputLengthOptions } from './output-length.js';
 import { emptyPrediction, predictInto, type PredictInput, type Prediction } from './predict.js';
 import { PrefixIndex } from './prefix-index.js';
-import type { Alternative, ClusterSpec, Decision, EngineRequest, Intent, KvEvent } from './types.js';
+import type { Alternative, CausalRequest, ClusterSpec, Decision, EngineRequest, InstanceMetrics, Intent, KvEvent, LinkSpec } from './types.js';
 
 /** The KDN chosen to serve a request's knowledge on one instance. */
 export interface KdnChoice {
@@ -23,7 +24,13 @@ export interface KdnChoice {
 /** Read-only view of the engine state for one decision. */
 export interface DecideContext {
   readonly now: number;
-  readonly req: EngineRequest;
+  /** the request, without its true output length (a router does not know it). */
+  readonly req: CausalRequest;
+  /**
+   * Output tokens the engine books for this request: the client's `max_tokens` when given,
+   * else the engine's output-length predictor (engine/output-length.ts).
+   */
+  readonly expectedOutputTokens: number;
   readonly cluster: ClusterSpec;
   /** number of instances. */
   readonly n: number;
@@ -42,10 +49,17 @@ export interface DecideContext {
   rng(): number;
   /** best KDN for instance i (max coverage, then least link wait); null when none or no knowledge. */
   kdnFor(i: number): KdnChoice | null;
+  /** the last scraped engine metrics of instance i (drivers feed them for strategies that ask); null before the first scrape. */
+  metrics(i: number): InstanceMetrics | null;
+  /** predicted wait (ms) for the instance->instance KV link from -> to. */
+  peerLinkWaitMs(from: number, to: number): number;
   /** predicted breakdown of an option; reuse defaults to the KDN's full coverage. */
   predict(i: number, intent: Intent, reuseTokens?: number): Prediction;
-  /** `predict` writing into `out` (no allocation). */
-  predictInto(out: Prediction, i: number, intent: Intent, reuseTokens?: number): Prediction;
+  /**
+   * `predict` writing into `out` (no allocation). `peer` = a prefix moved from another instance
+   * first (Mooncake): its tokens are not recomputed, its raw KV crosses the peer link.
+   */
+  predictInto(out: Prediction, i: number, intent: Intent, reuseTokens?: number, peer?: { from: number; tokens: number }): Prediction;
 }
 
 /** What a strategy returns; the engine completes it into a Decision. */
@@ -56,8 +70,16 @@ export interface StrategyChoice {
   reuseTokens?: number;
   alternatives: Alternative[];
   reason: string;
-  /** the strategy's own prediction of the chosen option, when it computed one. */
+  /**
+   * the strategy's own prediction of the chosen option, when it computed one. The engine books
+   * its `workMs` as the instance's prefill backlog, so `backlogMs` follows the strategy's own
+   * estimates (CacheRoute's reservation timeline, Mooncake's queue time).
+   */
   prediction?: Prediction;
+  /** admission control: reject the request (not dispatched, counted as rejected), with the reason. */
+  reject?: string;
+  /** move `tokens` of prefix KV from instance `from` to the chosen instance before prefill. */
+  peer?: { from: number; tokens: number };
 }
 
 /** A named router + intent policy. Strategies may keep private state (affinity, trees). */
@@ -65,8 +87,22 @@ export interface Strategy {
   readonly name: string;
   decide(ctx: DecideContext): StrategyChoice;
   onDispatch?(ctx: DecideContext, d: Decision): void;
+  /** first token of `id` observed at `now` (ms). */
+  onFirstToken?(id: string, now: number): void;
+  /** `id` completed or aborted at `now` (ms). */
   onComplete?(id: string, now: number): void;
   onInstanceDown?(i: number): void;
+  /**
+   * A proxy in front of every instance forwards at most this many requests to it at once; the
+   * rest wait, FIFO, in the engine's per-instance queue (CacheRoute's READY_CONCURRENCY). Both
+   * drivers honour it through `Engine.forward` / `takeReleased`. Undefined = no cap.
+   */
+  readonly maxForwardPerInstance?: number;
+  /**
+   * The strategy scores on scraped engine metrics (`ctx.metrics`), refreshed every this many
+   * ms by the driver (llm-d: 50 ms). Undefined = it does not read them.
+   */
+  readonly metricsIntervalMs?: number;
 }
 
 /** Engine options. */
@@ -78,12 +114,20 @@ export interface EngineOptions {
    * Default true.
    */
   predictOnRoute?: boolean;
+  /** output-length predictor options (engine/output-length.ts defaults). */
+  outputLength?: Partial<OutputLengthOptions>;
 }
+
+/** Default instance->instance KV link: one 200 Gbit/s RDMA NIC (Mooncake's nodes have four), 0.01 ms, CacheRoute's 0.825 efficiency. */
+export const PEER_LINK_DEFAULT: LinkSpec = { bandwidthGbps: 200, latencyMs: 0.01, efficiency: 0.825 };
 
 interface Dispatched {
   instance: number;
   kdn: number;
   transferTokens: number;
+  inputTokens: number;
+  /** 0 = not yet asked to forward, 1 = forwarded to the instance, 2 = waiting in the proxy queue. */
+  fwd: 0 | 1 | 2;
 }
 
 /** The policy engine. */
@@ -91,17 +135,31 @@ export class Engine {
   readonly index: PrefixIndex;
   readonly loads: LoadBook;
   readonly links: LinkBook;
+  /** instance -> instance KV link reservations (links[from][to]). */
+  readonly peers: LinkBook;
   readonly up: boolean[];
+  /** learns output lengths from completions (used when a request has no max_tokens). */
+  readonly outputs: OutputLengthPredictor;
+  /** last scraped metrics per instance (null before the first). */
+  readonly metrics: (InstanceMetrics | null)[];
   private readonly rngFn: () => number;
   private readonly matchBuf: Int32Array;
   private readonly predictOnRoute: boolean;
   private readonly dispatched = new Map<string, Dispatched>();
+  /** requests forwarded to each instance and not finished (proxy slots in use). */
+  private readonly forwarded: Int32Array;
+  /** per instance, FIFO of ids waiting for a proxy slot, and its read head. */
+  private readonly held: string[][];
+  private readonly heldHead: number[];
+  private released: string[] = [];
   /** reusable predictor input (decisions are not re-entrant). */
   private readonly scratch: PredictInput;
   /** the last decision's context and prediction, reused by onDispatch when it matches. */
   private last: { req: EngineRequest; now: number; ctx: DecideContext; d: Decision; pred: Prediction } | null = null;
   /** decisions made, per intent. */
   readonly intentCounts: Record<Intent, number> = { none: 0, text: 0, kvcache: 0, hybrid: 0 };
+  /** requests the strategy rejected (admission control). */
+  rejections = 0;
 
   constructor(
     readonly cluster: ClusterSpec,
@@ -118,10 +176,16 @@ export class Engine {
     );
     this.loads = new LoadBook(n);
     this.links = new LinkBook(cluster.kdns.length, n);
+    this.peers = new LinkBook(n, n);
     this.up = new Array<boolean>(n).fill(true);
+    this.outputs = new OutputLengthPredictor(opts.outputLength);
+    this.metrics = new Array<InstanceMetrics | null>(n).fill(null);
     this.rngFn = seedrandom(String(opts.seed ?? 1));
     this.matchBuf = new Int32Array(n);
     this.predictOnRoute = opts.predictOnRoute ?? true;
+    this.forwarded = new Int32Array(n);
+    this.held = Array.from({ length: n }, () => []);
+    this.heldHead = new Array<number>(n).fill(0);
     this.scratch = {
       inst: cluster.instances[0]!,
       load: this.loads.loads[0]!,
@@ -138,7 +202,8 @@ export class Engine {
 
   /**
    * Decides instance, KDN, intent and reuse for a request at time `now` (ms). Does not book
-   * anything: call `onDispatch` with the result when the request is actually sent.
+   * anything: call `onDispatch` with the result when the request is actually sent. A decision
+   * with `rejected` set (admission control) must not be dispatched.
    * @throws Error when no instance is up.
    */
   decide(req: EngineRequest, now: number): Decision {
@@ -158,7 +223,8 @@ export class Engine {
       if (intent === 'hybrid' && reuse >= (kc?.reuseTokens ?? 0)) intent = 'kvcache';
       if (intent !== 'text' && reuse <= 0) intent = 'text';
     }
-    const pred = c.prediction !== undefined && intent === c.intent ? c.prediction : ctx.predict(c.instance, intent, reuse);
+    const peer = c.peer && c.peer.from !== c.instance && c.peer.tokens > ctx.cachedTokens(c.instance) && (intent === 'none' || intent === 'text') ? c.peer : undefined;
+    const pred = c.prediction !== undefined && intent === c.intent ? c.prediction : ctx.predictInto(emptyPrediction(), c.instance, intent, reuse, peer);
     const d: Decision = {
       requestId: req.id,
       strategy: this.strategy.name,
@@ -178,53 +244,118 @@ export class Engine {
       },
       alternatives: c.alternatives,
       reason,
+      expectedOutputTokens: ctx.expectedOutputTokens,
     };
+    if (peer) d.peer = { from: peer.from, tokens: Math.min(peer.tokens, req.inputTokens - 1) };
+    if (c.reject) {
+      d.rejected = c.reject;
+      this.rejections++;
+    }
     this.last = { req, now, ctx, d, pred };
     return d;
   }
 
   /**
    * Books a decided request at `now`: load on its instance, a link reservation for its KV
-   * transfer, and (predict-on-route) its blocks in the index.
+   * transfer (KDN or peer), and (predict-on-route) its blocks in the index.
    * @returns the predicted link start time (ms) when a transfer was reserved, else -1.
+   * @throws Error for a rejected decision (admission control: nothing to book)
    */
   onDispatch(req: EngineRequest, d: Decision, now: number): number {
+    if (d.rejected) throw new Error(`request ${req.id} was rejected (${d.rejected}): it cannot be dispatched`);
     const last = this.last;
     this.last = null;
     const reuse = last !== null && last.req === req && last.now === now && last.d === d;
     const ctx = reuse ? last.ctx : this.context(req, now);
-    const pred = reuse ? last.pred : ctx.predict(d.instance, d.intent, d.reusedTokens);
-    this.loads.book(req.id, d.instance, now, pred.computeTokens, req.inputTokens + req.outputTokens, req.inputTokens, pred.workMs);
+    const pred = reuse ? last.pred : ctx.predictInto(emptyPrediction(), d.instance, d.intent, d.reusedTokens, d.peer);
+    this.loads.book(req.id, d.instance, now, pred.computeTokens, req.inputTokens + d.expectedOutputTokens, req.inputTokens, pred.workMs);
     let start = -1;
     if (d.kdn >= 0 && pred.transferTokens > 0) {
       start = this.links.reserve(req.id, d.kdn, d.instance, now, pred.transferMs);
+    } else if (d.peer && pred.transferTokens > 0) {
+      start = this.peers.reserve(req.id, d.peer.from, d.instance, now, pred.transferMs);
     }
-    this.dispatched.set(req.id, { instance: d.instance, kdn: d.kdn, transferTokens: pred.transferTokens });
+    this.dispatched.set(req.id, { instance: d.instance, kdn: d.kdn, transferTokens: pred.transferTokens, inputTokens: req.inputTokens, fwd: 0 });
     this.intentCounts[d.intent]++;
     if (this.predictOnRoute && req.blocks.length) this.index.add(d.instance, req.blocks);
     this.strategy.onDispatch?.(ctx, d);
     return start;
   }
 
+  /**
+   * The dispatched request `id` is ready to be forwarded to its instance at `now` (knowledge
+   * prepared). With a strategy proxy cap (`maxForwardPerInstance`) it may have to wait.
+   * @returns true = send it now; false = it waits in the instance's proxy queue and comes back,
+   *   in FIFO order, from `takeReleased()` after a forwarded request on that instance finishes.
+   *   Unknown ids return true.
+   */
+  forward(id: string, now: number): boolean {
+    void now;
+    const e = this.dispatched.get(id);
+    if (!e) return true;
+    if (e.fwd === 1) return true;
+    const cap = this.strategy.maxForwardPerInstance ?? Infinity;
+    const q = this.held[e.instance]!;
+    if (this.forwarded[e.instance]! < cap && this.heldHead[e.instance]! >= q.length) {
+      e.fwd = 1;
+      this.forwarded[e.instance]!++;
+      return true;
+    }
+    if (e.fwd === 0) {
+      e.fwd = 2;
+      q.push(id);
+    }
+    return false;
+  }
+
+  /** Ids released from proxy queues since the last call (send them now), in release order. */
+  takeReleased(): string[] {
+    if (this.released.length === 0) return EMPTY;
+    const r = this.released;
+    this.released = [];
+    return r;
+  }
+
+  /** Requests waiting in instance i's proxy queue. */
+  heldCount(i: number): number {
+    let c = 0;
+    const q = this.held[i]!;
+    for (let j = this.heldHead[i]!; j < q.length; j++) if (this.dispatched.get(q[j]!)?.fwd === 2) c++;
+    return c;
+  }
+
   /** The KV transfer of request `id` finished at `now` (ACK): the link chain is corrected. */
   onKvTransferDone(id: string, now: number): void {
-    this.links.done(id, now);
+    if (!this.links.done(id, now)) this.peers.done(id, now);
   }
 
   /** First token of `id` observed at `now`: its prefill load is released. */
   onFirstToken(id: string, now: number): void {
     this.loads.firstToken(id, now);
+    this.strategy.onFirstToken?.(id, now);
   }
 
-  /** `id` completed at `now`: everything it booked is released. */
-  onComplete(id: string, now: number): void {
+  /**
+   * `id` completed at `now`: everything it booked is released (and its proxy slot, which may
+   * release a waiting request: see `takeReleased`).
+   * @param outputTokens tokens it generated, as observed (teaches the output-length predictor)
+   */
+  onComplete(id: string, now: number, outputTokens?: number): void {
+    const e = this.dispatched.get(id);
     this.loads.release(id, now);
-    this.links.done(id, now);
+    if (!this.links.done(id, now)) this.peers.done(id, now);
     this.dispatched.delete(id);
+    if (e) {
+      if (outputTokens !== undefined) this.outputs.observe(e.inputTokens, outputTokens, now);
+      if (e.fwd === 1) {
+        this.forwarded[e.instance]!--;
+        this.releaseHeld(e.instance);
+      }
+    }
     this.strategy.onComplete?.(id, now);
   }
 
-  /** `id` failed or was rejected at `now`: same release as completion. */
+  /** `id` failed or was rejected at `now`: same release as completion (nothing learnt). */
   onAbort(id: string, now: number): void {
     this.onComplete(id, now);
   }
@@ -237,6 +368,13 @@ export class Engine {
     else this.index.clear(ev.instance);
   }
 
+  /** Scraped engine metrics of instance i (for strategies with `metricsIntervalMs`). Non-finite values are ignored. */
+  onInstanceMetrics(i: number, m: InstanceMetrics): void {
+    if (i < 0 || i >= this.metrics.length) return;
+    if (![m.waiting, m.running, m.kvUsage, m.at].every(Number.isFinite)) return;
+    this.metrics[i] = { waiting: m.waiting, running: m.running, kvUsage: m.kvUsage, at: m.at };
+  }
+
   /** Instance i is back (healthy). Its cache starts empty. */
   onInstanceUp(i: number): void {
     this.up[i] = true;
@@ -244,7 +382,8 @@ export class Engine {
 
   /**
    * Instance i is down: it gets no more requests, its index entries and link reservations are
-   * dropped and its booked load released. Returns the ids that were in flight on it.
+   * dropped and its booked load released (including requests waiting in its proxy queue).
+   * Returns the ids that were in flight on it.
    */
   onInstanceDown(i: number, now: number): string[] {
     this.up[i] = false;
@@ -252,8 +391,35 @@ export class Engine {
     this.links.dropInstance(i, now);
     const ids = this.loads.releaseInstance(i, now);
     for (const id of ids) this.dispatched.delete(id);
+    this.forwarded[i] = 0;
+    this.held[i] = [];
+    this.heldHead[i] = 0;
+    this.metrics[i] = null;
     this.strategy.onInstanceDown?.(i);
     return ids;
+  }
+
+  /** Moves waiting requests of instance i into `released` while it has free proxy slots. */
+  private releaseHeld(i: number): void {
+    const cap = this.strategy.maxForwardPerInstance ?? Infinity;
+    const q = this.held[i]!;
+    let h = this.heldHead[i]!;
+    while (h < q.length && this.forwarded[i]! < cap) {
+      const id = q[h++]!;
+      const e = this.dispatched.get(id);
+      if (!e || e.fwd !== 2) continue; // aborted while waiting
+      e.fwd = 1;
+      this.forwarded[i]!++;
+      this.released.push(id);
+    }
+    if (h >= q.length) {
+      this.held[i] = [];
+      h = 0;
+    } else if (h > 1024 && h * 2 > q.length) {
+      this.held[i] = q.slice(h);
+      h = 0;
+    }
+    this.heldHead[i] = h;
   }
 
   private ctxObj: EngineContext | null = null;
@@ -263,36 +429,44 @@ export class Engine {
    * (decisions are not re-entrant): a strategy must not keep it past decide / onDispatch.
    */
   context(req: EngineRequest, now: number): DecideContext {
-    const c = (this.ctxObj ??= new EngineContext(this.cluster, this.index, this.loads, this.links, this.up, this.rngFn, this.scratch, this.matchBuf));
-    c.reset(req, now);
+    const c = (this.ctxObj ??= new EngineContext(this.cluster, this.index, this.loads, this.links, this.peers, this.up, this.metrics, this.rngFn, this.scratch, this.matchBuf));
+    c.reset(req, now, req.maxTokens !== undefined && req.maxTokens > 0 ? req.maxTokens : this.outputs.predict(req.inputTokens, now));
     return c;
   }
 }
 
+const EMPTY: string[] = [];
+
 /** The engine's DecideContext: plain fields and methods, reset per decision (no closures). */
 class EngineContext implements DecideContext {
   now = 0;
-  req!: EngineRequest;
+  req!: CausalRequest;
+  expectedOutputTokens = 1;
   bestMatch = 0;
   readonly n: number;
   private coverage: number[] | null = null;
+  private readonly peerLink: LinkSpec;
 
   constructor(
     readonly cluster: ClusterSpec,
     readonly index: PrefixIndex,
     private readonly loads: LoadBook,
     private readonly links: LinkBook,
+    private readonly peers: LinkBook,
     private readonly up: boolean[],
+    private readonly scraped: (InstanceMetrics | null)[],
     readonly rng: () => number,
     private readonly scratch: PredictInput,
     readonly match: Int32Array,
   ) {
     this.n = cluster.instances.length;
+    this.peerLink = cluster.peerLink ?? PEER_LINK_DEFAULT;
   }
 
-  reset(req: EngineRequest, now: number): void {
+  reset(req: CausalRequest, now: number, expectedOut: number): void {
     this.req = req;
     this.now = now;
+    this.expectedOutputTokens = expectedOut;
     this.match.fill(0);
     this.bestMatch = req.blocks.length ? this.index.match(req.blocks, this.match) : 0;
     this.coverage = kdnCoverage(this.cluster, req);
@@ -312,6 +486,14 @@ class EngineContext implements DecideContext {
 
   isUp(i: number): boolean {
     return this.up[i]!;
+  }
+
+  metrics(i: number): InstanceMetrics | null {
+    return this.scraped[i] ?? null;
+  }
+
+  peerLinkWaitMs(from: number, to: number): number {
+    return this.peers.waitMs(from, to, this.now);
   }
 
   kdnFor(i: number): KdnChoice | null {
@@ -337,7 +519,7 @@ class EngineContext implements DecideContext {
     return this.predictInto(emptyPrediction(), i, intent, reuseTokens);
   }
 
-  predictInto(out: Prediction, i: number, intent: Intent, reuseTokens?: number): Prediction {
+  predictInto(out: Prediction, i: number, intent: Intent, reuseTokens?: number, peer?: { from: number; tokens: number }): Prediction {
     const req = this.req;
     const cluster = this.cluster;
     const kc = intent === 'kvcache' || intent === 'hybrid' || req.knowledgeTokens > 0 ? this.kdnFor(i) : null;
@@ -347,7 +529,7 @@ class EngineContext implements DecideContext {
     pi.load = this.loads.loads[i]!;
     pi.backlogMs = this.loads.backlogMs(i, this.now);
     pi.promptTokens = req.inputTokens;
-    pi.outputTokens = req.outputTokens;
+    pi.outputTokens = this.expectedOutputTokens;
     pi.knowledgeTokens = req.knowledgeTokens;
     pi.cachedTokens = this.cachedTokens(i);
     pi.intent = intent;
@@ -355,6 +537,11 @@ class EngineContext implements DecideContext {
     pi.kdn = kc ? cluster.kdns[kc.kdn] : cluster.kdns[0];
     pi.link = kc ? cluster.links[kc.kdn]![i] : undefined;
     pi.linkWaitMs = kc ? kc.linkWaitMs : 0;
+    if (peer && peer.from !== i) {
+      pi.peerTokens = peer.tokens;
+      pi.peerLink = this.peerLink;
+      pi.peerLinkWaitMs = this.peers.waitMs(peer.from, i, this.now);
+    } else pi.peerTokens = 0;
     return predictInto(out, pi);
   }
 }
@@ -364,7 +551,7 @@ class EngineContext implements DecideContext {
  * documents it holds, chunk-aligned down (CacheRoute's eff = floor(K/256)·256), capped at
  * prompt - 1. null when the request has no knowledge or the cluster no KDN.
  */
-export function kdnCoverage(cluster: ClusterSpec, req: EngineRequest): number[] | null {
+export function kdnCoverage(cluster: ClusterSpec, req: CausalRequest): number[] | null {
   if (req.knowledgeTokens <= 0 || cluster.kdns.length === 0) return null;
   const chunk = cluster.chunkTokens;
   const out = new Array<number>(cluster.kdns.length);

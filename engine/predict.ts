@@ -15,6 +15,7 @@ export interface PredictInput {
   /** predicted prefill backlog of the instance now (ms). */
   backlogMs: number;
   promptTokens: number;
+  /** output tokens the engine expects (max_tokens or predicted; never the true length). */
   outputTokens: number;
   knowledgeTokens: number;
   /** local prefix-cache hit (tokens, already capped at prompt - 1). */
@@ -26,6 +27,14 @@ export interface PredictInput {
   link?: LinkSpec;
   /** predicted wait for the link (ms). */
   linkWaitMs: number;
+  /**
+   * Prompt-prefix tokens available on the instance after a KV transfer from another instance
+   * (0 = none): raw KV on the instance->instance link, no LMCache load (it lands in KV memory).
+   */
+  peerTokens?: number;
+  peerLink?: LinkSpec;
+  /** predicted wait for the peer link (ms). */
+  peerLinkWaitMs?: number;
 }
 
 /** Breakdown plus the quantities the engine books at dispatch. */
@@ -48,7 +57,9 @@ export interface Prediction extends Breakdown {
  *  - prefill = compute of the non-reused tokens alone on the instance (chunked by the token budget,
  *    attention over the cached context), plus interference of the booked decoding requests
  *    (their per-step cost in every chunk step), plus the API overhead;
- *  - a KV-memory overflow (booked footprint beyond capacity) is charged as recompute of the overflow.
+ *  - a KV-memory overflow (booked footprint beyond capacity) is charged as recompute of the overflow;
+ *  - a peer transfer (`peerTokens`) is ready after the peer link's wait + raw-KV transfer, and
+ *    the transferred prefix is not recomputed.
  */
 export function predictOption(p: PredictInput): Prediction {
   return predictInto(emptyPrediction(), p);
@@ -57,6 +68,16 @@ export function predictOption(p: PredictInput): Prediction {
 /** A zeroed Prediction, for use as a reusable output of `predictInto`. */
 export function emptyPrediction(): Prediction {
   return { prepareMs: 0, linkWaitMs: 0, transferMs: 0, kvLoadMs: 0, queueMs: 0, prefillMs: 0, ttftMs: 0, transferTokens: 0, computeTokens: 0, workMs: 0 };
+}
+
+/**
+ * A Prediction built from a strategy's own estimates (ms, tokens); missing fields are 0 and
+ * `ttftMs` defaults to the sum of the breakdown.
+ */
+export function predictionOf(f: Partial<Prediction>): Prediction {
+  const out = { ...emptyPrediction(), ...f };
+  if (f.ttftMs === undefined) out.ttftMs = out.prepareMs + out.linkWaitMs + out.transferMs + out.queueMs + out.kvLoadMs + out.prefillMs;
+  return out;
 }
 
 /** Copies every field of `src` into `dst`; returns `dst`. */
@@ -98,6 +119,13 @@ export function predictInto(out: Prediction, p: PredictInput): Prediction {
     if (reuse < p.knowledgeTokens && p.kdn) prepareMs = p.kdn.textFetchMs; // remainder as text
   } else if (p.intent === 'text' && p.knowledgeTokens > 0 && p.kdn) {
     prepareMs = p.kdn.textFetchMs;
+  }
+  const peer = p.peerTokens !== undefined ? Math.min(p.peerTokens, P - 1) : 0;
+  if (peer > start && p.peerLink && transferTokens === 0) {
+    transferTokens = peer - hit;
+    linkWaitMs = p.peerLinkWaitMs ?? 0;
+    xferMs = transferMs(transferTokens * prof.model.kvBytesPerToken, p.peerLink);
+    start = peer;
   }
   const computeTokens = Math.max(1, P - start);
   let prefill = prefillAloneMs(prof, start, computeTokens);

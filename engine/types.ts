@@ -140,6 +140,11 @@ export interface ClusterSpec {
   instances: InstanceSpec[];
   kdns: KdnSpec[];
   links: LinkSpec[][];
+  /**
+   * Instance -> instance KV link (the same for every pair), used when a strategy moves a prefix
+   * between instances (Mooncake's cache load balancing); default `PEER_LINK_DEFAULT`.
+   */
+  peerLink?: LinkSpec;
   /** delay between a KV event on an instance and the engine seeing it, ms. */
   kvEventDelayMs: number;
   /** LMCache chunk size for KV injection, tokens (256). */
@@ -195,7 +200,38 @@ export interface Decision {
   alternatives: Alternative[];
   /** short machine-readable reason, e.g. "min-cost", "imbalance-fallback". */
   reason: string;
+  /**
+   * Output tokens the engine assumed for this request at decision time: the client's
+   * `max_tokens`, else the output-length predictor's estimate. Never the true length.
+   */
+  expectedOutputTokens: number;
+  /**
+   * Set when the strategy rejected the request (admission control: Mooncake's early rejection,
+   * HTTP 429): the request is not dispatched and counts as rejected. The text says why.
+   */
+  rejected?: string;
+  /** KV of `tokens` prompt-prefix tokens moved from instance `from` to the chosen one before prefill. */
+  peer?: { from: number; tokens: number };
 }
+
+/**
+ * Engine metrics of one instance as a metrics-scraping router sees them (vLLM `/metrics`:
+ * `vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:kv_cache_usage_perc`), with
+ * the time they were scraped (ms).
+ */
+export interface InstanceMetrics {
+  waiting: number;
+  running: number;
+  /** KV cache usage, 0..1. */
+  kvUsage: number;
+  at: number;
+}
+
+/**
+ * A request as strategies see it: everything but the true output length (`outputTokens`),
+ * which no real router knows at decision time. `maxTokens` is the client's bound when given.
+ */
+export type CausalRequest = Omit<TraceRequest, 'outputTokens'>;
 
 /** A KV cache event from an instance (vLLM BlockStored/BlockRemoved/AllBlocksCleared). */
 export interface KvEvent {

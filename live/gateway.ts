@@ -29,6 +29,7 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import { Engine } from '../engine/engine.js';
 import { createStrategy } from '../engine/strategies/index.js';
+import { MetricsScraper } from './metrics-scraper.js';
 import type { ClusterSpec, TraceRequest } from '../engine/types.js';
 import { readClusterFile, resolveCluster, type ResolvedCluster } from '../sim/cluster.js';
 import { DEFAULT_PROFILE } from '../sim/profiles.js';
@@ -374,6 +375,9 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
   const port = typeof addr === 'object' && addr ? addr.port : (opts.port ?? 7001);
   if (served === null || modelsBody === null) await fetchModels();
   health.start();
+  // engine metrics for strategies that score on them (llm-d); idle otherwise
+  const scraper = new MetricsScraper(backends, () => engine.strategy.metricsIntervalMs, (i, m) => engine.onInstanceMetrics(i, { ...m, at: now() }), ts);
+  scraper.start();
   for (const sub of subscribers) await sub.start();
 
   let closed: Promise<void> | undefined;
@@ -381,6 +385,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     (closed ??= (async () => {
       closing = true;
       health.stop();
+      scraper.stop();
       for (const sub of subscribers) sub.close();
       for (const f of inflight.values()) {
         f.killed = 'gateway shutting down';

@@ -200,7 +200,7 @@ export function registerSimCommands(program: Command): void {
     program
       .command('ab')
       .description('Run several strategies on the same schedule over K seeds; writes DIR/ab.json and prints a comparison table')
-      .option('--strategies <list>', 'comma-separated strategies, first = baseline, or "all"', strategiesArg, ['round-robin', 'least-load', 'cacheroute', 'dynamo-kv', 'sglang-cache-aware', 'kvlab'])
+      .option('--strategies <list>', 'comma-separated strategies, first = baseline, or "all"', strategiesArg, ['round-robin', 'least-load', 'cacheroute', 'dynamo-kv', 'sglang-router', 'mooncake', 'kvlab'])
       .option('--seeds <k>', `number of seeds (1..k, at most ${MAX_SEEDS})`, intArg('--seeds', { min: 1, max: MAX_SEEDS }), 3)
       .option('--out <dir>', 'output directory', outDirArg('--out'), 'runs/ab')
       .option('--records', 'also write records.jsonl for every run')

@@ -11,6 +11,7 @@
  * links:
  *   default: { bandwidthGbps: 10, latencyMs: 0.5, efficiency: 0.825 }
  *   overrides: [ { kdn: kdn0, instance: i0, bandwidthGbps: 1 } ]
+ * peerLink: { bandwidthGbps: 200, latencyMs: 0.01 }   # instance -> instance KV (peer transfers)
  * kvEventDelayMs: 0
  * chunkTokens: 256
  * strategyParams: { kvlab: { workWeight: 0 } }
@@ -20,6 +21,7 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { checkStrategyParams } from '../engine/strategies/index.js';
+import { PEER_LINK_DEFAULT } from '../engine/engine.js';
 import type { ClusterSpec, EngineSettings, KdnSpec, LinkSpec } from '../engine/types.js';
 import { instanceSpecFromProfile, loadProfile, loadSchemas } from './profiles.js';
 
@@ -136,6 +138,7 @@ export function resolveCluster(file: ClusterFile | null, opts: ClusterOptions, d
       instances,
       kdns,
       links,
+      peerLink: { ...PEER_LINK_DEFAULT, ...(f.peerLink ?? {}) },
       kvEventDelayMs: opts.kvEventDelayMs ?? f.kvEventDelayMs ?? 0,
       chunkTokens: f.chunkTokens ?? 256,
     },

@@ -18,6 +18,13 @@ export class DecisionStore {
   readonly intentCode: Uint8Array;
   readonly reused: Float64Array;
   readonly cached: Float64Array;
+  /** output tokens the engine assumed (max_tokens or predicted). */
+  readonly expectedOut: Float64Array;
+  /** peer transfer (Mooncake): source instance (-1 = none) and tokens. */
+  readonly peerFrom: Int32Array;
+  readonly peerTokens: Float64Array;
+  /** admission-control rejection reason, when rejected. */
+  private readonly rejected = new Map<number, string>();
   private readonly pred: Float64Array;
   private readonly reason: string[];
   private readonly strategy: string[];
@@ -39,6 +46,9 @@ export class DecisionStore {
     this.intentCode = new Uint8Array(n);
     this.reused = new Float64Array(n);
     this.cached = new Float64Array(n);
+    this.expectedOut = new Float64Array(n);
+    this.peerFrom = new Int32Array(n).fill(-1);
+    this.peerTokens = new Float64Array(n);
     this.pred = new Float64Array(n * PRED);
     this.reason = new Array<string>(n);
     this.strategy = new Array<string>(n);
@@ -64,6 +74,12 @@ export class DecisionStore {
     this.intentCode[r] = INTENT_CODE[d.intent];
     this.reused[r] = d.reusedTokens;
     this.cached[r] = d.cachedTokens;
+    this.expectedOut[r] = d.expectedOutputTokens;
+    if (d.peer) {
+      this.peerFrom[r] = d.peer.from;
+      this.peerTokens[r] = d.peer.tokens;
+    }
+    if (d.rejected) this.rejected.set(r, d.rejected);
     const p = d.predicted;
     const o = r * PRED;
     const pr = this.pred;
@@ -115,14 +131,22 @@ export class DecisionStore {
       predicted: { prepareMs: pr[o]!, linkWaitMs: pr[o + 1]!, transferMs: pr[o + 2]!, kvLoadMs: pr[o + 3]!, queueMs: pr[o + 4]!, prefillMs: pr[o + 5]!, ttftMs: pr[o + 6]! },
       alternatives,
       reason: this.reason[r]!,
+      expectedOutputTokens: this.expectedOut[r]!,
+      ...(this.peerFrom[r]! >= 0 ? { peer: { from: this.peerFrom[r]!, tokens: this.peerTokens[r]! } } : {}),
+      ...(this.rejected.has(r) ? { rejected: this.rejected.get(r)! } : {}),
     };
+  }
+
+  /** Admission-control rejection reason of request r, or undefined. */
+  rejectedReason(r: number): string | undefined {
+    return this.rejected.get(r);
   }
 
   /** The `predicted` object of request r as JSON (docs/FORMATS.md keys). */
   predictedJson(r: number): string {
     const o = r * PRED;
     const p = this.pred;
-    return `{"prepare_ms":${j3(p[o]!)},"link_wait_ms":${j3(p[o + 1]!)},"transfer_ms":${j3(p[o + 2]!)},"kv_load_ms":${j3(p[o + 3]!)},"queue_ms":${j3(p[o + 4]!)},"prefill_ms":${j3(p[o + 5]!)},"ttft_ms":${j3(p[o + 6]!)}}`;
+    return `{"prepare_ms":${j3(p[o]!)},"link_wait_ms":${j3(p[o + 1]!)},"transfer_ms":${j3(p[o + 2]!)},"kv_load_ms":${j3(p[o + 3]!)},"queue_ms":${j3(p[o + 4]!)},"prefill_ms":${j3(p[o + 5]!)},"ttft_ms":${j3(p[o + 6]!)},"output_tokens":${this.expectedOut[r]!}}`;
   }
 
   /**
@@ -154,7 +178,8 @@ export class DecisionStore {
       reused += sep + (Number.isNaN(u) ? 'null' : u);
     }
     const alts = `{"instance":[${inst}],"intent":[${intent}],"score":[${score}]` + (hasTtft ? `,"ttft_ms":[${ttft}]` : '') + (hasReused ? `,"reused_tokens":[${reused}]` : '') + '}';
-    return `{"strategy":${JSON.stringify(this.strategy[r])},"reason":${JSON.stringify(this.reason[r])},"reused_tokens":${this.reused[r]},"cached_tokens":${this.cached[r]},"alternatives":${alts}}`;
+    const peer = this.peerFrom[r]! >= 0 ? `,"peer":{"from":${quotedIds[this.peerFrom[r]!]},"tokens":${this.peerTokens[r]}}` : '';
+    return `{"strategy":${JSON.stringify(this.strategy[r])},"reason":${JSON.stringify(this.reason[r])},"reused_tokens":${this.reused[r]},"cached_tokens":${this.cached[r]}${peer},"alternatives":${alts}}`;
   }
 
   private grow(min: number): void {

@@ -139,6 +139,10 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o)): SummaryCo
   };
 }
 
+function rejectionJson(admission: string | undefined): string {
+  return admission === undefined ? '"prompt + output tokens exceed max_model_len or the KV memory"' : JSON.stringify(`admission control: ${admission}`);
+}
+
 /** One timing record line (no trailing newline). */
 function recordLine(o: SimOutcome, obs: Observed, r: number, quotedIds: string[], quotedKdns: string[]): string {
   const q = o.requests[r]!;
@@ -160,7 +164,7 @@ function recordLine(o: SimOutcome, obs: Observed, r: number, quotedIds: string[]
       `"first_token_at_ms":${j3(o.firstTokenAt[r]! + api)},"done_at_ms":${j3(o.doneAt[r]! + api)}}`;
   }
   return (
-    `{"id":${JSON.stringify(q.id)},"arrival_ms":${j3(q.arrivalMs)},"status":"${st}","error":${st === 'rejected' ? '"prompt + output tokens exceed max_model_len"' : 'null'},` +
+    `{"id":${JSON.stringify(q.id)},"arrival_ms":${j3(q.arrivalMs)},"status":"${st}","error":${st === 'rejected' ? rejectionJson(ds.rejectedReason(r)) : 'null'},` +
     `"input_tokens":${q.inputTokens},"output_tokens":${q.outputTokens},"knowledge_tokens":${q.knowledgeTokens},` +
     `"instance":${quotedIds[inst]},"kdn":${kdn >= 0 ? quotedKdns[kdn] : 'null'},"intent":"${ds.intent(r)}",` +
     `"decision":${ds.decisionJson(r, quotedIds)},"predicted":${pred},"observed":${obsJ},"source":"sim"}`

@@ -173,6 +173,7 @@ function configJson(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster, param
       instances: rc.spec.instances.map((s) => ({ id: s.id, profile: s.profile.name, engine: { ...s.engine, kvCapacityTokens: Number.isFinite(s.engine.kvCapacityTokens) ? s.engine.kvCapacityTokens : 'inf' } })),
       kdns: rc.spec.kdns.map((k) => ({ id: k.id, compression: k.compression, text_fetch_ms: k.textFetchMs, knowledge: k.knowledge ? [...k.knowledge] : 'all' })),
       links: rc.spec.links,
+      peer_link: rc.spec.peerLink ?? null,
       kv_event_delay_ms: rc.spec.kvEventDelayMs,
       chunk_tokens: rc.spec.chunkTokens,
     },

@@ -106,6 +106,8 @@ export const clusterFileSchema = z
       })
       .strict()
       .optional(),
+    /** instance -> instance KV link (peer transfers, e.g. Mooncake's cache load balancing). */
+    peerLink: linkSchema.partial().optional(),
     kvEventDelayMs: nonneg.optional(),
     chunkTokens: pos.int().optional(),
     strategyParams: z.record(z.string(), z.record(z.string(), z.unknown())).optional(),

@@ -8,7 +8,7 @@
  * KV events (stored/removed) reach the engine after `kvEventDelayMs`.
  * Output is a function of (cluster, requests, strategy, seed): no wall clock is read.
  */
-import { Engine, type Strategy } from '../engine/engine.js';
+import { Engine, PEER_LINK_DEFAULT, type Strategy } from '../engine/engine.js';
 import { kvWireBytes, transferMs } from '../engine/costmodel.js';
 import type { ClusterSpec, Intent, TraceRequest } from '../engine/types.js';
 import { DecisionStore } from './decision-store.js';
@@ -20,12 +20,13 @@ const EV_CORE = 1; // request reaches the engine core (a = request)
 const EV_STEP = 2; // step/run end (a = instance, b = generation)
 const EV_KV = 3; // KV events delivered to the engine (a = batch id)
 const EV_XFER = 4; // KV transfer ACK (a = request)
+const EV_SCRAPE = 5; // engine metrics scrape of every instance (for strategies that read metrics)
 
 /** Status codes of a simulated request. */
 export const ST_PENDING = 0;
 /** Completed. */
 export const ST_OK = 1;
-/** Rejected by the instance (longer than max_model_len or than its KV memory). */
+/** Rejected: by the instance (longer than max_model_len or than its KV memory) or by the strategy's admission control. */
 export const ST_REJECTED = 2;
 
 /** Simulator options. */
@@ -68,6 +69,10 @@ export interface SimOutcome {
   preemptions: Uint16Array;
   /** bytes moved on KDN links, total. */
   kvBytesMoved: number;
+  /** bytes moved instance -> instance (peer transfers, Mooncake), total. */
+  peerBytesMoved: number;
+  /** requests rejected by the strategy's admission control (status ST_REJECTED, decision.rejected set). */
+  admissionRejected: number;
   /** per instance: busy ms, steps, evicted blocks, preemptions. */
   instances: { id: string; busyMs: number; steps: number; evictions: number; preemptions: number }[];
   /** link busy intervals for utilisation charts: [kdn, instance, start, end, waitMs]. */
@@ -153,6 +158,8 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
     transferTokens: new Float64Array(N),
     preemptions: new Uint16Array(N),
     kvBytesMoved: 0,
+    peerBytesMoved: 0,
+    admissionRejected: 0,
     instances: [],
     transfers: [],
     bookedPrefillAtArrival: new Float64Array(N),
@@ -172,14 +179,39 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
     q.push(t + d, EV_STEP, i, gen[i]!);
   };
 
-  const toFrontend = (r: number, t: number) => {
+  const peerLink = cluster.peerLink ?? PEER_LINK_DEFAULT;
+  const peerFree = Array.from({ length: nI }, () => new Float64Array(nI));
+  const loadOverride = new Float64Array(N).fill(-1);
+  /** peer-transfer tokens the source really held at dispatch (-1 = no peer transfer). */
+  const peerHeld = new Float64Array(N).fill(-1);
+
+  const sendToFrontend = (r: number, t: number) => {
     const i = instOf[r]!;
     const fe = cluster.instances[i]!.profile.step.frontendMsPerRequest;
     const at = Math.max(t, frontendFree[i]!) + fe;
     frontendFree[i] = at;
-    out.readyAt[r] = t;
     q.push(at, EV_CORE, r, 0);
   };
+  // knowledge prepared: forward to the instance, unless the strategy's proxy queue holds it
+  const toFrontend = (r: number, t: number) => {
+    out.readyAt[r] = t;
+    if (engine.forward(requests[r]!.id, t)) sendToFrontend(r, t);
+  };
+  const sendReleased = (t: number) => {
+    for (const id of engine.takeReleased()) sendToFrontend(idToIdx.get(id)!, t);
+  };
+  const scrapeMs = opts.strategy.metricsIntervalMs;
+  const scrape = (t: number) => {
+    for (let i = 0; i < nI; i++) {
+      const c = cores[i]!;
+      const l = c.load;
+      engine.onInstanceMetrics(i, { waiting: l.waiting, running: l.running, kvUsage: Number.isFinite(c.kv.capacityTokens) ? c.kv.used / c.kv.capacityTokens : 0, at: t });
+    }
+  };
+  if (scrapeMs !== undefined && scrapeMs > 0 && N > 0) {
+    scrape(requests[0]!.arrivalMs);
+    q.push(requests[0]!.arrivalMs + scrapeMs, EV_SCRAPE, 0, 0);
+  }
 
   const progressEvery = opts.progressEvery ?? 2000;
   let next = 0;
@@ -195,14 +227,41 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
       const req = requests[r]!;
       const t = ta;
       const d = engine.decide(req, t);
-      engine.onDispatch(req, d, t);
       out.decisions.set(r, d);
       const i = d.instance;
       instOf[r] = i;
+      if (d.rejected) {
+        // admission control (Mooncake-style early rejection): never dispatched
+        out.status[r] = ST_REJECTED;
+        out.admissionRejected++;
+        if (opts.onProgress && r % progressEvery === 0) opts.onProgress(r, N);
+        continue;
+      }
+      engine.onDispatch(req, d, t);
       const l = engine.loads.loads[i]!;
       out.bookedPrefillAtArrival[r] = l.prefillTokens;
       out.runningAtArrival[r] = cores[i]!.load.running;
       if (opts.onProgress && r % progressEvery === 0) opts.onProgress(r, N);
+      if (d.peer) {
+        // KV moved from another instance over the peer link (FIFO per pair), raw bytes, no LMCache
+        // load; only what the source really holds now moves (the index may run ahead of it)
+        const held = Math.min(d.peer.tokens, cores[d.peer.from]!.kv.matchPrefix(req.blocks) * req.blockSize, req.inputTokens - 1);
+        peerHeld[r] = held;
+        const xt = Math.max(0, held - d.cachedTokens);
+        if (xt > 0) {
+          const bytes = xt * cluster.instances[i]!.profile.model.kvBytesPerToken;
+          const start = Math.max(t, peerFree[d.peer.from]![i]!);
+          const dur = transferMs(bytes, peerLink);
+          peerFree[d.peer.from]![i] = start + dur;
+          out.transferTokens[r] = xt;
+          out.linkWaitMs[r] = start - t;
+          out.transferMs[r] = dur;
+          out.peerBytesMoved += bytes;
+          loadOverride[r] = 0;
+          q.push(start + dur, EV_XFER, r, 0);
+          continue;
+        }
+      }
       if ((d.intent === 'kvcache' || d.intent === 'hybrid') && d.kdn >= 0) {
         const xt = Math.max(0, d.reusedTokens - d.cachedTokens);
         out.transferTokens[r] = xt;
@@ -255,12 +314,14 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
           outputTokens: req.outputTokens,
           blocks: req.blocks,
           blockSize: req.blockSize,
-          loadedTokens: ds.intentCode[r]! >= 2 ? ds.reused[r]! : 0,
+          loadedTokens: ds.intentCode[r]! >= 2 ? ds.reused[r]! : peerHeld[r]! >= 0 ? peerHeld[r]! : 0,
         };
+        if (loadOverride[r]! >= 0) cr.kvLoadMs = loadOverride[r]!;
         const core = cores[i]!;
         if (!core.add(cr, t)) {
           out.status[r] = ST_REJECTED;
           engine.onAbort(req.id, t);
+          sendReleased(t);
           break;
         }
         if (!core.busy) startRun(i, t);
@@ -296,14 +357,20 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
           out.status[r] = ST_OK;
           if (out.firstTokenAt[r]! < 0) out.firstTokenAt[r] = t;
           core.forget(id);
-          engine.onComplete(id, t);
+          engine.onComplete(id, t, requests[r]!.outputTokens);
         }
+        if (ev.done.length) sendReleased(t);
         for (const id of ev.preempted) {
           const r = idToIdx.get(id)!;
           out.preemptions[r]!++;
         }
         flushKv(i, t);
         startRun(i, t);
+        break;
+      }
+      case EV_SCRAPE: {
+        scrape(t);
+        if (next < N || q.size > 0) q.push(t + scrapeMs!, EV_SCRAPE, 0, 0);
         break;
       }
       case EV_KV: {

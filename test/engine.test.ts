@@ -93,7 +93,7 @@ describe('LinkBook', () => {
 
 describe('Engine', () => {
   it('a burst of 1,000 simultaneous requests spreads across instances (load booked at dispatch)', () => {
-    for (const name of ['kvlab', 'dynamo-kv', 'least-load', 'least-inflight', 'round-robin', 'cacheroute', 'sglang-cache-aware', 'aibrix-prefix']) {
+    for (const name of ['kvlab', 'dynamo-kv', 'least-load', 'least-inflight', 'round-robin', 'cacheroute', 'sglang-router', 'sglang-gateway', 'aibrix-prefix', 'mooncake', 'mooncake-local']) {
       const e = new Engine(testCluster(8), createStrategy(name), { seed: 3 });
       const counts = new Array(8).fill(0);
       for (let k = 0; k < 1000; k++) {
@@ -123,7 +123,7 @@ describe('Engine', () => {
   });
 
   it('prefers the instance that holds the prefix when loads are equal (kvlab, dynamo-kv, sglang, radixmesh)', () => {
-    for (const name of ['kvlab', 'dynamo-kv', 'sglang-cache-aware', 'radixmesh']) {
+    for (const name of ['kvlab', 'dynamo-kv', 'sglang-router', 'sglang-gateway', 'radixmesh', 'mooncake', 'mooncake-local']) {
       const e = new Engine(testCluster(4), createStrategy(name), { seed: 1 });
       const blocks = Array.from({ length: 40 }, (_, j) => 500 + j);
       const warm = mkReq({ id: 'w', blocks, inputTokens: 640 });

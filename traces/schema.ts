@@ -21,8 +21,16 @@ export interface TraceRequest {
   arrivalMs: number;
   /** Total prompt length in tokens, knowledge prefix included. >= 1. */
   inputTokens: number;
-  /** Number of output tokens to generate (the request stops there). >= 1. */
+  /**
+   * Number of output tokens the request really generates (it stops there). >= 1. What the
+   * simulated instance runs; the policy engine never reads it (a router does not know it).
+   */
   outputTokens: number;
+  /**
+   * The client's `max_tokens` when the request carries one (live requests; traces rarely do).
+   * The engine books this as the output length; without it, the engine predicts one.
+   */
+  maxTokens?: number;
   /** Tokens per prefix block of `blocks` (512 for Mooncake traces, 256 for RAG workloads). */
   blockSize: number;
   /**

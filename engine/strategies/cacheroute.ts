@@ -1,25 +1,39 @@
 /**
- * `cacheroute`: CacheRoute's scheduler + IWS injection rule (reference/cacheroute.md §3, §4.8),
- * with each kvlab instance playing a CacheRoute proxy of `maxCapacity` (8) slots.
+ * `cacheroute`: CacheRoute's scheduler + proxy + IWS injection rule (BJTU-ANT/CacheRoute @ 966be95;
+ * reference/cacheroute.md §3, §4.8), with each kvlab instance playing one CacheRoute proxy.
  *
- * Scheduler: KDN by knowledge coverage (usable = holds every kid and not overloaded; max KV
- * coverage, then id); instance by (1) load-safety window load_ratio <= min + 0.1,
- * (2) knowledge-history affinity (decay 0.9 per decision, +1 per kid, top 256, weighted by
- * document length), (3) lexicographic (-bandwidth, latency, load_ratio, inflight), ties by a
- * round-robin cursor.
- * IWS at the chosen instance (all ms): text_total = max(text_prepare_wait, ready_wait) +
- * TTFT(P+K+36); kvcache_total = max(ready_wait, kv_queue_wait + kv_transfer(eff)) +
- * redis_load(eff) + TTFT(P+K-eff+36), eff = floor(K/256)·256; choose kvcache iff
- * kvcache_total + 0.5·kv_queue_wait + 100 < text_total. TTFT(L) is the instance profile's
- * single-request prefill time (CacheRoute fits its four-term regressor per deployment).
+ * Scheduler (scheduler/strategy/cacheroute.py): KDN by knowledge coverage (usable = holds every
+ * kid and not overloaded; max KV coverage, then id); instance by (1) load-safety window
+ * load_ratio <= min + 0.1 with load_ratio = in-flight / PROXY_MAX_CAPACITY (8), (2) knowledge
+ * history affinity (decay 0.9 per decision, +1 per kid, top 256, weighted by document length),
+ * (3) lexicographic (-bandwidth, latency, load_ratio, inflight), ties by a round-robin cursor.
+ * Proxy (proxy/queue/manager.py `_ready_worker_loop`, core/config.py READY_CONCURRENCY = 8):
+ * at most 8 requests per instance are forwarded to vLLM at once (a ready worker holds its slot
+ * until the response stream ends); the rest wait FIFO in the proxy's ready queue — modelled by
+ * the engine's per-instance proxy queue (`maxForwardPerInstance`, honoured by both drivers).
+ * Prediction (manager.py `_reserve_ready_task`, `_predict_prefill_service_s`): a per-instance
+ * prefill reservation timeline whose service times come from CacheRoute's fitted four-term TTFT
+ * regressor (`queue_predictor`, engine/peer-models.ts), not from kvlab's step model; it ignores
+ * the local prefix-cache hit, as upstream. The engine books these service times, so
+ * `ctx.backlogMs` is CacheRoute's own `ready_wait`.
+ * IWS at the chosen instance (proxy/proxy.py `proxy_chat_completions`, manager.py
+ * `estimate_iws_costs`; all ms): text_total = max(text_prepare_wait, ready_wait) + TTFT(P+K+36);
+ * kvcache_total = max(ready_wait, kv_queue_wait + kv_transfer(eff)) + redis_load(eff) +
+ * TTFT(P+K-eff+36), eff = floor(K/256)·256; kvcache iff kvcache_total + 0.5·kv_queue_wait + 100
+ * < text_total.
  */
-import { kvLoadMs, kvWireBytes, prefillAloneMs, transferMs } from '../costmodel.js';
+import { kvLoadMs, kvWireBytes, transferMs } from '../costmodel.js';
 import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
+import { cacherouteFit, cacherouteTtftMs } from '../peer-models.js';
+import { predictionOf, type Prediction } from '../predict.js';
 import type { Alternative, Decision } from '../types.js';
 
 /** CacheRoute parameters (defaults from core/config.py as summarised in the reference). */
 export interface CacheRouteParams {
+  /** PROXY_MAX_CAPACITY: the scheduler's load ratio is in-flight / this. */
   maxCapacity: number;
+  /** READY_CONCURRENCY: requests forwarded to one instance at once (the rest wait in the proxy). */
+  readyConcurrency: number;
   loadRatioDelta: number;
   affinityDecay: number;
   affinityTopK: number;
@@ -33,6 +47,7 @@ export interface CacheRouteParams {
 /** CacheRoute's defaults (core/config.py, reference/cacheroute.md §3.5, §4.8). */
 export const CACHEROUTE_DEFAULTS: CacheRouteParams = {
   maxCapacity: 8,
+  readyConcurrency: 8,
   loadRatioDelta: 0.1,
   affinityDecay: 0.9,
   affinityTopK: 256,
@@ -48,9 +63,11 @@ export class CacheRouteStrategy implements Strategy {
   private readonly p: CacheRouteParams;
   private readonly affinity: Map<string, number>[] = [];
   private cursor = 0;
+  readonly maxForwardPerInstance: number;
 
   constructor(params: Partial<CacheRouteParams> = {}) {
     this.p = { ...CACHEROUTE_DEFAULTS, ...params };
+    this.maxForwardPerInstance = this.p.readyConcurrency;
   }
 
   decide(ctx: DecideContext): StrategyChoice {
@@ -90,49 +107,61 @@ export class CacheRouteStrategy implements Strategy {
         tied = [i];
       } else if (c === 0) tied.push(i);
     }
-    const chosen = tied[this.cursor % tied.length]!;
-    this.cursor++;
+    // the round-robin cursor only moves when several proxies tie (scheduler/strategy/cacheroute.py)
+    let chosen = tied[0]!;
+    if (tied.length > 1) {
+      chosen = tied[this.cursor % tied.length]!;
+      this.cursor++;
+    }
     const alternatives: Alternative[] = [];
     for (let i = 0; i < n; i++) {
       if (!ctx.isUp(i)) continue;
       alternatives.push({ instance: i, intent: 'text', score: ctx.load(i).inflight / p.maxCapacity - (kept.includes(i) ? 1 : 0) });
     }
-    if (req.knowledgeTokens <= 0) return { instance: chosen, intent: 'none', alternatives, reason: 'cacheroute' };
-    // IWS at the chosen instance
     const iws = this.iws(ctx, chosen);
+    if (req.knowledgeTokens <= 0) return { instance: chosen, intent: 'none', alternatives, reason: 'cacheroute', prediction: iws.textPred };
     for (const a of alternatives) if (a.instance === chosen) a.intent = iws.intent;
     alternatives.push({ instance: chosen, intent: 'text', score: iws.textScore, ttftMs: iws.textScore });
     alternatives.push({ instance: chosen, intent: 'kvcache', score: iws.kvScore, ttftMs: iws.kvTotal });
-    return { instance: chosen, intent: iws.intent, alternatives, reason: `cacheroute;iws:${iws.reason}` };
+    return { instance: chosen, intent: iws.intent, alternatives, reason: `cacheroute;iws:${iws.reason}`, prediction: iws.intent === 'kvcache' ? iws.kvPred! : iws.textPred };
   }
 
-  /** CacheRoute IWS costs at instance i (ms, truncated like the original's int()). */
-  iws(ctx: DecideContext, i: number): { intent: 'text' | 'kvcache'; textScore: number; kvScore: number; kvTotal: number; reason: string } {
+  /**
+   * CacheRoute IWS costs at instance i (ms, truncated like the original's int()), with the
+   * predicted breakdown of each option (service times from the four-term regressor).
+   */
+  iws(ctx: DecideContext, i: number): { intent: 'text' | 'kvcache'; textScore: number; kvScore: number; kvTotal: number; reason: string; textPred: Prediction; kvPred: Prediction | null } {
     const p = this.p;
     const req = ctx.req;
     const inst = ctx.cluster.instances[i]!;
     const prof = inst.profile;
+    const fit = cacherouteFit(prof);
     const P = req.inputTokens - req.knowledgeTokens;
     const K = req.knowledgeTokens;
-    const ttft = (L: number) => Math.trunc(prefillAloneMs(prof, 0, Math.max(1, L)) + prof.step.apiMs);
+    const ttft = (L: number) => Math.trunc(cacherouteTtftMs(fit, Math.max(1, L)));
     const readyWait = Math.trunc(ctx.backlogMs(i));
-    const kc = ctx.kdnFor(i);
-    const kdn = kc ? ctx.cluster.kdns[kc.kdn]! : ctx.cluster.kdns[0];
+    const kc = K > 0 ? ctx.kdnFor(i) : null;
+    const kdn = kc ? ctx.cluster.kdns[kc.kdn]! : K > 0 ? ctx.cluster.kdns[0] : undefined;
     const link = kc ? ctx.cluster.links[kc.kdn]![i]! : null;
     const textPrepareWait = kdn ? Math.trunc((kc ? kc.linkWaitMs : 0) + (link ? link.latencyMs : 0) + 3) : 0;
-    const textTotal = Math.max(textPrepareWait, readyWait) + ttft(P + K + p.headerTokens);
-    if (!kc || !link || !kdn) return { intent: 'text', textScore: textTotal, kvScore: Infinity, kvTotal: Infinity, reason: 'no_kv_ready' };
+    const textService = ttft(P + K + p.headerTokens);
+    const textTotal = Math.max(textPrepareWait, readyWait) + textService;
+    const textPred = breakdown(textPrepareWait, 0, 0, 0, Math.max(0, readyWait - textPrepareWait), textService, ctx.cachedTokens(i), req.inputTokens, 0);
+    if (!kc || !link || !kdn) return { intent: 'text', textScore: textTotal, kvScore: Infinity, kvTotal: Infinity, reason: 'no_kv_ready', textPred, kvPred: null };
     const eff = Math.floor(K / 256) * 256;
     const kvTransfer = Math.trunc(transferMs(kvWireBytes(eff, prof.model.kvBytesPerToken, kdn), link) - link.latencyMs);
     const kvQueueWait = Math.trunc(kc.linkWaitMs);
     const kvPrepare = kvQueueWait + kvTransfer;
     const redisLoad = Math.trunc(kvLoadMs(prof.kvLoad, eff));
-    const kvTotal = Math.max(readyWait, kvPrepare) + redisLoad + ttft(P + (K - eff) + p.headerTokens);
+    const residual = ttft(P + (K - eff) + p.headerTokens);
+    const kvTotal = Math.max(readyWait, kvPrepare) + redisLoad + residual;
     const kvScore = kvTotal + p.iwsAlpha * kvQueueWait;
+    const transferTokens = Math.max(0, Math.min(eff, req.inputTokens - 1) - ctx.cachedTokens(i));
+    const kvPred = breakdown(0, kvQueueWait, kvTransfer, redisLoad, Math.max(0, readyWait - kvPrepare), residual, Math.max(ctx.cachedTokens(i), eff), req.inputTokens, transferTokens);
     if (kvScore + p.iwsMarginMs < textTotal) {
-      return { intent: 'kvcache', textScore: textTotal, kvScore, kvTotal, reason: kvPrepare <= readyWait ? 'kvcache_hidden_and_score_better' : 'kvcache_score_better' };
+      return { intent: 'kvcache', textScore: textTotal, kvScore, kvTotal, reason: kvPrepare <= readyWait ? 'kvcache_hidden_and_score_better' : 'kvcache_score_better', textPred, kvPred };
     }
-    return { intent: 'text', textScore: textTotal, kvScore, kvTotal, reason: kvQueueWait > 0 ? 'text_due_to_kdn_congestion' : 'text_score_better' };
+    return { intent: 'text', textScore: textTotal, kvScore, kvTotal, reason: kvQueueWait > 0 ? 'text_due_to_kdn_congestion' : 'text_score_better', textPred, kvPred };
   }
 
   /** Affinity update after every selection: decay all, +1 per kid on the chosen, top-K. */
@@ -155,6 +184,11 @@ export class CacheRouteStrategy implements Strategy {
       for (const [k, v] of top) a.set(k, v);
     }
   }
+}
+
+/** A Prediction from CacheRoute's own estimates; the booked work is the service time (load + prefill). */
+function breakdown(prepare: number, linkWait: number, transfer: number, kvLoad: number, queue: number, service: number, startTokens: number, prompt: number, transferTokens: number): Prediction {
+  return predictionOf({ prepareMs: prepare, linkWaitMs: linkWait, transferMs: transfer, kvLoadMs: kvLoad, queueMs: queue, prefillMs: service, transferTokens, computeTokens: Math.max(1, prompt - startTokens), workMs: kvLoad + service });
 }
 
 function cmp(a: number[], b: number[]): number {

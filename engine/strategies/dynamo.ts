@@ -1,49 +1,106 @@
 /**
- * `dynamo-kv`: NVIDIA Dynamo's KV router cost (reference/routers.md §1.2, classic form):
- *   logit(w) = overlap_score_weight × prefill_blocks(w) + decode_blocks(w)
- *   prefill_blocks(w) = (ISL − tokens cached on w + uncached prompt tokens of w's requests
- *                        without a first token) / block_size
- *   decode_blocks(w)  = projected active KV blocks on w including this request
- * argmin; exact ties uniform random; router_temperature > 0 samples
- * p(w) ∝ exp(−(c_w − c_min) / ((c_max − c_min)·T)). Load comes from the engine's booked
- * "predictive active blocks"; cache state from KV events (+ predict-on-route).
+ * `dynamo-kv`: NVIDIA Dynamo's KV router, `DefaultWorkerSelector::worker_logit` in
+ * ai-dynamo/dynamo lib/kv-router/src/scheduling/selector.rs @ 01690d42, with the
+ * `KvRouterConfig` defaults of that series (overlap_score_credit 1, prefill_load_scale 1,
+ * decode_active_request_weight 0, router_temperature 0, router_track_active_blocks true,
+ * router_track_output_blocks false, router_assume_kv_reuse true, router_track_prefill_tokens true):
+ *
+ *   logit(w) = max(0, (active_prefill_tokens(w) + ISL) / bs − overlap_blocks(w))
+ *              + potential_decode_blocks(w)
+ *
+ * - active_prefill_tokens(w): uncached prompt tokens of the requests routed to w that have not
+ *   produced a first token (the router's own booking, released at the first token);
+ * - overlap_blocks(w): blocks of the request's prefix cached on w (KV events + predict-on-route);
+ * - potential_decode_blocks(w) = active_decode_blocks + additional_active_blocks
+ *   (lib/kv-router/src/sequences/prompt_registry.rs `WorkerLoadProjection`): the number of
+ *   distinct complete prompt blocks of the requests active on w (routed, not finished) together
+ *   with this request's — shared prefix blocks count once (`assume_kv_reuse`), output blocks
+ *   are not tracked (`track_output_blocks` false);
+ * - bs = 16 (the engine's KV block): a trace block of t tokens holds floor(t / 16) complete
+ *   16-token blocks (trace blocks start at multiples of 16, so this count is exact).
+ * argmin; exact ties by uniform reservoir sampling (`random_choice`); temperature > 0 samples
+ * p(w) ∝ exp(−(c_w − c_min) / ((c_max − c_min)·T)) (`softmax_sample`).
+ * Not modelled: the router queue (`router_queue_threshold`, unset by default in the v1.4-era
+ * config; the peer audit measured it does not help at 1.25× the Mooncake rate).
  */
 import { argminUp, type DecideContext, type Strategy, type StrategyChoice } from '../engine.js';
-import type { Alternative, Intent } from '../types.js';
+import type { Alternative, Decision, Intent } from '../types.js';
 
 /** Parameters of `dynamo-kv` (Dynamo KvRouterConfig names). */
 export interface DynamoParams {
+  /** overlap_score_weight (deprecated alias of prefill_load_scale; 0 also zeroes the overlap credit). */
   overlapScoreWeight: number;
   routerTemperature: number;
   /** engine KV block size used to express costs in blocks (tokens). */
   blockSize: number;
+  /** router_assume_kv_reuse: shared prefix blocks of active requests count once. */
+  assumeKvReuse: boolean;
   intent: Intent;
 }
 
-/** Dynamo's defaults: overlap_score_weight 1, router_temperature 0; costs in 16-token blocks. */
-export const DYNAMO_DEFAULTS: DynamoParams = { overlapScoreWeight: 1, routerTemperature: 0, blockSize: 16, intent: 'text' };
+/** Dynamo's defaults: overlap_score_weight 1, router_temperature 0, assume_kv_reuse true; 16-token blocks. */
+export const DYNAMO_DEFAULTS: DynamoParams = { overlapScoreWeight: 1, routerTemperature: 0, blockSize: 16, assumeKvReuse: true, intent: 'text' };
 
-/** The `dynamo-kv` strategy (module doc); stateless beyond the engine's booked load and index. */
+interface Active {
+  instance: number;
+  blocks: readonly number[];
+  /** complete engine blocks per trace block. */
+  counts: Int32Array;
+  /** engine blocks booked without dedup (no reuse or no block ids). */
+  booked: number;
+}
+
+/** The `dynamo-kv` strategy (module doc): the router's own active-sequence tracking per worker. */
 export class DynamoKvStrategy implements Strategy {
   readonly name = 'dynamo-kv';
   private readonly p: DynamoParams;
+  /** trace block id -> active requests holding it, per instance (deleted when all zero). */
+  private refs = new Map<number, Int32Array>();
+  /** per instance: Σ complete engine blocks of distinct active trace blocks (or of every prompt without reuse). */
+  private activeBlocks = new Float64Array(0);
+  private readonly active = new Map<string, Active>();
+  private cost = new Float64Array(0);
+  private extra = new Float64Array(0);
+  private counts = new Int32Array(64);
+  private n = 0;
+
   constructor(params: Partial<DynamoParams> = {}) {
     this.p = { ...DYNAMO_DEFAULTS, ...params };
   }
+
   decide(ctx: DecideContext): StrategyChoice {
     const p = this.p;
+    if (this.n !== ctx.n) this.init(ctx.n);
     const req = ctx.req;
     const bs = p.blockSize;
-    const cost = new Float64Array(ctx.n);
+    const counts = this.blockCounts(req.inputTokens, req.blockSize, req.blocks.length);
+    const credit = p.overlapScoreWeight === 0 ? 0 : 1;
+    const scale = p.overlapScoreWeight;
+    const reqBlocks = Math.floor(req.inputTokens / bs);
+    // additional_active_blocks per worker: this request's complete blocks not active there
+    const extra = this.extra;
+    if (!p.assumeKvReuse || req.blocks.length === 0) extra.fill(reqBlocks);
+    else {
+      extra.fill(0);
+      let all = 0;
+      for (let j = 0; j < req.blocks.length; j++) {
+        const c = counts[j]!;
+        const r = this.refs.get(req.blocks[j]!);
+        if (r === undefined) all += c;
+        else for (let i = 0; i < ctx.n; i++) if (r[i] === 0) extra[i]! += c;
+      }
+      if (all) for (let i = 0; i < ctx.n; i++) extra[i]! += all;
+    }
+    const cost = this.cost;
     const alternatives: Alternative[] = [];
     let cmin = Infinity;
     let cmax = -Infinity;
     for (let i = 0; i < ctx.n; i++) {
       if (!ctx.isUp(i)) continue;
       const l = ctx.load(i);
-      const prefill = (req.inputTokens - ctx.cachedTokens(i) + l.prefillTokens) / bs;
-      const decode = (l.kvTokens + req.inputTokens) / bs;
-      const c = p.overlapScoreWeight * prefill + decode;
+      const overlap = Math.floor(ctx.cachedTokens(i) / bs);
+      const prefill = Math.max(0, (l.prefillTokens + req.inputTokens) / bs - credit * overlap);
+      const c = scale * prefill + this.activeBlocks[i]! + extra[i]!;
       cost[i] = c;
       if (c < cmin) cmin = c;
       if (c > cmax) cmax = c;
@@ -68,5 +125,82 @@ export class DynamoKvStrategy implements Strategy {
       }
     } else chosen = argminUp(ctx, (i) => cost[i]!);
     return { instance: chosen, intent: p.intent, alternatives, reason: 'dynamo-cost' };
+  }
+
+  /** Books the request's prompt blocks as active on the chosen worker (released at completion). */
+  onDispatch(ctx: DecideContext, d: Decision): void {
+    const req = ctx.req;
+    if (this.n !== ctx.n) this.init(ctx.n);
+    const counts = this.blockCounts(req.inputTokens, req.blockSize, req.blocks.length).slice(0, req.blocks.length);
+    const i = d.instance;
+    const booked = Math.floor(req.inputTokens / this.p.blockSize);
+    this.active.set(req.id, { instance: i, blocks: req.blocks, counts, booked });
+    if (!this.p.assumeKvReuse || req.blocks.length === 0) {
+      this.activeBlocks[i]! += booked;
+      return;
+    }
+    for (let j = 0; j < req.blocks.length; j++) {
+      const b = req.blocks[j]!;
+      let r = this.refs.get(b);
+      if (r === undefined) {
+        r = new Int32Array(this.n);
+        this.refs.set(b, r);
+      }
+      if (r[i] === 0) this.activeBlocks[i]! += counts[j]!;
+      r[i]!++;
+    }
+  }
+
+  onComplete(id: string): void {
+    const a = this.active.get(id);
+    if (!a) return;
+    this.active.delete(id);
+    const i = a.instance;
+    if (i >= this.n) return;
+    if (!this.p.assumeKvReuse || a.blocks.length === 0) {
+      const booked = a.blocks.length === 0 || !this.p.assumeKvReuse ? a.booked : 0;
+      this.activeBlocks[i] = Math.max(0, this.activeBlocks[i]! - booked);
+      return;
+    }
+    for (let j = 0; j < a.blocks.length; j++) {
+      const b = a.blocks[j]!;
+      const r = this.refs.get(b);
+      if (!r || r[i] === 0) continue;
+      r[i]!--;
+      if (r[i] === 0) {
+        this.activeBlocks[i]! -= a.counts[j]!;
+        if (r.every((x) => x === 0)) this.refs.delete(b);
+      }
+    }
+  }
+
+  onInstanceDown(i: number): void {
+    if (i >= this.n) return;
+    for (const [id, a] of this.active) {
+      if (a.instance !== i) continue;
+      this.onComplete(id);
+    }
+    this.activeBlocks[i] = 0;
+  }
+
+  /** floor(tokens / bs) per trace block of a prompt (scratch array, valid until the next call). */
+  private blockCounts(inputTokens: number, traceBlock: number, nBlocks: number): Int32Array {
+    if (this.counts.length < nBlocks) this.counts = new Int32Array(Math.max(nBlocks, this.counts.length * 2));
+    const c = this.counts;
+    const bs = this.p.blockSize;
+    for (let j = 0; j < nBlocks; j++) {
+      const start = j * traceBlock;
+      const t = Math.max(0, Math.min(traceBlock, inputTokens - start));
+      c[j] = Math.floor(t / bs);
+    }
+    return c;
+  }
+
+  private init(n: number): void {
+    this.n = n;
+    this.refs = new Map();
+    this.activeBlocks = new Float64Array(n);
+    this.cost = new Float64Array(n);
+    this.extra = new Float64Array(n);
   }
 }

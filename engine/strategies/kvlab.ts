@@ -29,8 +29,8 @@
  * prefill, so the optimum is either that point, its neighbour chunk, or an end. We evaluate
  * exactly those candidates (plus 0 and full) with the predictor.
  */
-import { kvWireBytes, transferMs } from '../costmodel.js';
-import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
+import { kvWireBytes, prefillAloneMs, transferMs } from '../costmodel.js';
+import { PEER_LINK_DEFAULT, type DecideContext, type Strategy, type StrategyChoice } from '../engine.js';
 import { copyPrediction, emptyPrediction, type Prediction } from '../predict.js';
 import type { Alternative, Intent } from '../types.js';
 
@@ -52,6 +52,12 @@ export interface KvlabParams {
   rateAlpha: number;
   /** consider hybrid splits. */
   hybrid: boolean;
+  /**
+   * consider moving the longest cached prefix from the instance that holds it over the
+   * instance-to-instance KV link (as Mooncake's cache load balancing does), priced like every
+   * other option: link wait + transfer, then prefill of the rest.
+   */
+  peer: boolean;
   /** costs within min(tieMaxMs, max(tieMs, tieFrac × cost)) of each other count as ties (ms, fraction, ms). */
   tieMs: number;
   tieFrac: number;
@@ -59,7 +65,7 @@ export interface KvlabParams {
 }
 
 /** Defaults: predicted TTFT plus the queueing and arrival externalities (weights 3), hybrid splits on, no tie tolerance. */
-export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, arrivalWeight: 3, rateAlpha: 0.02, hybrid: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity };
+export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, arrivalWeight: 3, rateAlpha: 0.02, hybrid: true, peer: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity };
 
 /** The `kvlab` strategy (module doc): minimum predicted cost over instances × intents × splits. */
 export class KvlabStrategy implements Strategy {
@@ -88,8 +94,10 @@ export class KvlabStrategy implements Strategy {
     let bestReuse = 0;
     let bestCost = Infinity;
     let ties = 1;
-    const consider = (i: number, intent: Intent, reuse: number) => {
-      const pred = ctx.predictInto(scratch, i, intent, reuse);
+    let bestPeer: { from: number; tokens: number } | undefined;
+    let peerPick: { from: number; tokens: number } | undefined;
+    const consider = (i: number, intent: Intent, reuse: number, peer?: { from: number; tokens: number }) => {
+      const pred = ctx.predictInto(scratch, i, intent, reuse, peer);
       const cost = pred.ttftMs + (this.p.workWeight + this.p.queueWeight * ctx.load(i).prefillReqs + aw * pred.workMs) * pred.workMs;
       const a: Alternative = { instance: i, intent, score: round3(cost), ttftMs: round3(pred.ttftMs) };
       if (intent === 'hybrid') a.reusedTokens = reuse;
@@ -113,9 +121,18 @@ export class KvlabStrategy implements Strategy {
         bestIntent = intent;
         bestReuse = reuse;
         bestCost = cost;
+        peerPick = peer;
         copyPrediction(bestPred, pred);
       }
     };
+    if (this.p.peer && ctx.bestMatch > 0) {
+      // the instance holding the longest cached prefix (first one among equals)
+      for (let i = 0; i < ctx.n; i++) {
+        if (!ctx.isUp(i) || ctx.match[i] !== ctx.bestMatch) continue;
+        bestPeer = { from: i, tokens: ctx.cachedTokens(i) };
+        break;
+      }
+    }
     const chunk = ctx.cluster.chunkTokens;
     for (let i = 0; i < ctx.n; i++) {
       if (!ctx.isUp(i)) continue;
@@ -141,13 +158,32 @@ export class KvlabStrategy implements Strategy {
       const cands = new Set<number>([x0, x0 + chunk, Math.floor(kc.reuseTokens / 2 / chunk) * chunk]);
       for (const x of cands) if (x > hit && x < kc.reuseTokens) consider(i, 'hybrid', x);
     }
+    if (bestPeer !== undefined) {
+      // peer moves, after every local option: an exact lower bound (transfer and queue overlap at
+      // best, the rest prefills alone, no decode interference) skips the ones that cannot win
+      const peer = bestPeer;
+      const intent: Intent = req.knowledgeTokens > 0 ? 'text' : 'none';
+      const link = ctx.cluster.peerLink ?? PEER_LINK_DEFAULT;
+      for (let i = 0; i < ctx.n; i++) {
+        if (!ctx.isUp(i) || i === peer.from || peer.tokens <= ctx.cachedTokens(i)) continue;
+        const prof = ctx.cluster.instances[i]!.profile;
+        const w = prefillAloneMs(prof, peer.tokens, req.inputTokens - peer.tokens);
+        const ready = ctx.peerLinkWaitMs(peer.from, i) + transferMs((peer.tokens - ctx.cachedTokens(i)) * prof.model.kvBytesPerToken, link);
+        const lb = Math.max(ready, ctx.backlogMs(i)) + prof.step.frontendMsPerRequest + prof.step.apiMs + w + (this.p.workWeight + this.p.queueWeight * ctx.load(i).prefillReqs + aw * w) * w;
+        const tol = Math.min(this.p.tieMaxMs, Math.max(this.p.tieMs, this.p.tieFrac * bestCost));
+        if (lb > bestCost + tol) continue;
+        consider(i, intent, 0, peer);
+      }
+    }
     if (bestI < 0) throw new Error('no instance is up');
     if (this.lastArrival >= 0 && ctx.now >= this.lastArrival) {
       const gap = ctx.now - this.lastArrival;
       this.gapMs = this.gapMs < 0 ? gap : this.gapMs + this.p.rateAlpha * (gap - this.gapMs);
     }
     this.lastArrival = ctx.now;
-    return { instance: bestI, intent: bestIntent, reuseTokens: bestReuse, alternatives, reason: 'min-ttft', prediction: bestPred };
+    const choice: StrategyChoice = { instance: bestI, intent: bestIntent, reuseTokens: bestReuse, alternatives, reason: peerPick ? 'min-ttft;peer' : 'min-ttft', prediction: bestPred };
+    if (peerPick) choice.peer = peerPick;
+    return choice;
   }
 }
 

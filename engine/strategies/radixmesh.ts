@@ -1,12 +1,19 @@
 /**
- * `radixmesh`: RadixMesh's router (reference/routers.md §6): longest prefix match on the
- * replicated radix tree (here: the engine's event-fed index); when no instance holds any
- * prefix, a consistent-hash ring (3 virtual nodes per instance) keyed by the request's first
- * block. No load term. (RadixMesh hashes with MD5; any well-mixed hash gives the same
- * behaviour, we use 32-bit FNV-1a.)
+ * `radixmesh`: RadixMesh's router (zzt93/RadixMesh @ c31c7b9, python/src/router/
+ * cache_aware_router.py `CacheAwareRouter.cache_aware_route`, `ConsistentHash`; reference/routers.md §6):
+ * longest prefix match on the replicated radix tree (here: the engine's index fed by KV events
+ * and predict-on-route) → the node owning the deepest matched segment (RadixMesh's tree keeps
+ * the rank of the node that inserted a segment: here the first instance a block was routed to,
+ * among those with the longest match; else the lowest index); when nobody matches, a
+ * consistent-hash ring of 3 virtual nodes per instance (`replicas=3`, keys "node#i") keyed by
+ * the **whole request key** (`get_node(key)`: upstream hashes the token list; we hash the
+ * request's full chain of block ids, which identifies the same prompt), the first ring point
+ * strictly after the key's hash (`bisect`), wrapping around. No load term. Warm-up mode (hash
+ * only, before `finish_warm_up`) is not modelled. RadixMesh hashes with MD5 (first 4 bytes);
+ * any well-mixed 32-bit hash behaves the same, we use FNV-1a.
  */
 import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
-import type { Alternative, Intent } from '../types.js';
+import type { Alternative, Decision, Intent } from '../types.js';
 
 /** Parameters of `radixmesh`. */
 export interface RadixMeshParams {
@@ -33,6 +40,8 @@ export class RadixMeshStrategy implements Strategy {
   private readonly p: RadixMeshParams;
   private ring: { h: number; i: number }[] = [];
   private ringFor = -1;
+  /** block id -> the first instance it was routed to (the segment's owner rank). */
+  private readonly owner = new Map<number, number>();
   constructor(params: Partial<RadixMeshParams> = {}) {
     this.p = { ...RADIXMESH_DEFAULTS, ...params };
   }
@@ -43,11 +52,23 @@ export class RadixMeshStrategy implements Strategy {
     if (ctx.bestMatch > 0) {
       let best = -1;
       for (let i = 0; i < ctx.n; i++) if (ctx.isUp(i) && (best < 0 || ctx.match[i]! > ctx.match[best]!)) best = i;
-      if (best >= 0 && ctx.match[best]! > 0) return { instance: best, intent: p.intent, alternatives, reason: 'longest-prefix' };
+      if (best >= 0 && ctx.match[best]! > 0) {
+        const deepest = ctx.req.blocks[ctx.match[best]! - 1]!;
+        const o = this.owner.get(deepest);
+        if (o !== undefined && ctx.isUp(o) && ctx.match[o] === ctx.match[best]) best = o;
+        return { instance: best, intent: p.intent, alternatives, reason: 'longest-prefix' };
+      }
     }
-    const key = ctx.req.blocks.length ? `b${ctx.req.blocks[0]}` : (ctx.req.session ?? ctx.req.id);
+    const key = ctx.req.blocks.length ? ctx.req.blocks.join(',') : (ctx.req.session ?? ctx.req.id);
     return { instance: this.lookup(ctx, fnv1a32(key)), intent: p.intent, alternatives, reason: 'consistent-hash' };
   }
+  onDispatch(ctx: DecideContext, d: Decision): void {
+    for (const b of ctx.req.blocks) if (!this.owner.has(b)) this.owner.set(b, d.instance);
+  }
+  onInstanceDown(i: number): void {
+    for (const [b, o] of this.owner) if (o === i) this.owner.delete(b);
+  }
+  /** The ring point strictly after `h` (Python's `bisect`), wrapping around. */
   private lookup(ctx: DecideContext, h: number): number {
     const upMask = Array.from({ length: ctx.n }, (_, i) => (ctx.isUp(i) ? 1 : 0)).join('');
     const sig = fnv1a32(upMask);
@@ -60,7 +81,7 @@ export class RadixMeshStrategy implements Strategy {
       this.ring.sort((a, b) => a.h - b.h || a.i - b.i);
       this.ringFor = sig;
     }
-    for (const e of this.ring) if (e.h >= h) return e.i;
+    for (const e of this.ring) if (e.h > h) return e.i;
     return this.ring[0]!.i;
   }
 }

@@ -8,7 +8,7 @@
 import type { Engine } from '../../engine/engine.js';
 import type { Decision, Intent, TraceRequest } from '../../engine/types.js';
 import { ApiError } from '../openai.js';
-import type { RequestContext } from './context.js';
+import { RequestAborted, type RequestContext } from './context.js';
 
 /**
  * Applies a forced intent (`Injection_type`) to the engine's decision on the same instance:
@@ -75,6 +75,8 @@ export class EngineBooking {
     try {
       if (!engine.up.some(Boolean)) throw new ApiError(503, exclude >= 0 ? 'no other instance is up to retry on' : 'no instance is up', 'ServiceUnavailableError', null);
       d = engine.decide(ctx.req!, t);
+      // admission control (Mooncake-style early rejection): never booked, answered 429
+      if (d.rejected) throw new ApiError(429, `rejected by admission control: ${d.rejected}`, 'RateLimitError', null);
       if (forced && this.honorInjectionType) d = forceIntent(engine, ctx.req!, d, forced, t);
       engine.onDispatch(ctx.req!, d, t);
     } finally {
@@ -100,11 +102,45 @@ export class EngineBooking {
     return true;
   }
 
-  /** Releases the booking: `onComplete` when the request completed, else `onAbort`. No-op when not booked. */
+  /**
+   * Releases the booking: `onComplete` (with the completion tokens observed, which teach the
+   * engine's output-length predictor) when the request completed, else `onAbort`; then wakes the
+   * requests the engine released from its proxy queues. No-op when not booked.
+   */
   release(ctx: RequestContext, completed: boolean): void {
     if (!ctx.booked) return;
     ctx.booked = false;
-    if (completed) this.engine.onComplete(ctx.id, ctx.tDone >= 0 ? ctx.tDone : this.now());
+    if (completed) this.engine.onComplete(ctx.id, ctx.tDone >= 0 ? ctx.tDone : this.now(), ctx.usage?.completion_tokens ?? ctx.completionTokens);
     else this.engine.onAbort(ctx.id, this.now());
+    for (const id of this.engine.takeReleased()) {
+      const wake = this.held.get(id);
+      this.held.delete(id);
+      wake?.();
+    }
+  }
+
+  /** Requests waiting for a proxy slot: id -> wake-up. */
+  private readonly held = new Map<string, () => void>();
+
+  /**
+   * Resolves when the booked request may be forwarded to its instance: at once, unless the
+   * strategy caps requests per instance (`maxForwardPerInstance`, CacheRoute's READY_CONCURRENCY)
+   * and the engine holds it in the instance's proxy queue until a forwarded request finishes.
+   * Rejects when the request is aborted while waiting (its booking is then released by the caller).
+   */
+  async forwardSlot(ctx: RequestContext): Promise<void> {
+    if (!ctx.booked || this.engine.forward(ctx.id, this.now())) return;
+    const signal = ctx.attemptSignal();
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => {
+        this.held.delete(ctx.id);
+        reject(new RequestAborted(ctx.killed ?? 'aborted while waiting for a proxy slot'));
+      };
+      this.held.set(ctx.id, () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      });
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
   }
 }

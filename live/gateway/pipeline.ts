@@ -165,6 +165,9 @@ export function registerPipeline(app: FastifyInstance, deps: PipelineDeps): void
       knowledgeTokens: built.knowledgeTokens,
       ...(built.question ? { question: built.question } : {}),
     };
+    // what the engine may book as the output length: the client's bound (completions default to
+    // vLLM's 16, which is enforced); a chat request without one leaves it to the predictor
+    if (built.maxTokensGiven || ctx.kind === 'completion') req.maxTokens = Math.max(1, built.maxTokens);
     return req;
   };
 
@@ -178,6 +181,9 @@ export function registerPipeline(app: FastifyInstance, deps: PipelineDeps): void
       leg.attempt = new AbortController();
       try {
         await deps.injector.run(leg);
+        leg.checkAborted();
+        // a strategy with a proxy cap (CacheRoute's READY_CONCURRENCY) may hold it here
+        await deps.booking.forwardSlot(leg);
         leg.checkAborted();
         return await deps.upstream.send(leg, leg.built!, upstreamStream);
       } catch (e) {

@@ -7,7 +7,7 @@
  * every full block of the previous turn's prompt. Seeded and deterministic.
  *
  * Usage: node dist/notebooks/analyses/agent-trace.js [--seed N] [--sessions N] > agent.jsonl
- *        then e.g. kvlab ab --trace agent.jsonl --strategies sglang-cache-aware,dynamo-kv,kvlab
+ *        then e.g. kvlab ab --trace agent.jsonl --strategies sglang-router,dynamo-kv,mooncake,kvlab
  */
 const args = process.argv.slice(2);
 const opt = (name: string, def: number): number => {

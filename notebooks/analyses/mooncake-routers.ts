@@ -20,7 +20,7 @@ import { progressPrinter } from '../cli.js';
 import { parseSeeds, runSweep } from '../sweep.js';
 import { writeSweepFigure } from './figures.js';
 
-const ROUTERS = 'round-robin,least-load,dynamo-kv,sglang-cache-aware,aibrix-prefix,radixmesh,cacheroute,kvlab';
+const ROUTERS = 'round-robin,least-load,cacheroute,dynamo-kv,sglang-router,sglang-gateway,aibrix-prefix,llm-d,mooncake,mooncake-local,kvlab';
 
 const program = new Command('mooncake-routers')
   .description('compare routers on the Mooncake conversation trace')
