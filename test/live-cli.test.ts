@@ -11,10 +11,12 @@ import { intArg, numberArg } from '../bin/options.js';
 import { parseLinkOverride, registerLiveCommands } from '../live/cli.js';
 import { startTestRedis, type RedisServerHandle } from './helpers/redis.js';
 import { getText, postJson, sleep, testProfile } from './helpers/live.js';
+import { describeRedis, HAVE_REDIS } from './helpers/system.js';
 
 let redis: RedisServerHandle;
 let profileFile: string;
 beforeAll(async () => {
+  if (!HAVE_REDIS) return;
   redis = await startTestRedis();
   profileFile = join(mkdtempSync(join(tmpdir(), 'kvlab-cli-')), 'tiny.json');
   writeFileSync(profileFile, JSON.stringify(testProfile()));
@@ -76,7 +78,7 @@ describe('option parsing', () => {
   });
 });
 
-describe('servers', () => {
+describeRedis('servers', () => {
   it('kvlab emulate serves, then closes on SIGTERM', async () => {
     const { url, done } = await run(['emulate', '--port', '0', '--profile', profileFile, '--model', 'tiny', '--redis', redis.url, '--time-scale', '5']);
     const r = await postJson(`${url}/v1/completions`, { model: 'tiny', prompt: 'hello', max_tokens: 2 });

@@ -10,11 +10,12 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runDemo } from '../live/demo.js';
 import { pingRedis } from '../live/redis-launcher.js';
+import { describeRedis } from './helpers/system.js';
 
 const out = mkdtempSync(join(tmpdir(), 'kvlab-demo-'));
 afterAll(() => rmSync(out, { recursive: true, force: true }));
 
-describe('live demo', () => {
+describeRedis('live demo', () => {
   it('runs the live path and the simulator on the same requests and compares them', async () => {
     const lines: string[] = [];
     const r = await runDemo({ out, requests: 10, rate: 2, timeScale: 4, workload: 'synthetic', outputTokens: 8, log: (l) => lines.push(l) });

@@ -9,6 +9,7 @@ import { decodeMetadata, lmcacheChunks } from '../live/lmcache.js';
 import { LmcacheRedis } from '../live/lmcache-redis.js';
 import { startTestRedis, type RedisServerHandle } from './helpers/redis.js';
 import { getText, parseProm, postJson, postSse, promSum, sleep, testProfile } from './helpers/live.js';
+import { describeRedis } from './helpers/system.js';
 
 let redisSrv: RedisServerHandle;
 let redis: Redis;
@@ -40,7 +41,7 @@ async function waitForKeys(pattern: string, n: number, ms = 5000): Promise<strin
   }
 }
 
-describe('emulator LMCache behaviour', () => {
+describeRedis('emulator LMCache behaviour', () => {
   it('stores the prompt chunks after prefill with the LMCache key layout, kv_bytes + 28-byte metadata', async () => {
     const a = await emu();
     const prompt = 'The history of the printing press. '.repeat(80); // ~ 560+ tokens -> 2 full chunks
@@ -129,7 +130,7 @@ describe('emulator LMCache behaviour', () => {
   });
 });
 
-describe('LMCache Redis unavailable', () => {
+describeRedis('LMCache Redis unavailable', () => {
   it('serves requests as misses when its Redis goes away (as LMCache does)', async () => {
     const own = await startTestRedis();
     const e = await startEmulator({ profile: testProfile(), redisUrl: own.url });

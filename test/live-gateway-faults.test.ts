@@ -19,6 +19,7 @@ import { resolveCluster, type ResolvedCluster } from '../sim/cluster.js';
 import type { Profile } from '../engine/types.js';
 import { startTestRedis, type RedisServerHandle } from './helpers/redis.js';
 import { postJson, postSse, sleep, testProfile } from './helpers/live.js';
+import { describeRedis } from './helpers/system.js';
 
 const KVLAB = resolve('dist/bin/kvlab.js');
 const MODEL = 'test-llama';
@@ -158,7 +159,7 @@ describe('dead backends', () => {
   });
 });
 
-describe('KDN or Redis down', () => {
+describeRedis('KDN or Redis down', () => {
   let redis: RedisServerHandle[] = [];
   let kdn: KdnHandle;
   let em: EmulatorHandle;

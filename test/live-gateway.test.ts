@@ -16,6 +16,7 @@ import { resolveCluster } from '../sim/cluster.js';
 import { startTestRedis, type RedisServerHandle } from './helpers/redis.js';
 import { getText, parseProm, postJson, postSse, promSum, testProfile } from './helpers/live.js';
 import { request } from 'undici';
+import { describeRedis } from './helpers/system.js';
 
 const MODEL = 'test-llama';
 const redis: RedisServerHandle[] = [];
@@ -61,7 +62,7 @@ afterAll(async () => {
 
 const chat = (content: string, extra: Record<string, unknown> = {}) => ({ model: MODEL, messages: [{ role: 'user', content }], max_tokens: 4, ...extra });
 
-describe('OpenAI API through the gateway', () => {
+describeRedis('OpenAI API through the gateway', () => {
   it('non-streaming chat without knowledge: OpenAI shape, decision header, usage', async () => {
     const r = await postJson(`${gw.url}/v1/chat/completions`, chat('Hello there, how are you?'), { 'x-request-id': 'plain-1' });
     expect(r.status).toBe(200);
@@ -132,7 +133,7 @@ describe('OpenAI API through the gateway', () => {
   });
 });
 
-describe('errors in the OpenAI shape', () => {
+describeRedis('errors in the OpenAI shape', () => {
   it('400 malformed body naming the field, 404 model / knowledge id', async () => {
     const bad = await postJson(`${gw.url}/v1/chat/completions`, '{"messages": [', {});
     expect(bad.status).toBe(400);
@@ -159,7 +160,7 @@ describe('errors in the OpenAI shape', () => {
   });
 });
 
-describe('operations endpoints', () => {
+describeRedis('operations endpoints', () => {
   it('models, health, metrics, status', async () => {
     const m = await getText(`${gw.url}/v1/models`);
     expect(JSON.parse(m.text).data[0].id).toBe(MODEL);

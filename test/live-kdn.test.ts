@@ -12,6 +12,7 @@ import { lmcacheChunks } from '../live/lmcache.js';
 import { encodeSystemPrefix } from '../live/tokenizer.js';
 import { startTestRedis, type RedisServerHandle } from './helpers/redis.js';
 import { postJson, testProfile } from './helpers/live.js';
+import { describeRedis } from './helpers/system.js';
 
 const MODEL_PATH = '/models/Meta-Llama-3-70B-Instruct';
 let kdnRedis: RedisServerHandle;
@@ -38,7 +39,7 @@ async function emulator(redisUrl: string): Promise<EmulatorHandle> {
   return e;
 }
 
-describe('register and read knowledge', () => {
+describeRedis('register and read knowledge', () => {
   it('kid = sha256 of the normalised text; registration is idempotent', async () => {
     const r = await postJson(`${kdn.url}/knowledge/register_text`, { content: `\r\n  ${DOC.replace(/\. /g, '.\r\n')}  \r\n`, meta: { source: 'test' } });
     expect(r.status).toBe(200);
@@ -97,7 +98,7 @@ describe('register and read knowledge', () => {
   });
 });
 
-describe('inject_ready_kv into an instance LMCache Redis', () => {
+describeRedis('inject_ready_kv into an instance LMCache Redis', () => {
   it('copies the chunks with the LMCache layout; the emulator then reports them as cached_tokens', async () => {
     const reg = await postJson(`${kdn.url}/knowledge/register_text`, { content: DOC });
     const kid = reg.json.kid;
@@ -173,7 +174,7 @@ describe('inject_ready_kv into an instance LMCache Redis', () => {
   });
 });
 
-describe('link pacing', () => {
+describeRedis('link pacing', () => {
   it('transfers on one link serialise FIFO; another link does not wait', async () => {
     // 256 KB charged per 256-token chunk at 0.02 Gbit/s (2.5 MB/s) -> ~100 ms per chunk
     const paced = await startKdn({
@@ -211,7 +212,7 @@ describe('link pacing', () => {
   });
 });
 
-describe('tokenisation through an instance and housekeeping', () => {
+describeRedis('tokenisation through an instance and housekeeping', () => {
   it('tokenizeUrl uses the instance /tokenize (same ids as the local tokenizer)', async () => {
     const em = await emulator(instRedis.url);
     const viaInst = await startKdn({ port: 0, redisUrl: kdnRedis.url, model: MODEL_PATH, tokenizeUrl: em.url });

@@ -3,9 +3,10 @@ import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { findRedisServer, launchRedis, pingRedis } from '../live/redis-launcher.js';
+import { HAVE_REDIS } from './helpers/system.js';
 
 describe('launchRedis', () => {
-  it('starts on a free loopback port without persistence and stops cleanly', async () => {
+  it.skipIf(!HAVE_REDIS)('starts on a free loopback port without persistence and stops cleanly', async () => {
     const [a, b] = await Promise.all([launchRedis(), launchRedis()]);
     try {
       expect(a.port).not.toBe(b.port);
@@ -32,7 +33,7 @@ describe('launchRedis', () => {
     expect(() => findRedisServer('/nonexistent/redis-server')).toThrow(/apt-get install -y redis-server/);
   });
 
-  it('reports a port that is taken', async () => {
+  it.skipIf(!HAVE_REDIS)('reports a port that is taken', async () => {
     const a = await launchRedis();
     try {
       await expect(launchRedis({ port: a.port, startTimeoutMs: 3000 })).rejects.toThrow(/redis-server/);

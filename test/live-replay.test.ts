@@ -17,6 +17,7 @@ import { encodePrompt, encodeSystemPrefix, encodeText } from '../live/tokenizer.
 import { resolveCluster } from '../sim/cluster.js';
 import { startTestRedis, type RedisServerHandle } from './helpers/redis.js';
 import { postJson, testProfile } from './helpers/live.js';
+import { describeRedis } from './helpers/system.js';
 
 const req = (id: string, arrivalMs: number, inputTokens: number, blocks: number[], outputTokens = 3): TraceRequest => ({ id, arrivalMs, inputTokens, outputTokens, blockSize: 32, blocks, knowledge: [], knowledgeTokens: 0 });
 
@@ -58,7 +59,7 @@ describe('text synthesis', () => {
   });
 });
 
-describe('replay against servers', () => {
+describeRedis('replay against servers', () => {
   let em: EmulatorHandle;
   const redis: RedisServerHandle[] = [];
   let tmp: string;

@@ -12,6 +12,7 @@ import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildReport, CHARTS, type ReportResult } from '../notebooks/report.js';
 import { HeadlessPage } from './fixtures/notebooks/chromium.js';
+import { describeChromium } from './helpers/system.js';
 import { makeFixtures, writeRun, type FixturePaths } from './fixtures/notebooks/make-fixtures.js';
 
 const REQUESTS = 3000;
@@ -97,7 +98,7 @@ describe('kvlab report files', () => {
   });
 });
 
-describe('report.html in headless Chromium', () => {
+describeChromium('report.html in headless Chromium', () => {
   it('renders every chart as SVG, without console errors or network, in under 3 s', async () => {
     const page = await HeadlessPage.launch({ width: 1280, height: 900 });
     const url = pathToFileURL(report.html).href;
