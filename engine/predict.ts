@@ -80,6 +80,21 @@ export function predictionOf(f: Partial<Prediction>): Prediction {
   return out;
 }
 
+/**
+ * Predicted TBT (ms) of a request that would start decoding on an instance with load `l`: the
+ * duration of one of its longest iterations (Mooncake's TBT averages the longest 10% of token
+ * gaps): the decode step of the booked decoding requests plus this one, sharing the step with
+ * a chunk of the prefill work still booked there (chunked prefill), if any.
+ */
+export function tbtEstimateMs(inst: InstanceSpec, l: InstanceLoad): number {
+  const m = inst.profile.step;
+  const d = l.decodeReqs + 1;
+  const budget = inst.engine.maxNumBatchedTokens;
+  const chunk = Math.max(0, Math.min(budget - d, l.prefillTokens));
+  const ctx = l.decodeReqs > 0 ? l.decodeCtxTokens : 0;
+  return m.fixedMs + (chunk > 0 ? m.prefillSeqMs : 0) + m.decodeSeqMs * d + curveMs(m, chunk + d) + m.kvReadMsPerToken * ctx;
+}
+
 /** Copies every field of `src` into `dst`; returns `dst`. */
 export function copyPrediction(dst: Prediction, src: Prediction): Prediction {
   dst.prepareMs = src.prepareMs;

@@ -265,6 +265,24 @@ export function sweepData(inputs: ReportInputs, xParam: string, metric: 'ttft' |
   };
 }
 
+/**
+ * Goodput against offered load from capacity.json files: every point `kvlab capacity`
+ * evaluated (per seed), one line per strategy, and the target as a rule.
+ */
+export function goodputLoadData(inputs: ReportInputs): ChartData {
+  const caps = inputs.capacities ?? [];
+  if (caps.length === 0) return null;
+  const rows: { strategy: string; x: number; goodput: number; seed: number; multiplier: number }[] = [];
+  for (const c of caps) for (const [s, e] of Object.entries(c.strategies)) for (const p of e.points) rows.push({ strategy: s, x: p.offered_load, goodput: p.goodput, seed: p.seed, multiplier: p.multiplier });
+  if (rows.length === 0) return null;
+  rows.sort((a, b) => a.strategy.localeCompare(b.strategy) || a.seed - b.seed || a.x - b.x);
+  const c = caps[0]!;
+  return {
+    datasets: { points: rows, target: [{ target: c.target }] },
+    vars: { subtitle: `share of requests within TTFT <= ${c.slo.ttft_ms} ms and TBT <= ${c.slo.tbt_ms} ms; every point kvlab capacity evaluated (bisection), per seed; rule: target ${c.target}` },
+  };
+}
+
 /** One run per strategy for time-series charts: the lowest seed that has timeseries.json. */
 function seriesRuns(inputs: ReportInputs): { strategy: string; run: RunData; ts: TimeseriesJson }[] {
   const out: { strategy: string; run: RunData; ts: TimeseriesJson }[] = [];

@@ -47,12 +47,22 @@ export interface DiffData {
   diff: DiffJson;
 }
 
+/** A loaded capacity.json (`kvlab capacity`): the evaluated points per strategy. */
+export interface CapacityData {
+  file: string;
+  target: number;
+  slo: { ttft_ms: number; tbt_ms: number };
+  /** strategy -> capacity mean and the evaluated (offered load, goodput) points. */
+  strategies: Record<string, { mean: number; offered_load: number; points: { seed: number; multiplier: number; offered_load: number; goodput: number }[] }>;
+}
+
 /** Everything a report is built from. */
 export interface ReportInputs {
   runs: RunData[];
   abs: AbData[];
   sweeps: SweepData[];
   diffs: DiffData[];
+  capacities: CapacityData[];
   /** non-fatal problems (e.g. a run listed in ab.json that is not on disk), shown in the report. */
   warnings: string[];
 }
@@ -276,6 +286,22 @@ export function validateAb(x: unknown, file: string): AbJson {
   return x as unknown as AbJson;
 }
 
+/** Validates capacity.json: target, slo and per-strategy points with numeric fields. */
+function validateCapacity(json: unknown, file: string): CapacityData {
+  if (!isObj(json) || typeof json['target'] !== 'number' || !isObj(json['slo']) || !isObj(json['strategies'])) throw new InputError(`${file}: not a capacity.json (needs target, slo, strategies)`);
+  const strategies: CapacityData['strategies'] = {};
+  for (const [name, e] of Object.entries(json['strategies'] as Obj)) {
+    if (!isObj(e) || !Array.isArray(e['points'])) throw new InputError(`${file}: strategies.${name}.points must be an array`);
+    const points = (e['points'] as unknown[]).map((p, i) => {
+      if (!isObj(p) || !['seed', 'multiplier', 'offered_load', 'goodput'].every((k) => typeof p[k] === 'number' && Number.isFinite(p[k]))) throw new InputError(`${file}: strategies.${name}.points.${i} needs numeric seed, multiplier, offered_load, goodput`);
+      return { seed: p['seed'] as number, multiplier: p['multiplier'] as number, offered_load: p['offered_load'] as number, goodput: p['goodput'] as number };
+    });
+    strategies[name] = { mean: typeof e['mean'] === 'number' ? e['mean'] : NaN, offered_load: typeof e['offered_load'] === 'number' ? e['offered_load'] : NaN, points };
+  }
+  const slo = json['slo'] as Obj;
+  return { file, target: json['target'] as number, slo: { ttft_ms: Number(slo['ttft_ms']), tbt_ms: Number(slo['tbt_ms']) }, strategies };
+}
+
 /** Validates sweep.json: an array of {params, strategy, seed, summary|null}. */
 export function validateSweep(x: unknown, file: string): SweepEntry[] {
   if (!Array.isArray(x)) throw new InputError(`${file}: expected a JSON array of {params, strategy, seed, summary}`);
@@ -373,14 +399,16 @@ function findRunDirs(dir: string, depth = 3): string[] {
  */
 export function loadInputs(paths: readonly string[]): ReportInputs {
   if (paths.length === 0) throw new InputError('no input given: pass one or more run, ab or sweep directories, or a diff.json');
-  const inputs: ReportInputs = { runs: [], abs: [], sweeps: [], diffs: [], warnings: [] };
+  const inputs: ReportInputs = { runs: [], abs: [], sweeps: [], diffs: [], capacities: [], warnings: [] };
   for (const p of paths) {
     const abs = resolve(p);
     if (!existsSync(abs)) throw new InputError(`input not found: ${p}`);
     if (statSync(abs).isFile()) {
       const name = basename(abs);
       const json = readJson(abs);
-      if (name === 'ab.json' || (isObj(json) && isObj(json['strategies']) && Array.isArray(json['seeds']))) {
+      if (name === 'capacity.json' || (isObj(json) && typeof json['target'] === 'number' && isObj(json['slo']))) {
+        inputs.capacities.push(validateCapacity(json, abs));
+      } else if (name === 'ab.json' || (isObj(json) && isObj(json['strategies']) && Array.isArray(json['seeds']))) {
         loadAbDir(dirname(abs), inputs);
       } else if (Array.isArray(json)) {
         inputs.sweeps.push({ file: abs, entries: validateSweep(json, abs) });
@@ -399,6 +427,11 @@ export function loadInputs(paths: readonly string[]): ReportInputs {
     if (existsSync(join(abs, 'sweep.json'))) {
       const f = join(abs, 'sweep.json');
       inputs.sweeps.push({ file: f, entries: validateSweep(readJson(f), f) });
+      known = true;
+    }
+    if (existsSync(join(abs, 'capacity.json'))) {
+      const f = join(abs, 'capacity.json');
+      inputs.capacities.push(validateCapacity(readJson(f), f));
       known = true;
     }
     if (existsSync(join(abs, 'diff.json'))) {

@@ -1,10 +1,12 @@
 /**
- * `kvlab sim`, `kvlab ab`, `kvlab strategies` (and `kvlab profile ...` from sim/calibrate.ts).
+ * `kvlab sim`, `kvlab ab`, `kvlab capacity`, `kvlab strategies` (and `kvlab profile ...` from sim/calibrate.ts).
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { intArg, keyValueArg, numberArg, outDirArg, seedArg } from '../bin/options.js';
 import { checkStrategyParams, STRATEGY_NAMES } from '../engine/strategies/index.js';
 import { checkWorkloadOptions, WORKLOAD_NAMES, type WorkloadName } from '../traces/load.js';
+import { DEFAULT_SLO, type Slo } from './metrics.js';
+import { capacityTable, runCapacity } from './capacity.js';
 import { runAb, runSim, type RunOptions, type Summary } from './run.js';
 
 /** Parses a positive number option (bin/options.ts `numberArg`, > 0). */
@@ -60,6 +62,24 @@ export function inputWarnings(s: Pick<Summary, 'reordered_arrivals' | 'trace'>):
   if (s.reordered_arrivals > 0) process.stderr.write(`warning: ${s.trace}: ${s.reordered_arrivals} request(s) arrived before an earlier line's timestamp; sorted by arrival (summary.json reordered_arrivals)\n`);
 }
 
+/**
+ * Parses `--slo ttft=MS,tbt=MS` (either key may be omitted: default DEFAULT_SLO's value).
+ * @throws InvalidArgumentError naming the key for an unknown key or a non-positive value
+ */
+export function sloArg(v: string): Slo {
+  const out: Slo = { ...DEFAULT_SLO };
+  for (const part of v.split(',').map((x) => x.trim()).filter(Boolean)) {
+    const i = part.indexOf('=');
+    const k = i > 0 ? part.slice(0, i).trim() : part;
+    const n = i > 0 ? Number(part.slice(i + 1)) : NaN;
+    if (k !== 'ttft' && k !== 'tbt') throw new InvalidArgumentError(`--slo: unknown key "${k}" (use ttft=MS,tbt=MS)`);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`--slo ${k} must be a positive number of ms (got "${part.slice(i + 1)}")`);
+    if (k === 'ttft') out.ttftMs = n;
+    else out.tbtMs = n;
+  }
+  return out;
+}
+
 /** Shared input/cluster flags of sim and ab. */
 function addCommon(c: Command): Command {
   return c
@@ -70,12 +90,13 @@ function addCommon(c: Command): Command {
     .option('--profile <name|file>', 'instance profile (default h100x8-llama3-70b for Mooncake, else rtx5090x8-llama3-70b)')
     .option('--kv-capacity-tokens <n|inf>', 'KV capacity per instance in tokens (default: from the profile)', capacityArg)
     .option('--kdn-gbps <x>', 'KDN->instance link bandwidth, Gbit/s (default 10)', positive('--kdn-gbps'))
-    .option('--kv-event-delay-ms <ms>', 'delay of KV events back to the engine (default 0)', numberArg('--kv-event-delay-ms', { min: 0 }))
+    .option('--kv-event-delay-ms <ms>', 'delay of KV events back to the engine, ms (default 500: see sim/cluster.ts DEFAULT_KV_EVENT_DELAY_MS)', numberArg('--kv-event-delay-ms', { min: 0 }))
     .option('--time-scale <x>', 'multiply arrival times by x (1000 spreads arrivals out)', positive('--time-scale'))
     .option('--cluster <file>', 'cluster file (YAML or JSON): instances, KDNs, links, strategy parameters')
     .option('--skip-bad-lines', 'skip and count malformed trace lines instead of stopping')
     .option('--limit <n>', 'only the first n requests of the trace', positiveInt('--limit'))
     .option('--noise-cv <x>', 'step-time noise coefficient of variation (default 0.02)', numberArg('--noise-cv', { min: 0 }))
+    .option('--slo <ttft=MS,tbt=MS>', `SLO of the goodput in summary.json (default ttft=${DEFAULT_SLO.ttftMs},tbt=${DEFAULT_SLO.tbtMs})`, sloArg)
     .option('--quiet', 'no progress on stderr');
 }
 
@@ -95,6 +116,7 @@ function inputAndCluster(o: Record<string, any>): Omit<RunOptions, 'strategy'> {
     skipBadLines: o.skipBadLines,
     limit: o.limit,
     stepNoiseCv: o.noiseCv,
+    slo: o.slo,
   };
 }
 
@@ -125,6 +147,8 @@ export function summaryText(s: Summary): string {
     `TTFT ms   mean ${fmt(s.ttft_ms.mean)}  p50 ${fmt(s.ttft_ms.p50)}  p90 ${fmt(s.ttft_ms.p90)}  p99 ${fmt(s.ttft_ms.p99)}`,
     `TPOT ms   mean ${fmt(s.tpot_ms.mean, 2)}  p50 ${fmt(s.tpot_ms.p50, 2)}  p90 ${fmt(s.tpot_ms.p90, 2)}  p99 ${fmt(s.tpot_ms.p99, 2)}`,
     `E2E ms    mean ${fmt(s.e2e_ms.mean)}  p50 ${fmt(s.e2e_ms.p50)}  p90 ${fmt(s.e2e_ms.p90)}  p99 ${fmt(s.e2e_ms.p99)}`,
+    `TBT ms    mean ${fmt(s.tbt_ms.mean)}  p50 ${fmt(s.tbt_ms.p50)}  p90 ${fmt(s.tbt_ms.p90)}  p99 ${fmt(s.tbt_ms.p99)}  (Mooncake: mean of each request's longest 10% token gaps)`,
+    `goodput ${fmt(s.goodput, 3)} (${fmt(s.goodput_rps, 3)} req/s) within TTFT <= ${s.slo.ttft_ms} ms and TBT <= ${s.slo.tbt_ms} ms${s.rejected_admission ? `; ${s.rejected_admission} rejected by admission control` : ''}`,
     `prefix_hit_ratio ${fmt(s.prefix_hit_ratio, 4)}  kv_reuse_ratio ${fmt(s.kv_reuse_ratio, 4)}  throughput ${fmt(s.throughput_rps, 3)} req/s  load CoV ${fmt(s.load_cov, 3)}`,
     `intents ${Object.entries(s.intent_mix).map(([k, v]) => `${k}=${v}`).join(' ')}  KV bytes moved ${s.kv_bytes_moved}`,
     `simulated ${s.requests} requests in ${s.wall_ms} ms (${s.sim_requests_per_s} req/s)`,
@@ -225,6 +249,42 @@ export function registerSimCommands(program: Command): void {
     });
     if (o.json) process.stdout.write(JSON.stringify(ab, null, 1) + '\n');
     else process.stdout.write(`${abTable(ab)}\n\nwrote ${o.out}/ab.json (${Math.round(performance.now() - t0)} ms)\n`);
+  });
+
+  addCommon(
+    program
+      .command('capacity')
+      .description('Per strategy, the highest arrival-rate multiplier keeping SLO goodput >= target (bisection, CIs across seeds); writes DIR/capacity.json and prints a table')
+      .option('--strategies <list>', 'comma-separated strategies, or "all"', strategiesArg, ['dynamo-kv', 'sglang-router', 'mooncake', 'kvlab'])
+      .option('--target <x>', 'goodput to keep, 0..1', numberArg('--target', { min: 0, max: 1, minExclusive: true }), 0.9)
+      .option('--seeds <k>', `number of seeds (1..k, at most ${MAX_SEEDS})`, intArg('--seeds', { min: 1, max: MAX_SEEDS }), 3)
+      .option('--tol <x>', 'relative precision of the bisection', numberArg('--tol', { min: 0, minExclusive: true }), 0.02)
+      .option('--admission', 'give strategies with admission control (ttftSloMs/tbtSloMs) the SLO: they reject what they predict cannot meet it')
+      .option('--strategy-opt <key=value>', 'parameter for every strategy that has it, repeatable', keyValueArg('--strategy-opt'))
+      .option('--out <dir>', 'output directory', outDirArg('--out'), 'runs/capacity')
+      .option('--json', 'print capacity.json to stdout instead of the table'),
+  ).action(async (o) => {
+    checkInputs(o);
+    const seeds = Array.from({ length: o.seeds }, (_, i) => i + 1);
+    const t0 = performance.now();
+    let evals = 0;
+    const res = await runCapacity({
+      ...inputAndCluster(o),
+      strategies: o.strategies,
+      strategyParams: o.strategyOpt,
+      seeds,
+      slo: o.slo ?? DEFAULT_SLO,
+      target: o.target,
+      tol: o.tol,
+      admission: !!o.admission,
+      out: o.out,
+      onEval: (s, seed, m, sum) => {
+        evals++;
+        if (!o.quiet) process.stderr.write(`[${evals}] ${s} seed ${seed} ×${m.toFixed(3)}: goodput ${fmt(sum.goodput, 3)} (${sum.wall_ms} ms)\n`);
+      },
+    });
+    if (o.json) process.stdout.write(JSON.stringify(res, null, 1) + '\n');
+    else process.stdout.write(`${capacityTable(res)}\n\nwrote ${o.out}/capacity.json (${evals} runs, ${Math.round(performance.now() - t0)} ms)\n`);
   });
 
   program

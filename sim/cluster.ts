@@ -12,7 +12,7 @@
  *   default: { bandwidthGbps: 10, latencyMs: 0.5, efficiency: 0.825 }
  *   overrides: [ { kdn: kdn0, instance: i0, bandwidthGbps: 1 } ]
  * peerLink: { bandwidthGbps: 200, latencyMs: 0.01 }   # instance -> instance KV (peer transfers)
- * kvEventDelayMs: 0
+ * kvEventDelayMs: 500                # default DEFAULT_KV_EVENT_DELAY_MS
  * chunkTokens: 256
  * strategyParams: { kvlab: { workWeight: 0 } }
  * sim: { stepNoiseCv: 0.02 }
@@ -34,6 +34,17 @@ export const KDN_DEFAULTS = {
   compression: 3.41,
   textFetchMs: 4,
 };
+/**
+ * Default delay (ms) between a KV event on an instance (vLLM publishes BlockStored/BlockRemoved
+ * at the end of the engine step) and the engine applying it. Real routers see tens of ms to
+ * seconds: Dynamo routers receive the same event 2 ms or 200 ms after publication depending on
+ * the event plane (ai-dynamo/dynamo#12777); llm-d keeps speculative entries for 2 s to cover
+ * "the ~2s ZMQ propagation blind spot" (`defaultSpeculativeTTL`, llm-d/llm-d#1143, BLIS #1000).
+ * 500 ms sits between the two; predict-on-route covers the gap for every strategy alike
+ * (the peer audit measured decisions insensitive to 0-5,000 ms).
+ */
+export const DEFAULT_KV_EVENT_DELAY_MS = 500;
+
 /** Default KDN->instance link: 10 Gbit/s, 0.5 ms, CacheRoute's 0.825 efficiency. */
 export const LINK_DEFAULTS: LinkSpec = { bandwidthGbps: 10, latencyMs: 0.5, efficiency: 0.825 };
 
@@ -139,7 +150,7 @@ export function resolveCluster(file: ClusterFile | null, opts: ClusterOptions, d
       kdns,
       links,
       peerLink: { ...PEER_LINK_DEFAULT, ...(f.peerLink ?? {}) },
-      kvEventDelayMs: opts.kvEventDelayMs ?? f.kvEventDelayMs ?? 0,
+      kvEventDelayMs: opts.kvEventDelayMs ?? f.kvEventDelayMs ?? DEFAULT_KV_EVENT_DELAY_MS,
       chunkTokens: f.chunkTokens ?? 256,
     },
     strategyParams: f.strategyParams ?? {},

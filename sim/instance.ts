@@ -36,6 +36,8 @@ export interface CoreRequest {
   loadedTokens: number;
   /** KV load time override (ms) for the external part; < 0 or undefined: from the profile. */
   kvLoadMs?: number;
+  /** the driver's index of this request, passed back to `onTokens` (default -1). */
+  tag?: number;
 }
 
 /** Tokens emitted / state changes in one finished step (request ids). */
@@ -96,6 +98,12 @@ export interface InstanceCoreOptions {
    * allocating a new one; the caller must not keep it across steps (default false).
    */
   reuseEvents?: boolean;
+  /**
+   * Token times, for token-gap metrics (TBT): request `tag` produced `k` tokens at
+   * `t0 + ends[j]` (j < k; a coalesced decode run) or, with `ends` null, one token at `t0`.
+   * Called once per request per finished step/run, in schedule order.
+   */
+  onTokens?: (tag: number, t0: number, ends: Float64Array | null, k: number) => void;
 }
 
 /** The vLLM-V1-like instance. Not re-entrant: one step runs at a time. */
@@ -114,6 +122,7 @@ export class InstanceCore {
   private readonly keepDone: boolean;
   private readonly reportTokens: boolean;
   private readonly reuseEvents: boolean;
+  private readonly onTokens?: (tag: number, t0: number, ends: Float64Array | null, k: number) => void;
   private readonly ev: StepEvents = { firstToken: [], token: [], done: [], preempted: [], rejected: [] };
   /** steps remaining in a coalesced decode run (>= 1 while busy). */
   private runSteps = 0;
@@ -139,6 +148,7 @@ export class InstanceCore {
     this.keepDone = opts.keepDone ?? true;
     this.reportTokens = opts.reportTokens ?? true;
     this.reuseEvents = opts.reuseEvents ?? false;
+    this.onTokens = opts.onTokens;
   }
 
   /** true while a step is running. */
@@ -502,11 +512,13 @@ export class InstanceCore {
         r.private += k;
         r.generated += k;
         if (this.reportTokens) ev.token.push(r.req.id);
+        if (this.onTokens) this.onTokens(r.req.tag ?? -1, this.stepStart, this.runEnds, k);
       } else {
         r.computed += r.sched;
         if (r.nextBlock < r.req.blocks.length) this.registerBlocks(r);
         if (r.computed === r.req.promptTokens + r.generated) {
           r.generated++;
+          if (this.onTokens) this.onTokens(r.req.tag ?? -1, nowMs, null, 1);
           if (r.generated === 1) {
             r.firstTokenAt = nowMs;
             ev.firstToken.push(r.req.id);

@@ -9,6 +9,13 @@ import type { SimOutcome } from './simulator.js';
 export { j3 } from './format.js';
 import { ST_OK, ST_REJECTED } from './simulator.js';
 
+/**
+ * Default SLO of `summary.json` goodput: TTFT 10 s, TBT 300 ms (Mooncake's FAST'25 evaluation
+ * uses TTFT 30 s and TBT 100 / 200 / 300 ms). The evaluation protocol sets its own
+ * (notebooks/analyses/protocol.ts); `--slo` overrides.
+ */
+export const DEFAULT_SLO: Slo = { ttftMs: 10_000, tbtMs: 300 };
+
 /** mean / p50 / p90 / p99 of a metric (ms). null values when there is no sample. */
 export interface Dist {
   mean: number | null;
@@ -37,6 +44,17 @@ export interface Observed {
   ttft: Float64Array;
   tpot: Float64Array;
   e2e: Float64Array;
+  /** Mooncake TBT: mean of the longest 10% token gaps (sim/tbt.ts). */
+  tbt: Float64Array;
+}
+
+/**
+ * A latency SLO (ms). A request is *good* when it completed with TTFT <= ttftMs and TBT <=
+ * tbtMs (Mooncake's "effective request"; a request without token gaps meets any TBT SLO).
+ */
+export interface Slo {
+  ttftMs: number;
+  tbtMs: number;
 }
 
 /** Computes TTFT / TPOT / E2E per request (ms; -1 when the request did not complete). */
@@ -53,7 +71,7 @@ export function observed(o: SimOutcome): Observed {
     e2e[r] = o.doneAt[r]! + api - req.arrivalMs;
     if (req.outputTokens > 1) tpot[r] = (o.doneAt[r]! - o.firstTokenAt[r]!) / (req.outputTokens - 1);
   }
-  return { ttft, tpot, e2e };
+  return { ttft, tpot, e2e, tbt: o.tbtMs };
 }
 
 function pick(a: Float64Array): number[] {
@@ -73,6 +91,16 @@ export interface SummaryCore {
   ttft_ms: Dist;
   tpot_ms: Dist;
   e2e_ms: Dist;
+  /** Mooncake TBT per request (mean of its longest 10% token gaps), distribution over requests. */
+  tbt_ms: Dist;
+  /** the SLO `goodput` is measured against. */
+  slo: { ttft_ms: number; tbt_ms: number };
+  /** share of all requests (rejected and failed included) that completed within the SLO. */
+  goodput: number;
+  /** requests completed within the SLO per second of the run. */
+  goodput_rps: number;
+  /** requests rejected by the strategy's admission control (also counted in `rejected`). */
+  rejected_admission: number;
   throughput_rps: number;
   duration_ms: number;
   intent_mix: Record<Intent, number>;
@@ -82,8 +110,18 @@ export interface SummaryCore {
   per_instance: { id: string; requests: number; prompt_tokens: number; hit_tokens: number; computed_tokens: number; busy_ms: number; evictions: number; preemptions: number }[];
 }
 
-/** Aggregates a simulated run. */
-export function summarize(o: SimOutcome, obs: Observed = observed(o)): SummaryCore {
+/** Requests of a run that completed within the SLO (TTFT and TBT), out of all requests. */
+export function goodCount(o: SimOutcome, obs: Observed, slo: Slo): number {
+  let good = 0;
+  for (let r = 0; r < o.requests.length; r++) {
+    if (o.status[r] !== ST_OK) continue;
+    if (obs.ttft[r]! <= slo.ttftMs && obs.tbt[r]! <= slo.tbtMs) good++;
+  }
+  return good;
+}
+
+/** Aggregates a simulated run; `goodput` is measured against `slo`. */
+export function summarize(o: SimOutcome, obs: Observed = observed(o), slo: Slo = DEFAULT_SLO): SummaryCore {
   const N = o.requests.length;
   let completed = 0;
   let rejected = 0;
@@ -119,6 +157,7 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o)): SummaryCo
   const m = comp.reduce((a, b) => a + b, 0) / Math.max(1, comp.length);
   const sd = Math.sqrt(comp.reduce((a, b) => a + (b - m) * (b - m), 0) / Math.max(1, comp.length));
   const duration = completed ? lastDone - firstArrival : 0;
+  const good = goodCount(o, obs, slo);
   return {
     requests: N,
     completed,
@@ -129,6 +168,11 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o)): SummaryCo
     ttft_ms: dist(pick(obs.ttft)),
     tpot_ms: dist(pick(obs.tpot)),
     e2e_ms: dist(pick(obs.e2e)),
+    tbt_ms: dist(pick(obs.tbt)),
+    slo: { ttft_ms: slo.ttftMs, tbt_ms: slo.tbtMs },
+    goodput: N ? r3(good / N) : 0,
+    goodput_rps: duration > 0 ? r3((good / duration) * 1000) : 0,
+    rejected_admission: o.admissionRejected,
     throughput_rps: duration > 0 ? r3((completed / duration) * 1000) : 0,
     duration_ms: r3(duration),
     intent_mix: intentMix,
@@ -159,7 +203,7 @@ function recordLine(o: SimOutcome, obs: Observed, r: number, quotedIds: string[]
     const prefill = o.firstTokenAt[r]! + api - o.firstSchedAt[r]! - o.kvLoadMs[r]!;
     obsJ =
       `{"prepare_ms":${j3(o.prepareMs[r]!)},"link_wait_ms":${j3(o.linkWaitMs[r]!)},"transfer_ms":${j3(o.transferMs[r]!)},"kv_load_ms":${j3(o.kvLoadMs[r]!)},` +
-      `"queue_ms":${j3(queue)},"prefill_ms":${j3(prefill)},"ttft_ms":${j3(obs.ttft[r]!)},"tpot_ms":${obs.tpot[r]! >= 0 ? r3(obs.tpot[r]!) : 'null'},"e2e_ms":${j3(obs.e2e[r]!)},` +
+      `"queue_ms":${j3(queue)},"prefill_ms":${j3(prefill)},"ttft_ms":${j3(obs.ttft[r]!)},"tpot_ms":${obs.tpot[r]! >= 0 ? r3(obs.tpot[r]!) : 'null'},"tbt_ms":${obs.tbt[r]! >= 0 ? r3(obs.tbt[r]!) : 'null'},"e2e_ms":${j3(obs.e2e[r]!)},` +
       `"cached_tokens":${o.hitTokens[r]!},"loaded_tokens":${o.loadTokens[r]!},"transfer_tokens":${o.transferTokens[r]!},"preemptions":${o.preemptions[r]!},` +
       `"first_token_at_ms":${j3(o.firstTokenAt[r]! + api)},"done_at_ms":${j3(o.doneAt[r]! + api)}}`;
   }

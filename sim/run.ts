@@ -12,7 +12,7 @@ import { meanCI95, relativeChange } from '../notebooks/stats.js';
 import { loadTrace, loadWorkload, type WorkloadName } from '../traces/load.js';
 import type { LoadedTrace } from '../traces/schema.js';
 import { readClusterFile, resolveCluster, type ClusterOptions, type ResolvedCluster } from './cluster.js';
-import { observed, r3, summarize, timeseries, writeRecords, type SummaryCore } from './metrics.js';
+import { DEFAULT_SLO, observed, r3, summarize, timeseries, writeRecords, type Slo, type SummaryCore } from './metrics.js';
 import { DEFAULT_LONG_CONTEXT_PROFILE, DEFAULT_PROFILE } from './profiles.js';
 import { simulate } from './simulator.js';
 
@@ -43,6 +43,8 @@ export interface RunOptions extends InputSpec, ClusterOptions {
   records?: boolean;
   /** step-time noise CV (default from cluster file, else 0.02). */
   stepNoiseCv?: number;
+  /** SLO of `goodput` in summary.json (default DEFAULT_SLO: TTFT 10 s, TBT 300 ms). */
+  slo?: Slo;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -115,7 +117,7 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
   const t0 = performance.now();
   const o = simulate(t.requests, { cluster: rc.spec, strategy, seed, stepNoiseCv: noise, onProgress: opts.onProgress });
   const obs = observed(o);
-  const core = summarize(o, obs);
+  const core = summarize(o, obs, opts.slo ?? DEFAULT_SLO);
   const kdnIds = rc.spec.kdns.map((k) => k.id);
   const ttfts: number[] = [];
   for (let i = 0; i < obs.ttft.length; i++) if (obs.ttft[i]! >= 0) ttfts.push(obs.ttft[i]!);
@@ -205,7 +207,7 @@ export interface AbMetric {
 }
 
 const LAT = ['mean', 'p50', 'p90', 'p99'] as const;
-const FAMILIES = ['ttft_ms', 'tpot_ms', 'e2e_ms'] as const;
+const FAMILIES = ['ttft_ms', 'tpot_ms', 'e2e_ms', 'tbt_ms'] as const;
 
 /**
  * Runs every strategy on the same schedule for every seed and writes DIR/ab.json plus one run
@@ -267,7 +269,7 @@ export async function runAb(opts: AbOptions): Promise<Record<string, unknown>> {
       }
       e[f] = fam;
     }
-    for (const k of ['throughput_rps', 'prefix_hit_ratio', 'kv_reuse_ratio', 'load_cov'] as const) {
+    for (const k of ['throughput_rps', 'goodput', 'goodput_rps', 'prefix_hit_ratio', 'kv_reuse_ratio', 'load_cov'] as const) {
       const get = (x: Summary) => x[k];
       e[k] = metric(s, get);
       if (s !== base) {

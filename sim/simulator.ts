@@ -14,6 +14,7 @@ import type { ClusterSpec, Intent, TraceRequest } from '../engine/types.js';
 import { DecisionStore } from './decision-store.js';
 import { EventQueue } from './events.js';
 import { InstanceCore, type CoreRequest } from './instance.js';
+import { TokenGaps } from './tbt.js';
 
 const EV_READY = 0; // knowledge prepared: go through the frontend (a = request)
 const EV_CORE = 1; // request reaches the engine core (a = request)
@@ -67,6 +68,8 @@ export interface SimOutcome {
   loadTokens: Float64Array;
   transferTokens: Float64Array;
   preemptions: Uint16Array;
+  /** Mooncake TBT per request (ms): mean of its longest 10% token gaps; -1 = no gap / not completed. */
+  tbtMs: Float64Array;
   /** bytes moved on KDN links, total. */
   kvBytesMoved: number;
   /** bytes moved instance -> instance (peer transfers, Mooncake), total. */
@@ -108,12 +111,15 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
   // KV event plumbing: per-instance buffers flushed after each step start/finish
   const kvBuf: { kind: 'stored' | 'removed' | 'cleared'; blocks: number[] }[][] = Array.from({ length: nI }, () => []);
   const kvBatches: { instance: number; items: { kind: 'stored' | 'removed' | 'cleared'; blocks: number[] }[] }[] = [];
+  const gaps = new TokenGaps(requests.map((r) => r.outputTokens));
+  const onTokens = (tag: number, t0: number, ends: Float64Array | null, k: number) => gaps.tokens(tag, t0, ends, k);
   const cores = cluster.instances.map(
     (spec, i) =>
       new InstanceCore(spec, {
         keepDone: true,
         reportTokens: false,
         reuseEvents: true,
+        onTokens,
         onKvEvent: (kind, blocks) => {
           const buf = kvBuf[i]!;
           const last = buf[buf.length - 1];
@@ -157,6 +163,7 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
     loadTokens: new Float64Array(N),
     transferTokens: new Float64Array(N),
     preemptions: new Uint16Array(N),
+    tbtMs: new Float64Array(N).fill(-1),
     kvBytesMoved: 0,
     peerBytesMoved: 0,
     admissionRejected: 0,
@@ -314,6 +321,7 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
           outputTokens: req.outputTokens,
           blocks: req.blocks,
           blockSize: req.blockSize,
+          tag: r,
           loadedTokens: ds.intentCode[r]! >= 2 ? ds.reused[r]! : peerHeld[r]! >= 0 ? peerHeld[r]! : 0,
         };
         if (loadOverride[r]! >= 0) cr.kvLoadMs = loadOverride[r]!;
@@ -385,6 +393,7 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
     out.endMs = t;
   }
   out.events = events;
+  for (let r = 0; r < N; r++) if (out.status[r] === ST_OK) out.tbtMs[r] = gaps.tbt(r);
   out.instances = cores.map((c, i) => ({
     id: cluster.instances[i]!.id,
     busyMs: c.busyMs,

@@ -119,6 +119,8 @@ export const STRATEGY_PARAMS: Record<string, ParamSchema> = {
     tieMs: num('absolute tie tolerance (ms)', { min: 0 }),
     tieFrac: num('relative tie tolerance (fraction of the cost)', { min: 0, max: 1 }),
     tieMaxMs: num('cap of the tie tolerance (ms)', { min: 0, allowInfinity: true }),
+    ttftSloMs: num('admission control: reject above this predicted TTFT (ms; 0 = off)', { min: 0 }),
+    tbtSloMs: num('admission control: reject above this predicted TBT (ms; 0 = off)', { min: 0 }),
   },
   'round-robin': { intent: INTENT_PARAM },
   random: { intent: INTENT_PARAM },

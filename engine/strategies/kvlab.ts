@@ -31,7 +31,7 @@
  */
 import { kvWireBytes, prefillAloneMs, transferMs } from '../costmodel.js';
 import { PEER_LINK_DEFAULT, type DecideContext, type Strategy, type StrategyChoice } from '../engine.js';
-import { copyPrediction, emptyPrediction, type Prediction } from '../predict.js';
+import { copyPrediction, emptyPrediction, tbtEstimateMs, type Prediction } from '../predict.js';
 import type { Alternative, Intent } from '../types.js';
 
 /** Parameters of the `kvlab` strategy (all costs in ms). */
@@ -62,10 +62,17 @@ export interface KvlabParams {
   tieMs: number;
   tieFrac: number;
   tieMaxMs: number;
+  /**
+   * admission control (Mooncake-style early rejection, counted as rejected): reject when the
+   * best option's predicted TTFT exceeds this (ms; 0 = off)
+   */
+  ttftSloMs: number;
+  /** … or when the chosen instance's predicted TBT (engine/predict.ts `tbtEstimateMs`) exceeds this (ms; 0 = off). */
+  tbtSloMs: number;
 }
 
 /** Defaults: predicted TTFT plus the queueing and arrival externalities (weights 3), hybrid splits on, no tie tolerance. */
-export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, arrivalWeight: 3, rateAlpha: 0.02, hybrid: true, peer: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity };
+export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, arrivalWeight: 3, rateAlpha: 0.02, hybrid: true, peer: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity, ttftSloMs: 0, tbtSloMs: 0 };
 
 /** The `kvlab` strategy (module doc): minimum predicted cost over instances × intents × splits. */
 export class KvlabStrategy implements Strategy {
@@ -183,6 +190,11 @@ export class KvlabStrategy implements Strategy {
     this.lastArrival = ctx.now;
     const choice: StrategyChoice = { instance: bestI, intent: bestIntent, reuseTokens: bestReuse, alternatives, reason: peerPick ? 'min-ttft;peer' : 'min-ttft', prediction: bestPred };
     if (peerPick) choice.peer = peerPick;
+    if (this.p.ttftSloMs > 0 && bestPred.ttftMs > this.p.ttftSloMs) choice.reject = `predicted TTFT ${Math.round(bestPred.ttftMs)} ms > SLO ${this.p.ttftSloMs} ms`;
+    else if (this.p.tbtSloMs > 0) {
+      const tbt = tbtEstimateMs(ctx.cluster.instances[bestI]!, ctx.load(bestI));
+      if (tbt > this.p.tbtSloMs) choice.reject = `predicted TBT ${Math.round(tbt)} ms > SLO ${this.p.tbtSloMs} ms`;
+    }
     return choice;
   }
 }

@@ -21,16 +21,16 @@
  * Early rejection (Algorithm 1 lines 17–19, the 429 of §4.1): with `ttftSloMs` / `tbtSloMs`
  * set, a request whose best TTFT or whose decode TBT estimate exceeds its SLO is rejected.
  * TBT: kvlab's instances run prefill and decode together, so the decoding instance is the
- * chosen one; its TBT estimate is the decode step time of its booked decoding requests plus
- * this one. Off by default (0).
+ * chosen one; its TBT estimate is one of its longest iterations (engine/predict.ts
+ * `tbtEstimateMs`, the same estimate kvlab's admission control uses). Off by default (0).
  * The threshold is "adjusted manually" in the paper (no value is published); default 1 = move
  * whenever another instance holds a longer prefix, chosen on the tuning set (docs/EVALUATION.md).
  */
-import { decodeStepMs, transferMs } from '../costmodel.js';
+import { transferMs } from '../costmodel.js';
 import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
 import { PEER_LINK_DEFAULT } from '../engine.js';
 import { mooncakeFit, mooncakePrefillMs } from '../peer-models.js';
-import { predictionOf } from '../predict.js';
+import { predictionOf, tbtEstimateMs } from '../predict.js';
 import type { Alternative } from '../types.js';
 
 /** Parameters of the Mooncake strategies (ms, ratio). */
@@ -125,10 +125,7 @@ export class MooncakeStrategy implements Strategy {
     if (cMove) choice.peer = { from: bestInst, tokens: bestLen };
     if (p.ttftSloMs > 0 && ttft > p.ttftSloMs) choice.reject = `predicted TTFT ${Math.round(ttft)} ms > SLO ${p.ttftSloMs} ms`;
     else if (p.tbtSloMs > 0) {
-      const l = ctx.load(chosen);
-      const inst = ctx.cluster.instances[chosen]!;
-      const ctxTokens = l.decodeReqs > 0 ? l.decodeCtxTokens / l.decodeReqs : L;
-      const tbt = decodeStepMs(inst.profile, l.decodeReqs + 1, ctxTokens);
+      const tbt = tbtEstimateMs(ctx.cluster.instances[chosen]!, ctx.load(chosen));
       if (tbt > p.tbtSloMs) choice.reject = `predicted TBT ${Math.round(tbt)} ms > SLO ${p.tbtSloMs} ms`;
     }
     return choice;

@@ -28,7 +28,7 @@ export interface SweepFigure {
  * sweep does not vary `xParam` over at least two values or no run finished.
  */
 export async function writeSweepFigure(entries: readonly SweepEntry[], f: SweepFigure): Promise<string | null> {
-  const inputs = { runs: [], abs: [], diffs: [], warnings: [], sweeps: [{ file: '', entries: [...entries] }] };
+  const inputs = { runs: [], abs: [], diffs: [], capacities: [], warnings: [], sweeps: [{ file: '', entries: [...entries] }] };
   const metric = f.metric ?? 'ttft';
   const d = sweepData(inputs, f.xParam, metric);
   if (!d) return null;
