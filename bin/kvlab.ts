@@ -2,7 +2,7 @@
 /**
  * kvlab command-line entry point. Each area registers its own sub-commands:
  * traces/cli.ts (trace), sim/cli.ts (sim, ab, strategies, profile), live/cli.ts and
- * live/cli-run.ts (kdn, emulate, gateway, replay, diff, live demo), notebooks/cli.ts (report, sweep).
+ * live/cli-run.ts (kdn, emulate, gateway, replay, diff, live demo), notebooks/cli.ts (report, sweep, worker).
  *
  * Start-up cost matters (a Mooncake replay takes about a second): only the area that owns the
  * requested sub-command is imported; `kvlab --help` (or an unknown command) imports them all.
@@ -27,6 +27,7 @@ const OWNER: Record<string, Area> = {
   live: 'live',
   report: 'notebooks',
   sweep: 'notebooks',
+  worker: 'notebooks',
 };
 
 async function register(program: Command, area: Area): Promise<void> {

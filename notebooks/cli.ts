@@ -1,6 +1,7 @@
 /**
  * kvlab sub-commands of notebooks/: `report` (HTML/Markdown/SVG/PNG reports of runs, A/B
- * comparisons, sweeps and diffs) and `sweep` (parameter grids over the simulator, in parallel).
+ * comparisons, sweeps and diffs), `sweep` (parameter grids over the simulator, in parallel
+ * locally or on a BullMQ queue) and `worker` (runs queued sweep cells).
  */
 import { Command, Option } from 'commander';
 import { intArg, keyValueArg, outDirArg } from '../bin/options.js';
@@ -8,6 +9,7 @@ import { checkWorkloadOptions } from '../traces/load.js';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { formatProgress, parseSeeds, parseVary, runSweep, type SweepProgress } from './sweep.js';
+import type { SweepEntry } from './types.js';
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
@@ -35,7 +37,7 @@ export function progressPrinter(stream: NodeJS.WriteStream = process.stderr): (p
   };
 }
 
-/** Registers `kvlab report` and `kvlab sweep` on the root program. */
+/** Registers `kvlab report`, `kvlab sweep` and `kvlab worker` on the root program. */
 export function registerReportCommands(program: Command): void {
   program
     .command('report')
@@ -95,7 +97,16 @@ export function registerReportCommands(program: Command): void {
         '                 kvlab trace defaults lists them)',
         'Any other name is an error.',
         'A failed run is recorded with its error and the sweep goes on; the exit',
-        'code is then 1.',
+        'code is then 1. sweep.json depends on the grid only; wall times and memory',
+        'go to OUT/sweep-timing.json.',
+        '',
+        'Distributed (--queue redis://HOST:PORT/DB): one BullMQ job per cell, its id a',
+        'hash of the cell\'s full input (config, trace digest, seed, kvlab version), so',
+        'submitting again runs nothing already done or queued. Start workers anywhere',
+        'with `kvlab worker --queue URL`; the trace is stored once in Redis by digest',
+        'for workers that cannot read its path. The command waits, shows progress',
+        'from queue events and writes the same sweep.json as a local run;',
+        '--no-wait only enqueues, --collect only waits and writes.',
       ].join('\n'),
     )
     .addOption(new Option('--trace <file>', 'trace file to replay').conflicts('workload'))
@@ -109,10 +120,23 @@ export function registerReportCommands(program: Command): void {
     .option('--jobs <n>', `parallel runs (default: all cores, here ${availableParallelism()})`, intArg('--jobs', { min: 1, max: 256 }))
     .option('--keep-runs', 'keep every run directory under OUT/runs/ (records, timeseries)')
     .option('--report', 'build a report of the sweep into OUT/report afterwards')
+    .option('--queue <url>', 'run the cells on a BullMQ job queue in this Redis (redis://HOST:PORT/DB) instead of locally')
+    .option('--collect', 'with --queue: enqueue nothing, wait for the cells and write sweep.json')
+    .option('--no-wait', 'with --queue: return once the cells are enqueued')
+    .option('--retry-failed', 'with --queue: put failed cells of this grid back in the queue')
     .requiredOption('-o, --out <dir>', 'output directory (created)', outDirArg('--out'))
-    .addHelpText('after', '\nExample:\n  kvlab sweep --trace trace.jsonl --strategies round-robin,kvlab --vary rate=1,2,4,8 --vary kdn_gbps=1,10,100 --seeds 3 --out runs/sweep')
+    .addHelpText(
+      'after',
+      [
+        '',
+        'Examples:',
+        '  kvlab sweep --trace trace.jsonl --strategies round-robin,kvlab --vary rate=1,2,4,8 --vary kdn_gbps=1,10,100 --seeds 3 --out runs/sweep',
+        '  kvlab worker --queue redis://10.0.0.5:6379/2 --concurrency 2        # on each machine',
+        '  kvlab sweep --trace trace.jsonl --strategies round-robin,kvlab --vary rate=1,2,4,8 --seeds 3 --queue redis://10.0.0.5:6379/2 --out runs/sweep',
+      ].join('\n'),
+    )
     .action(
-      async (o: { trace?: string; workload?: 'synthetic' | 'nq'; workloadOpt: string[]; strategies: string; vary: string[]; seeds: string; instances?: number; cluster?: string; jobs?: number; keepRuns?: boolean; report?: boolean; out: string }) => {
+      async (o: { trace?: string; workload?: 'synthetic' | 'nq'; workloadOpt: string[]; strategies: string; vary: string[]; seeds: string; instances?: number; cluster?: string; jobs?: number; keepRuns?: boolean; report?: boolean; out: string; queue?: string; collect?: boolean; wait: boolean; retryFailed?: boolean }) => {
         const strategies = o.strategies.split(',').map((s) => s.trim()).filter(Boolean);
         const { STRATEGY_NAMES } = await import('../engine/strategies/index.js');
         for (const st of strategies) if (!STRATEGY_NAMES.includes(st)) throw new Error(`--strategies: unknown strategy "${st}"; known: ${STRATEGY_NAMES.join(', ')}`);
@@ -131,16 +155,67 @@ export function registerReportCommands(program: Command): void {
           out: o.out,
           keepRuns: o.keepRuns,
         };
-        const r = await runSweep(spec, { concurrency: o.jobs, onProgress: progressPrinter() });
-        process.stderr.write(`sweep: wrote ${r.file} (${r.entries.length} runs, ${r.failed} failed)\n`);
-        for (const e of r.entries.filter((x) => x.error).slice(0, 5)) process.stderr.write(`sweep: failed ${e.strategy} ${JSON.stringify(e.params)} seed ${e.seed}: ${e.error}\n`);
-        if (o.report) {
-          const { buildReport } = await import('./report.js');
-          const rep = await buildReport([o.out], { out: join(o.out, 'report'), title: 'kvlab sweep' });
-          process.stderr.write(`sweep: report ${rep.html}\n`);
+        const finish = async (r: { file: string; entries: SweepEntry[]; failed: number }): Promise<void> => {
+          process.stderr.write(`sweep: wrote ${r.file} (${r.entries.length} runs, ${r.failed} failed)\n`);
+          for (const e of r.entries.filter((x) => x.error).slice(0, 5)) process.stderr.write(`sweep: failed ${e.strategy} ${JSON.stringify(e.params)} seed ${e.seed}: ${e.error}\n`);
+          if (o.report) {
+            const { buildReport } = await import('./report.js');
+            const rep = await buildReport([o.out], { out: join(o.out, 'report'), title: 'kvlab sweep' });
+            process.stderr.write(`sweep: report ${rep.html}\n`);
+          }
+          process.stdout.write(`${r.file}\n`);
+          if (r.failed > 0) process.exitCode = 1;
+        };
+        if (!o.queue && (o.collect || !o.wait || o.retryFailed)) throw new Error(`${o.collect ? '--collect' : o.retryFailed ? '--retry-failed' : '--no-wait'} needs --queue URL`);
+        if (o.queue && o.jobs !== undefined) throw new Error('--jobs is for local sweeps; with --queue, start workers with kvlab worker --concurrency N');
+        if (o.queue) {
+          const { runQueueSweep } = await import('./queue/submit.js');
+          const q = await runQueueSweep(spec, { queue: o.queue, collect: o.collect, wait: o.wait, retryFailed: o.retryFailed, onProgress: progressPrinter(), log: (l) => process.stderr.write(l + '\n') });
+          if (!q.file) {
+            process.stdout.write(`${q.enqueued} enqueued, ${q.alreadyDone} done, ${q.alreadyQueued} already queued\n`);
+            return;
+          }
+          await finish({ file: q.file, entries: q.entries!, failed: q.failed! });
+          return;
         }
-        process.stdout.write(`${r.file}\n`);
-        if (r.failed > 0) process.exitCode = 1;
+        await finish(await runSweep(spec, { concurrency: o.jobs, onProgress: progressPrinter() }));
       },
     );
+
+  program
+    .command('worker')
+    .summary('run sweep cells from a BullMQ queue (kvlab sweep --queue)')
+    .description(
+      [
+        'Take the cells of `kvlab sweep --queue URL` from the queue in that Redis and',
+        'simulate them, N at a time in worker threads, until stopped (SIGINT or SIGTERM:',
+        'finishes the running cells first). Start one per machine; each must have this',
+        'kvlab version (the queue is per version). A worker that dies mid-cell loses',
+        'nothing: after --lock-ms another worker takes the cell again.',
+        'Traces are read from the submitter\'s path when it exists here with the same',
+        'sha256, else fetched once from Redis into $TMPDIR/kvlab-blobs/.',
+      ].join('\n'),
+    )
+    .requiredOption('--queue <url>', 'Redis of the queue: redis://HOST:PORT/DB')
+    .option('--concurrency <n>', 'cells at once (default 1)', intArg('--concurrency', { min: 1, max: 256 }), 1)
+    .option('--lock-ms <ms>', 'job lock: how long a dead worker holds its cell (ms)', intArg('--lock-ms', { min: 100 }), 30_000)
+    .option('--stalled-interval-ms <ms>', 'how often to look for cells of dead workers (ms)', intArg('--stalled-interval-ms', { min: 100 }), 30_000)
+    .addOption(new Option('--sim-module <url>', 'simulator module (tests)').hideHelp())
+    .option('--json', 'print {"worker", "done", "failed"} on exit')
+    .addHelpText('after', '\nExample:\n  kvlab worker --queue redis://10.0.0.5:6379/2 --concurrency 2')
+    .action(async (o: { queue: string; concurrency: number; lockMs: number; stalledIntervalMs: number; simModule?: string; json?: boolean }) => {
+      const { startQueueWorker } = await import('./queue/worker.js');
+      const w = await startQueueWorker({ queue: o.queue, concurrency: o.concurrency, lockMs: o.lockMs, stalledIntervalMs: o.stalledIntervalMs, simModule: o.simModule, log: (l) => process.stderr.write(l + '\n') });
+      process.stderr.write(`worker ${w.name}: ready on ${o.queue} (concurrency ${o.concurrency})\n`);
+      await new Promise<void>((resolve) => {
+        const stop = (): void => {
+          process.stderr.write(`worker ${w.name}: stopping after the running cells\n`);
+          void w.close().then(resolve);
+        };
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
+      if (o.json) process.stdout.write(JSON.stringify({ worker: w.name, ...w.stats }) + '\n');
+      else process.stdout.write(`worker ${w.name}: ${w.stats.done} done, ${w.stats.failed} failed\n`);
+    });
 }

@@ -1,7 +1,13 @@
 /**
  * `kvlab sweep`: runs strategies x seeds over a parameter grid (e.g. rate x kdn_gbps) in
  * parallel on all cores (piscina worker pool), reports progress on stderr and writes
- * DIR/sweep.json = [{params, strategy, seed, summary, error?, run_dir?, wall_ms}] in grid order.
+ * DIR/sweep.json = [{params, strategy, seed, summary, error?, run_dir?}] in grid order, and
+ * DIR/sweep-timing.json with what depends on the machine (wall times, memory).
+ *
+ * sweep.json is a function of the grid alone: the summaries lose their machine-dependent fields
+ * (`VOLATILE_SUMMARY_FIELDS`, moved to sweep-timing.json), `summary.trace` is the trace path as
+ * given, and `run_dir` is relative to DIR. So a local sweep and the same grid run on a job queue
+ * (notebooks/queue/) write the same bytes.
  *
  * Parameter mapping (`toSimOptions`):
  * - `rate`: a generated workload's arrival rate (workloadOptions.rate, req/s); for a trace, a
@@ -14,12 +20,12 @@
  */
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { checkWorkloadOptions } from '../traces/load.js';
 import { loadSimulator, type SimOptions, type SimResult, type SimRunner } from './sim-api.js';
-import type { SweepEntry, SweepParams } from './types.js';
+import type { SummaryJson, SweepEntry, SweepParams } from './types.js';
 
 /** What to sweep. */
 export interface SweepSpec {
@@ -48,6 +54,10 @@ export interface SweepJob {
   strategy: string;
   seed: number;
   sim: SimOptions;
+  /** the trace path as given in the spec (summary.trace in sweep.json); undefined for workloads. */
+  traceLabel?: string;
+  /** the sweep's output directory, resolved (run_dir in sweep.json is relative to it). */
+  outDir: string;
 }
 
 /** Progress after each finished job. */
@@ -59,6 +69,64 @@ export interface SweepProgress {
   /** estimated time to finish, ms (NaN before the first job finishes). */
   etaMs: number;
   last: { job: SweepJob; wallMs: number; error?: string };
+}
+
+/**
+ * Summary fields that depend on the machine or its load, not on the grid: they go to
+ * sweep-timing.json instead of sweep.json.
+ */
+export const VOLATILE_SUMMARY_FIELDS = ['wall_ms', 'sim_requests_per_s', 'peak_rss_mib'] as const;
+
+/** Machine-dependent facts of one finished cell (one element of sweep-timing.json). */
+export interface CellTiming {
+  params: SweepParams;
+  strategy: string;
+  seed: number;
+  /** wall time of the cell as its runner saw it (load + simulate + write), ms. */
+  wall_ms: number;
+  /** summary.wall_ms, sim_requests_per_s, peak_rss_mib of the run (absent for a failed cell). */
+  sim?: Partial<Record<(typeof VOLATILE_SUMMARY_FIELDS)[number], unknown>>;
+  /** queue runs: the worker that ran the cell ("host:pid") and how many times a worker started it. */
+  worker?: string;
+  attempts_started?: number;
+}
+
+/**
+ * The sweep.json entry of a finished cell, identical whoever ran it: the summary without its
+ * machine-dependent fields, `summary.trace` = the trace path as given in the spec (a queue worker
+ * may read a local copy), `run_dir` relative to the sweep's output directory.
+ * @param outDir the sweep's output directory (resolved), for `run_dir`.
+ */
+export function cellEntry(job: Pick<SweepJob, 'params' | 'strategy' | 'seed'>, result: { summary: SummaryJson; outDir?: string } | { error: string }, traceLabel: string | undefined, outDir: string): SweepEntry {
+  if ('error' in result) return { params: job.params, strategy: job.strategy, seed: job.seed, summary: null, error: result.error };
+  const summary = { ...result.summary } as Record<string, unknown>;
+  for (const k of VOLATILE_SUMMARY_FIELDS) delete summary[k];
+  if (traceLabel !== undefined && 'trace' in summary) summary['trace'] = traceLabel;
+  const entry: SweepEntry = { params: job.params, strategy: job.strategy, seed: job.seed, summary: summary as unknown as SummaryJson };
+  if (result.outDir) entry.run_dir = relative(outDir, result.outDir).split('\\').join('/');
+  return entry;
+}
+
+/** The machine-dependent part of a summary (see VOLATILE_SUMMARY_FIELDS). */
+export function volatileFields(summary: SummaryJson): CellTiming['sim'] {
+  const s = summary as unknown as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const k of VOLATILE_SUMMARY_FIELDS) if (k in s) out[k] = s[k];
+  return out;
+}
+
+/** Serialises sweep.json (1-space indent, trailing newline): the bytes local and queue runs share. */
+export function sweepJsonText(entries: readonly SweepEntry[]): string {
+  return JSON.stringify(entries, null, 1) + '\n';
+}
+
+/** Writes DIR/sweep.json and DIR/sweep-timing.json; returns the sweep.json path. */
+export function writeSweepFiles(outDir: string, entries: readonly SweepEntry[], timings: readonly (CellTiming | undefined)[]): string {
+  mkdirSync(outDir, { recursive: true });
+  const file = join(outDir, 'sweep.json');
+  writeFileSync(file, sweepJsonText(entries));
+  writeFileSync(join(outDir, 'sweep-timing.json'), JSON.stringify(timings.map((t) => t ?? null), null, 1) + '\n');
+  return file;
 }
 
 /**
@@ -169,7 +237,7 @@ export function planJobs(spec: SweepSpec): SweepJob[] {
   const jobs: SweepJob[] = [];
   for (const params of expandGrid(spec.vary)) {
     for (const strategy of spec.strategies) {
-      for (const seed of spec.seeds) jobs.push({ index: jobs.length, params, strategy, seed, sim: toSimOptions(spec, params, strategy, seed) });
+      for (const seed of spec.seeds) jobs.push({ index: jobs.length, params, strategy, seed, sim: toSimOptions(spec, params, strategy, seed), traceLabel: spec.trace, outDir: resolve(spec.out) });
     }
   }
   return jobs;
@@ -216,11 +284,18 @@ export function defaultWorkerFile(): string | undefined {
   return [join(here, 'sweep-worker.js'), join(here, '..', 'dist', 'notebooks', 'sweep-worker.js')].find((f) => existsSync(f));
 }
 
+/** Entries (sweep.json, grid order) and timings (sweep-timing.json, same order) of a run. */
+export interface SweepRun {
+  entries: SweepEntry[];
+  timings: CellTiming[];
+}
+
 /**
- * Runs jobs with bounded concurrency and returns one entry per job, in job order (whatever the
- * completion order). A failing job becomes an entry with summary null and `error`; the others go on.
+ * Runs jobs with bounded concurrency and returns one entry and one timing per job, in job order
+ * (whatever the completion order). A failing job becomes an entry with summary null and `error`;
+ * the others go on.
  */
-export async function runJobs(jobs: readonly SweepJob[], exec: SweepExecution = {}): Promise<SweepEntry[]> {
+export async function runJobs(jobs: readonly SweepJob[], exec: SweepExecution = {}): Promise<SweepRun> {
   const concurrency = Math.max(1, exec.concurrency ?? availableParallelism());
   let pool: Piscina | undefined;
   let run: (job: SweepJob) => Promise<SimResult>;
@@ -239,7 +314,8 @@ export async function runJobs(jobs: readonly SweepJob[], exec: SweepExecution = 
       run = (job) => p.run({ opts: job.sim, simModule: exec.simModule }) as Promise<SimResult>;
     }
   }
-  const results: SweepEntry[] = new Array(jobs.length);
+  const entries: SweepEntry[] = new Array(jobs.length);
+  const timings: CellTiming[] = new Array(jobs.length);
   const t0 = Date.now();
   let done = 0;
   let failed = 0;
@@ -248,20 +324,19 @@ export async function runJobs(jobs: readonly SweepJob[], exec: SweepExecution = 
     while (next < jobs.length) {
       const job = jobs[next++]!;
       const start = Date.now();
-      let entry: SweepEntry;
       let error: string | undefined;
+      let sim: CellTiming['sim'];
       try {
         const r = await run(job);
-        entry = { params: job.params, strategy: job.strategy, seed: job.seed, summary: r.summary };
-        if (r.outDir) entry.run_dir = r.outDir;
+        entries[job.index] = cellEntry(job, r, job.traceLabel, job.outDir);
+        sim = volatileFields(r.summary);
       } catch (e) {
         error = e instanceof Error ? e.message : String(e);
-        entry = { params: job.params, strategy: job.strategy, seed: job.seed, summary: null, error };
+        entries[job.index] = cellEntry(job, { error }, job.traceLabel, job.outDir);
         failed++;
       }
       const wallMs = Date.now() - start;
-      entry.wall_ms = wallMs;
-      results[job.index] = entry;
+      timings[job.index] = { params: job.params, strategy: job.strategy, seed: job.seed, wall_ms: wallMs, ...(sim ? { sim } : {}) };
       done++;
       const elapsedMs = Date.now() - t0;
       exec.onProgress?.({ done, total: jobs.length, failed, elapsedMs, etaMs: (elapsedMs / done) * (jobs.length - done), last: { job, wallMs, error } });
@@ -272,7 +347,7 @@ export async function runJobs(jobs: readonly SweepJob[], exec: SweepExecution = 
   } finally {
     await pool?.destroy();
   }
-  return results;
+  return { entries, timings };
 }
 
 /** What `runSweep` did. */
@@ -283,7 +358,7 @@ export interface SweepOutcome {
 }
 
 /**
- * Plans, runs and writes a sweep (DIR/sweep.json). Without an injected runner it first loads the
+ * Plans, runs and writes a sweep (DIR/sweep.json, DIR/sweep-timing.json). Without an injected runner it first loads the
  * simulator in this thread, so a missing sim/run fails at once.
  * @throws SimulatorUnavailableError ("simulator not available: ...") when sim/run.ts does not exist yet.
  */
@@ -292,8 +367,7 @@ export async function runSweep(spec: SweepSpec, exec: SweepExecution = {}): Prom
   if (!exec.runner) await loadSimulator(exec.simModule);
   const out = resolve(spec.out);
   mkdirSync(out, { recursive: true });
-  const entries = await runJobs(jobs, exec);
-  const file = join(out, 'sweep.json');
-  writeFileSync(file, JSON.stringify(entries, null, 1) + '\n');
+  const { entries, timings } = await runJobs(jobs, exec);
+  const file = writeSweepFiles(out, entries, timings);
   return { file, entries, failed: entries.filter((e) => e.summary === null).length };
 }

@@ -230,8 +230,8 @@ export interface SweepEntry {
   /** the run's summary; null when the run failed (then `error` says why). */
   summary: SummaryJson | null;
   error?: string;
-  /** the run directory when the sweep kept it (`--keep-runs`). */
+  /** the run directory when the sweep kept it (`--keep-runs`), relative to the sweep directory. */
   run_dir?: string;
-  /** wall time of this run, ms. */
+  /** wall time of this run, ms (older sweep.json files only; now in sweep-timing.json). */
   wall_ms?: number;
 }

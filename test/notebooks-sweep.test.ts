@@ -92,7 +92,7 @@ describe('running', () => {
     let running = 0;
     let peak = 0;
     const progress: SweepProgress[] = [];
-    const entries = await runJobs(jobs, {
+    const { entries, timings } = await runJobs(jobs, {
       concurrency: 3,
       runner: async (o) => {
         running++;
@@ -110,6 +110,10 @@ describe('running', () => {
     expect(entries.filter((e) => e.strategy === 'a').every((e) => e.summary!.ttft_ms.p50 === (e.params['rate'] as number) * 100)).toBe(true);
     expect(entries.filter((e) => e.strategy === 'boom').every((e) => e.summary === null && e.error === 'exploded')).toBe(true);
     expect(progress.map((p) => p.done)).toEqual(jobs.map((_, i) => i + 1));
+    // machine-dependent facts are kept apart from the entries, in the same order
+    expect(timings.map((t) => `${t.params['rate']}/${t.strategy}/${t.seed}`)).toEqual(entries.map((e) => `${e.params['rate']}/${e.strategy}/${e.seed}`));
+    expect(timings.every((t) => t.wall_ms >= 5)).toBe(true);
+    expect(entries.every((e) => e.wall_ms === undefined)).toBe(true);
     expect(progress.at(-1)).toMatchObject({ total: jobs.length, failed: 6 });
     expect(formatProgress(progress.at(-1)!)).toMatch(/^sweep 12\/12 \(100%\) · 6 failed · 0:0\d elapsed · ~0:00 left · last: /);
   });

@@ -12,7 +12,11 @@ import { launchRedis, type RedisServerHandle } from '../../live/redis-launcher.j
 
 export type { RedisServerHandle } from '../../live/redis-launcher.js';
 
-/** Starts a throw-away redis-server; resolves once it answers PING. */
-export async function startTestRedis(): Promise<RedisServerHandle> {
-  return launchRedis({ maxmemory: '512mb' });
+/**
+ * Starts a throw-away redis-server; resolves once it answers PING.
+ * @param opts.noEviction use `maxmemory-policy noeviction` (a job queue must never lose keys;
+ *   BullMQ warns otherwise) instead of the cache-like allkeys-lru.
+ */
+export async function startTestRedis(opts: { noEviction?: boolean } = {}): Promise<RedisServerHandle> {
+  return launchRedis({ maxmemory: '512mb', extraArgs: opts.noEviction ? ['--maxmemory-policy', 'noeviction'] : [] });
 }
