@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 /**
  * kvlab command-line entry point. Each area registers its own sub-commands:
- * traces/cli.ts (trace), sim/cli.ts (sim, ab, strategies, profile), live/cli.ts and
- * live/cli-run.ts (kdn, emulate, gateway, replay, diff, live demo), notebooks/cli.ts (report, sweep, worker).
+ * traces/cli.ts (trace), sim/cli.ts (sim, ab, strategies), sim/profile/cli.ts (profile), sim/import.ts (import),
+ * live/cli.ts and live/cli-run.ts (kdn, emulate, gateway, replay, diff, live demo), notebooks/cli.ts (report, sweep, worker).
  *
  * Start-up cost matters (a Mooncake replay takes about a second): only the area that owns the
  * requested sub-command is imported; `kvlab --help` (or an unknown command) imports them all.
@@ -10,7 +10,7 @@
 import { Command } from 'commander';
 import { KVLAB_VERSION } from '../engine/version.js';
 
-type Area = 'traces' | 'sim' | 'profile' | 'live' | 'notebooks';
+type Area = 'traces' | 'sim' | 'profile' | 'import' | 'live' | 'notebooks';
 
 /** Which area owns each sub-command. */
 const OWNER: Record<string, Area> = {
@@ -19,6 +19,7 @@ const OWNER: Record<string, Area> = {
   ab: 'sim',
   strategies: 'sim',
   profile: 'profile',
+  import: 'import',
   emulate: 'live',
   kdn: 'live',
   gateway: 'live',
@@ -40,6 +41,9 @@ async function register(program: Command, area: Area): Promise<void> {
       break;
     case 'profile':
       (await import('../sim/calibrate.js')).registerProfileCommands(program);
+      break;
+    case 'import':
+      (await import('../sim/import.js')).registerImportCommand(program);
       break;
     case 'live': {
       (await import('../live/cli.js')).registerLiveCommands(program);
@@ -72,7 +76,7 @@ async function main(): Promise<void> {
   const sub = process.argv.slice(2).find((a) => !a.startsWith('-'));
   const area = sub === undefined || sub === 'help' ? undefined : OWNER[sub];
   if (area) await register(program, area);
-  else for (const a of ['traces', 'sim', 'profile', 'live', 'notebooks'] as const) await register(program, a);
+  else for (const a of ['traces', 'sim', 'profile', 'import', 'live', 'notebooks'] as const) await register(program, a);
   await program.parseAsync(process.argv);
 }
 

@@ -51,6 +51,12 @@ export interface EngineSettings {
   blockSizeTokens: number;
   /** vLLM `long_prefill_token_threshold` (0 = off): max new tokens per request per step. */
   longPrefillTokenThreshold: number;
+  /**
+   * vLLM async scheduling (default on since vLLM 0.12 unless incompatible): the scheduler forms
+   * step N+1 while step N runs, so a request reaching the engine core during a step waits for
+   * the step after the next one. Absent = false (synchronous scheduling, older profiles).
+   */
+  asyncScheduling?: boolean;
 }
 
 /**
@@ -103,6 +109,19 @@ export interface Profile {
   coldStartMs: number;
   /** fit quality, free-form (MAPE per batch size etc.). */
   fit?: Record<string, unknown>;
+  /**
+   * Per term (step.fixedMs, step.knots/values, engine.kvCapacityTokens, ...): where its value comes
+   * from. `measured` = read or fitted from measurements of this hardware and model; `scaled` =
+   * measured on other hardware/model and scaled; `derived` = computed (roofline, memory
+   * arithmetic) from specs and learned efficiencies; `assumed` = a stated assumption.
+   */
+  provenance?: Record<string, TermProvenance>;
+}
+
+/** Where one profile term comes from (Profile.provenance). */
+export interface TermProvenance {
+  kind: 'measured' | 'scaled' | 'derived' | 'assumed';
+  source: string;
 }
 
 /** A KV link KDN -> instance. Transfers on one link are served FIFO. */

@@ -229,11 +229,21 @@ function registerDiff(program: Command): void {
   program
     .command('diff')
     .description('Compare two runs request by request (A = reference, e.g. the live run; B = e.g. the simulated run): MAPE, median/p90 absolute error and bias per timing field, and the engine\'s decision-time prediction vs observed.')
-    .argument('<runA>', 'run directory (or records.jsonl)')
-    .argument('<runB>', 'run directory (or records.jsonl)')
+    .argument('<runA>', 'run directory (or records.jsonl); an imported real run (kvlab import) compares against simulated runs')
+    .argument('<runB...>', 'run directory (or records.jsonl); after an imported run, one simulated run per seed')
     .option('--json', 'print diff.json to stdout instead of a table', false)
-    .option('--out <file>', 'where to write diff.json', outFileArg('--out'), 'diff.json')
-    .action((a: string, b: string, f: { json: boolean; out: string }) => {
+    .option('--out <file>', 'where to write diff.json (fidelity.json for an imported run)', outFileArg('--out'))
+    .action(async (a: string, bs: string[], f: { json: boolean; out?: string }) => {
+      const fid = await import('../sim/fidelity.js');
+      if (fid.isObservedRun(a)) {
+        const r = fid.fidelityDiff(a, bs, f.out ?? 'fidelity.json');
+        if (f.json) process.stdout.write(JSON.stringify(r, null, 1) + '\n');
+        else process.stdout.write(fid.formatFidelity(r) + `(written to ${f.out ?? 'fidelity.json'})\n`);
+        return;
+      }
+      if (bs.length !== 1) throw new Error('diff: give exactly two runs (several simulated runs only after an imported run)');
+      const b = bs[0]!;
+      f.out ??= 'diff.json';
       const d = diffRuns(a, b, f.out);
       const warn = overlapWarning(d);
       if (warn) process.stderr.write(`${warn}\n`);

@@ -97,6 +97,7 @@ function addCommon(c: Command): Command {
     .option('--limit <n>', 'only the first n requests of the trace', positiveInt('--limit'))
     .option('--noise-cv <x>', 'step-time noise coefficient of variation (default 0.02)', numberArg('--noise-cv', { min: 0 }))
     .option('--slo <ttft=MS,tbt=MS>', `SLO of the goodput in summary.json (default ttft=${DEFAULT_SLO.ttftMs},tbt=${DEFAULT_SLO.tbtMs})`, sloArg)
+    .option('--max-concurrency <n>', 'client cap on requests in flight (like vllm bench serve --max-concurrency; default none)', positiveInt('--max-concurrency'))
     .option('--quiet', 'no progress on stderr');
 }
 
@@ -117,6 +118,7 @@ function inputAndCluster(o: Record<string, any>): Omit<RunOptions, 'strategy'> {
     limit: o.limit,
     stepNoiseCv: o.noiseCv,
     slo: o.slo,
+    maxConcurrency: o.maxConcurrency,
   };
 }
 

@@ -15,15 +15,18 @@
  * kvEventDelayMs: 500                # default DEFAULT_KV_EVENT_DELAY_MS
  * chunkTokens: 256
  * strategyParams: { kvlab: { workWeight: 0 } }
- * sim: { stepNoiseCv: 0.02 }
+ * sim: { stepNoiseCv: 0.02, maxConcurrency: 64 }   # maxConcurrency: client cap on requests in flight
  * ```
+ * A profile given by path (in `profile:` or an instance's `profile:`) is resolved relative to the
+ * cluster file's directory.
  */
 import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { createRequire } from 'node:module';
 import { checkStrategyParams } from '../engine/strategies/index.js';
 import { PEER_LINK_DEFAULT } from '../engine/engine.js';
 import type { ClusterSpec, EngineSettings, KdnSpec, LinkSpec } from '../engine/types.js';
-import { instanceSpecFromProfile, loadProfile, loadSchemas } from './profiles.js';
+import { instanceSpecFromProfile, isProfilePath, loadProfile, loadSchemas } from './profiles.js';
 
 import type { ClusterFile } from './schemas.js';
 export type { ClusterFile };
@@ -80,7 +83,12 @@ export function readClusterFile(file: string): ClusterFile {
       throw new Error(`${file}: strategyParams.${name}: ${(e as Error).message}`);
     }
   }
-  return r.data;
+  const data = r.data;
+  // profile paths are relative to the cluster file
+  const rel = (p: string | undefined): string | undefined => (p !== undefined && isProfilePath(p) && !isAbsolute(p) ? join(dirname(resolve(file)), p) : p);
+  if (data.profile !== undefined) data.profile = rel(data.profile);
+  if (Array.isArray(data.instances)) for (const x of data.instances) if (x.profile !== undefined) x.profile = rel(x.profile);
+  return data;
 }
 
 /** CLI-level cluster options (override the file). */
@@ -98,6 +106,8 @@ export interface ResolvedCluster {
   spec: ClusterSpec;
   strategyParams: Record<string, Record<string, unknown>>;
   stepNoiseCv: number;
+  /** client cap on requests in flight (`sim.maxConcurrency`), undefined = none. */
+  maxConcurrency?: number;
 }
 
 /**
@@ -155,6 +165,7 @@ export function resolveCluster(file: ClusterFile | null, opts: ClusterOptions, d
     },
     strategyParams: f.strategyParams ?? {},
     stepNoiseCv: f.sim?.stepNoiseCv ?? 0.02,
+    maxConcurrency: f.sim?.maxConcurrency,
   };
 }
 
@@ -163,6 +174,7 @@ function normEngine(o: Record<string, unknown>): Partial<EngineSettings> {
   for (const k of ['maxNumBatchedTokens', 'maxNumSeqs', 'maxModelLen', 'blockSizeTokens', 'longPrefillTokenThreshold'] as const) {
     if (typeof o[k] === 'number') out[k] = o[k] as number;
   }
+  if (typeof o.asyncScheduling === 'boolean') out.asyncScheduling = o.asyncScheduling;
   const c = o.kvCapacityTokens;
   if (c !== undefined) out.kvCapacityTokens = c === 'inf' || c === 'Infinity' ? Infinity : (c as number);
   return out;

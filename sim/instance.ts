@@ -12,7 +12,12 @@
  * - then, if nothing was preempted in this step, waiting requests FCFS while budget remains and
  *   fewer than `max_num_seqs` run; each is admitted with its prefix-cache hit (contiguous
  *   block match, capped at prompt - 1) plus the external (LMCache) prefix loaded into memory;
- *   admission stops at the first request whose KV does not fit.
+ *   admission stops at the first request whose KV does not fit;
+ * - async scheduling (`engine.asyncScheduling`, vLLM >= 0.12 default): the scheduler forms step
+ *   N+1 while step N runs, so a request that reached the core after step N started is admitted
+ *   at step N+2 at the earliest — unless nothing is running, in which case no step N+1 was formed
+ *   and it is admitted at once (vllm/v1/engine/core.py step_with_batch_queue; vllm/config/vllm.py
+ *   turns async scheduling on by default).
  * Step time comes from the profile's step model (engine/costmodel.ts); loading external KV adds
  * the KV load time (LMCache retrieve) to the step that admits the request.
  */
@@ -113,6 +118,11 @@ export class InstanceCore {
   private readonly budget: number;
   private readonly maxSeqs: number;
   private readonly threshold: number;
+  private readonly asyncScheduling: boolean;
+  /** start of the last iteration executed (async scheduling admits what arrived before it). */
+  private lastIterStart = -Infinity;
+  /** end of the last run (a later start means the core was idle in between). */
+  private lastEnd = -Infinity;
   private waiting: ReqState[] = [];
   private wHead = 0;
   private running: ReqState[] = [];
@@ -143,6 +153,7 @@ export class InstanceCore {
     this.budget = spec.engine.maxNumBatchedTokens;
     this.maxSeqs = spec.engine.maxNumSeqs;
     this.threshold = spec.engine.longPrefillTokenThreshold > 0 ? spec.engine.longPrefillTokenThreshold : Infinity;
+    this.asyncScheduling = spec.engine.asyncScheduling === true;
     this.kv = new KvCache(spec.engine.kvCapacityTokens, opts.onKvEvent);
     this.noise = opts.noise;
     this.keepDone = opts.keepDone ?? true;
@@ -219,6 +230,7 @@ export class InstanceCore {
     this.busyFlag = true;
     this.busyMs += d;
     this.steps++;
+    this.runEnds[0] = d;
     return d;
   }
 
@@ -270,10 +282,14 @@ export class InstanceCore {
       this.account(c, r, n);
     }
     if (fastTokens) this.kv.used += fastTokens;
-    // 2) waiting requests, FCFS, only if nothing was preempted
+    // 2) waiting requests, FCFS, only if nothing was preempted. With async scheduling, while
+    // requests are running, only those that arrived before the last iteration started were seen
+    // by the scheduler (an idle core admits at once).
     if (!preempted) {
+      const cutoff = this.asyncScheduling && running.length > 0 && nowMs <= this.lastEnd ? this.lastIterStart : Infinity;
       while (budget > 0 && running.length < this.maxSeqs && this.wHead < this.waiting.length) {
         const r = this.waiting[this.wHead]!;
+        if (r.arrivedAt > cutoff) break;
         if (!this.admit(r, budget, nowMs)) break;
         this.wHead++;
         r.state = RUNNING;
@@ -460,6 +476,8 @@ export class InstanceCore {
     const ends = this.runEnds;
     let j = 0;
     while (j < this.runSteps - 1 && ends[j]! < off) j++;
+    // async scheduling: the iteration after the one in progress was already formed
+    if (this.asyncScheduling && j < this.runSteps - 1) j++;
     if (j === this.runSteps - 1) return -1;
     const oldTotal = ends[this.runSteps - 1]!;
     const k = j + 1;
@@ -496,6 +514,8 @@ export class InstanceCore {
     }
     const k = this.runSteps;
     this.runSteps = 0;
+    this.lastIterStart = k > 1 ? this.stepStart + this.runEnds[k - 2]! : this.stepStart;
+    this.lastEnd = nowMs;
     const sched = this.scheduled;
     const decodeRun = this.decodeRun;
     this.decodeRun = false;

@@ -45,6 +45,11 @@ export function parseProfile(obj: unknown, where: string): Profile {
 
 const cache = new Map<string, Profile>();
 
+/** true when a profile reference is a file path (contains a '/' or ends in .json), not a built-in name. */
+export function isProfilePath(nameOrPath: string): boolean {
+  return nameOrPath.includes('/') || nameOrPath.endsWith('.json');
+}
+
 /**
  * Loads a profile by name (engine/profiles/<name>.json) or by file path (anything containing
  * a '/' or ending in .json). Cached per resolved path. Files given by path are schema-checked;
@@ -53,7 +58,7 @@ const cache = new Map<string, Profile>();
  * @throws Error when the file is missing, not JSON, or fails the schema (names the field).
  */
 export function loadProfile(nameOrPath: string): Profile {
-  const isPath = nameOrPath.includes('/') || nameOrPath.endsWith('.json');
+  const isPath = isProfilePath(nameOrPath);
   const file = isPath ? resolve(nameOrPath) : join(repoRoot(), 'engine', 'profiles', `${nameOrPath}.json`);
   const hit = cache.get(file);
   if (hit) return hit;

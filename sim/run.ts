@@ -45,6 +45,8 @@ export interface RunOptions extends InputSpec, ClusterOptions {
   stepNoiseCv?: number;
   /** SLO of `goodput` in summary.json (default DEFAULT_SLO: TTFT 10 s, TBT 300 ms). */
   slo?: Slo;
+  /** client cap on requests in flight (default from the cluster file `sim.maxConcurrency`, else none). */
+  maxConcurrency?: number;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -115,7 +117,8 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
   const strategy = createStrategy(opts.strategy, params);
   const noise = opts.stepNoiseCv ?? rc.stepNoiseCv;
   const t0 = performance.now();
-  const o = simulate(t.requests, { cluster: rc.spec, strategy, seed, stepNoiseCv: noise, onProgress: opts.onProgress });
+  const maxConcurrency = opts.maxConcurrency ?? rc.maxConcurrency;
+  const o = simulate(t.requests, { cluster: rc.spec, strategy, seed, stepNoiseCv: noise, onProgress: opts.onProgress, maxConcurrency });
   const obs = observed(o);
   const core = summarize(o, obs, opts.slo ?? DEFAULT_SLO);
   const kdnIds = rc.spec.kdns.map((k) => k.id);
@@ -170,7 +173,7 @@ function configJson(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster, param
     strategy: opts.strategy,
     strategy_params: params,
     seed,
-    sim: { step_noise_cv: noise },
+    sim: { step_noise_cv: noise, max_concurrency: opts.maxConcurrency ?? rc.maxConcurrency ?? null },
     cluster: {
       instances: rc.spec.instances.map((s) => ({ id: s.id, profile: s.profile.name, engine: { ...s.engine, kvCapacityTokens: Number.isFinite(s.engine.kvCapacityTokens) ? s.engine.kvCapacityTokens : 'inf' } })),
       kdns: rc.spec.kdns.map((k) => ({ id: k.id, compression: k.compression, text_fetch_ms: k.textFetchMs, knowledge: k.knowledge ? [...k.knowledge] : 'all' })),

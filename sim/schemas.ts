@@ -16,7 +16,10 @@ const engineSchema = z.object({
   kvCapacityTokens: pos,
   blockSizeTokens: pos.int(),
   longPrefillTokenThreshold: nonneg.int(),
+  asyncScheduling: z.boolean().optional(),
 });
+
+const provenanceSchema = z.object({ kind: z.enum(['measured', 'scaled', 'derived', 'assumed']), source: z.string() });
 
 /** zod schema of a Profile file; errors name the offending field path. */
 export const profileSchema = z.object({
@@ -52,6 +55,7 @@ export const profileSchema = z.object({
   kvLoad: z.object({ fixedMs: nonneg, msPerGB: nonneg, bytesPerToken: pos }),
   coldStartMs: nonneg,
   fit: z.record(z.string(), z.unknown()).optional(),
+  provenance: z.record(z.string(), provenanceSchema).optional(),
 });
 
 /** Formats a zod error as "where: field.path: message; ...". */
@@ -70,6 +74,7 @@ const engineOverrides = z
     kvCapacityTokens: capacity,
     blockSizeTokens: pos.int(),
     longPrefillTokenThreshold: nonneg.int(),
+    asyncScheduling: z.boolean(),
   })
   .partial()
   .strict();
@@ -111,7 +116,7 @@ export const clusterFileSchema = z
     kvEventDelayMs: nonneg.optional(),
     chunkTokens: pos.int().optional(),
     strategyParams: z.record(z.string(), z.record(z.string(), z.unknown())).optional(),
-    sim: z.object({ stepNoiseCv: nonneg.max(0.5).optional() }).strict().optional(),
+    sim: z.object({ stepNoiseCv: nonneg.max(0.5).optional(), maxConcurrency: pos.int().optional() }).strict().optional(),
   })
   .strict();
 

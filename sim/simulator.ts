@@ -22,6 +22,7 @@ const EV_STEP = 2; // step/run end (a = instance, b = generation)
 const EV_KV = 3; // KV events delivered to the engine (a = batch id)
 const EV_XFER = 4; // KV transfer ACK (a = request)
 const EV_SCRAPE = 5; // engine metrics scrape of every instance (for strategies that read metrics)
+const EV_SEND = 6; // the client has seen a request end: its concurrency slot frees (maxConcurrency)
 
 /** Status codes of a simulated request. */
 export const ST_PENDING = 0;
@@ -44,6 +45,12 @@ export interface SimOptions {
   bucketMs?: number;
   /** engine predict-on-route (default true). */
   predictOnRoute?: boolean;
+  /**
+   * Client-side cap on requests in flight (vllm bench serve --max-concurrency): a request that
+   * arrives while this many are unfinished waits (FIFO) and is sent, and timed, when one
+   * completes or is rejected. Default: no cap.
+   */
+  maxConcurrency?: number;
 }
 
 /** Per-request results, in request order (typed arrays; -1 = did not happen). */
@@ -93,8 +100,15 @@ export interface SimOutcome {
  * @param requests sorted by arrivalMs (ties keep order); ids must be unique
  * @throws Error when ids repeat or arrivals are not sorted
  */
-export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome {
+export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
   const cluster = opts.cluster;
+  const maxConc = opts.maxConcurrency ?? Infinity;
+  if (!(maxConc >= 1)) throw new RangeError(`simulate: maxConcurrency must be >= 1 (got ${maxConc})`);
+  // with a client concurrency cap, deferred requests are re-timed to their send time: work on a copy
+  const requests = maxConc < Infinity ? input.slice() : input;
+  let inflight = 0;
+  const deferred: number[] = [];
+  let dHead = 0;
   const N = requests.length;
   const nI = cluster.instances.length;
   const engine = new Engine(cluster, opts.strategy, { seed: opts.seed ?? 1, predictOnRoute: opts.predictOnRoute });
@@ -221,6 +235,84 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
   }
 
   const progressEvery = opts.progressEvery ?? 2000;
+  /** Decides and dispatches request r at time t (its arrival, or when a client slot frees). */
+  const dispatch = (r: number, t: number): void => {
+    const req = requests[r]!;
+    const d = engine.decide(req, t);
+    out.decisions.set(r, d);
+    const i = d.instance;
+    instOf[r] = i;
+    if (d.rejected) {
+      // admission control (Mooncake-style early rejection): never dispatched
+      out.status[r] = ST_REJECTED;
+      out.admissionRejected++;
+      if (opts.onProgress && r % progressEvery === 0) opts.onProgress(r, N);
+      if (maxConc < Infinity) q.push(t, EV_SEND, r, 0);
+      return;
+    }
+    engine.onDispatch(req, d, t);
+    const l = engine.loads.loads[i]!;
+    out.bookedPrefillAtArrival[r] = l.prefillTokens;
+    out.runningAtArrival[r] = cores[i]!.load.running;
+    if (opts.onProgress && r % progressEvery === 0) opts.onProgress(r, N);
+    if (d.peer) {
+      // KV moved from another instance over the peer link (FIFO per pair), raw bytes, no LMCache
+      // load; only what the source really holds now moves (the index may run ahead of it)
+      const held = Math.min(d.peer.tokens, cores[d.peer.from]!.kv.matchPrefix(req.blocks) * req.blockSize, req.inputTokens - 1);
+      peerHeld[r] = held;
+      const xt = Math.max(0, held - d.cachedTokens);
+      if (xt > 0) {
+        const bytes = xt * cluster.instances[i]!.profile.model.kvBytesPerToken;
+        const start = Math.max(t, peerFree[d.peer.from]![i]!);
+        const dur = transferMs(bytes, peerLink);
+        peerFree[d.peer.from]![i] = start + dur;
+        out.transferTokens[r] = xt;
+        out.linkWaitMs[r] = start - t;
+        out.transferMs[r] = dur;
+        out.peerBytesMoved += bytes;
+        loadOverride[r] = 0;
+        q.push(start + dur, EV_XFER, r, 0);
+        return;
+      }
+    }
+    if ((d.intent === 'kvcache' || d.intent === 'hybrid') && d.kdn >= 0) {
+      const xt = Math.max(0, d.reusedTokens - d.cachedTokens);
+      out.transferTokens[r] = xt;
+      if (req.knowledgeTokens > d.reusedTokens) out.prepareMs[r] = cluster.kdns[d.kdn]!.textFetchMs;
+      if (xt > 0) {
+        const k = d.kdn;
+        const bytes = kvWireBytes(xt, cluster.instances[i]!.profile.model.kvBytesPerToken, cluster.kdns[k]!);
+        const link = cluster.links[k]![i]!;
+        const ready = t + out.prepareMs[r]!;
+        const start = Math.max(ready, linkFree[k]![i]!);
+        const dur = transferMs(bytes, link);
+        const end = start + dur;
+        linkFree[k]![i] = end;
+        out.linkWaitMs[r] = start - ready;
+        out.transferMs[r] = dur;
+        out.kvBytesMoved += bytes;
+        transfers[k]!.push(i, start, end, start - ready);
+        q.push(end, EV_XFER, r, 0);
+        return;
+      }
+    } else if (d.intent === 'text' && req.knowledgeTokens > 0) {
+      const k = d.kdn >= 0 ? d.kdn : 0;
+      out.prepareMs[r] = cluster.kdns[k]?.textFetchMs ?? 0;
+    }
+    if (out.prepareMs[r]! > 0) q.push(t + out.prepareMs[r]!, EV_READY, r, 0);
+    else toFrontend(r, t);
+  };
+  /** A request left the client's view (done or rejected): its slot goes to the next deferred one. */
+  const release = (t: number): void => {
+    inflight--;
+    if (dHead < deferred.length) {
+      const r = deferred[dHead++]!;
+      requests[r] = { ...requests[r]!, arrivalMs: t };
+      inflight++;
+      dispatch(r, t);
+    }
+  };
+
   let next = 0;
   let events = 0;
   for (;;) {
@@ -229,72 +321,13 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
     if (tq === Infinity && ta === Infinity) break;
     events++;
     if (ta < tq) {
-      // ---- arrival: decide and dispatch
+      // ---- arrival: decide and dispatch (or wait for a client slot)
       const r = next++;
-      const req = requests[r]!;
-      const t = ta;
-      const d = engine.decide(req, t);
-      out.decisions.set(r, d);
-      const i = d.instance;
-      instOf[r] = i;
-      if (d.rejected) {
-        // admission control (Mooncake-style early rejection): never dispatched
-        out.status[r] = ST_REJECTED;
-        out.admissionRejected++;
-        if (opts.onProgress && r % progressEvery === 0) opts.onProgress(r, N);
-        continue;
+      if (inflight >= maxConc) deferred.push(r);
+      else {
+        inflight++;
+        dispatch(r, ta);
       }
-      engine.onDispatch(req, d, t);
-      const l = engine.loads.loads[i]!;
-      out.bookedPrefillAtArrival[r] = l.prefillTokens;
-      out.runningAtArrival[r] = cores[i]!.load.running;
-      if (opts.onProgress && r % progressEvery === 0) opts.onProgress(r, N);
-      if (d.peer) {
-        // KV moved from another instance over the peer link (FIFO per pair), raw bytes, no LMCache
-        // load; only what the source really holds now moves (the index may run ahead of it)
-        const held = Math.min(d.peer.tokens, cores[d.peer.from]!.kv.matchPrefix(req.blocks) * req.blockSize, req.inputTokens - 1);
-        peerHeld[r] = held;
-        const xt = Math.max(0, held - d.cachedTokens);
-        if (xt > 0) {
-          const bytes = xt * cluster.instances[i]!.profile.model.kvBytesPerToken;
-          const start = Math.max(t, peerFree[d.peer.from]![i]!);
-          const dur = transferMs(bytes, peerLink);
-          peerFree[d.peer.from]![i] = start + dur;
-          out.transferTokens[r] = xt;
-          out.linkWaitMs[r] = start - t;
-          out.transferMs[r] = dur;
-          out.peerBytesMoved += bytes;
-          loadOverride[r] = 0;
-          q.push(start + dur, EV_XFER, r, 0);
-          continue;
-        }
-      }
-      if ((d.intent === 'kvcache' || d.intent === 'hybrid') && d.kdn >= 0) {
-        const xt = Math.max(0, d.reusedTokens - d.cachedTokens);
-        out.transferTokens[r] = xt;
-        if (req.knowledgeTokens > d.reusedTokens) out.prepareMs[r] = cluster.kdns[d.kdn]!.textFetchMs;
-        if (xt > 0) {
-          const k = d.kdn;
-          const bytes = kvWireBytes(xt, cluster.instances[i]!.profile.model.kvBytesPerToken, cluster.kdns[k]!);
-          const link = cluster.links[k]![i]!;
-          const ready = t + out.prepareMs[r]!;
-          const start = Math.max(ready, linkFree[k]![i]!);
-          const dur = transferMs(bytes, link);
-          const end = start + dur;
-          linkFree[k]![i] = end;
-          out.linkWaitMs[r] = start - ready;
-          out.transferMs[r] = dur;
-          out.kvBytesMoved += bytes;
-          transfers[k]!.push(i, start, end, start - ready);
-          q.push(end, EV_XFER, r, 0);
-          continue;
-        }
-      } else if (d.intent === 'text' && req.knowledgeTokens > 0) {
-        const k = d.kdn >= 0 ? d.kdn : 0;
-        out.prepareMs[r] = cluster.kdns[k]?.textFetchMs ?? 0;
-      }
-      if (out.prepareMs[r]! > 0) q.push(t + out.prepareMs[r]!, EV_READY, r, 0);
-      else toFrontend(r, t);
       continue;
     }
     q.pop();
@@ -330,6 +363,7 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
           out.status[r] = ST_REJECTED;
           engine.onAbort(req.id, t);
           sendReleased(t);
+          if (maxConc < Infinity) q.push(t, EV_SEND, r, 0);
           break;
         }
         if (!core.busy) startRun(i, t);
@@ -366,6 +400,8 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
           if (out.firstTokenAt[r]! < 0) out.firstTokenAt[r] = t;
           core.forget(id);
           engine.onComplete(id, t, requests[r]!.outputTokens);
+          // the client sees the end after the API overhead, then sends its next request
+          if (maxConc < Infinity) q.push(t + cluster.instances[i]!.profile.step.apiMs, EV_SEND, r, 0);
         }
         if (ev.done.length) sendReleased(t);
         for (const id of ev.preempted) {
@@ -376,6 +412,9 @@ export function simulate(requests: TraceRequest[], opts: SimOptions): SimOutcome
         startRun(i, t);
         break;
       }
+      case EV_SEND:
+        release(t);
+        break;
       case EV_SCRAPE: {
         scrape(t);
         if (next < N || q.size > 0) q.push(t + scrapeMs!, EV_SCRAPE, 0, 0);
