@@ -40,7 +40,7 @@ async function register(program: Command, area: Area): Promise<void> {
       (await import('../sim/cli.js')).registerSimCommands(program);
       break;
     case 'profile':
-      (await import('../sim/calibrate.js')).registerProfileCommands(program);
+      (await import('../sim/profile/cli.js')).registerProfileCommands(program);
       break;
     case 'import':
       (await import('../sim/import.js')).registerImportCommand(program);

@@ -32,7 +32,7 @@ import { loadProfile, parseProfile, repoRoot } from './profiles.js';
 import { deriveProfileFromSpecs, vllmBatchDefaults, type EntryPoint } from './profile/derive.js';
 import { kvCapacityFromMemory } from './profile/memory.js';
 import { loadRoofline } from './profile/roofline.js';
-import { findGpu, findModel, loadGpu, loadModel, normModel, type GpuSpec, type ModelShape } from './profile/specs.js';
+import { findGpu, findModel, loadGpu, loadModel, normModel, shapeKey, type GpuSpec, type ModelShape } from './profile/specs.js';
 
 /** Which reader a path needs. */
 export function detectImportFormat(path: string): ObservedRun['format'] {
@@ -168,10 +168,15 @@ export function importProfile(run: ObservedRun, opts: ImportOptions, warnings: s
   } else {
     if (!gpu) throw new ImportError(`${run.files[0]}: the run ${gpuName ? `names GPU "${gpuName}", which kvlab does not know` : 'does not name its GPU'}: pass --gpu NAME (kvlab profile derive --help lists them) or --profile`);
     if (!model) throw new ImportError(`${run.files[0]}: ${modelName ? `model "${modelName}" is not shipped` : 'the run does not name its model'}: pass --model NAME|config.json or --profile`);
-    const shipped = listShippedProfiles().find((p) => !p.derived && sameGpu(p, gpu) && p.hardware.gpus === lay.tp && normModel(p.model.name) === normModel(model.name));
+    const key = shapeKey(model);
+    const shipped = listShippedProfiles().find((p) => {
+      if (p.derived || !sameGpu(p, gpu) || p.hardware.gpus !== lay.tp) return false;
+      const pm = findModel(p.model.name);
+      return pm !== null ? shapeKey(pm) === key : normModel(p.model.name) === normModel(model.name);
+    });
     if (shipped) {
       base = shipped;
-      choice = `measured profile ${shipped.name} (same model, GPU and TP)`;
+      choice = `measured profile ${shipped.name} (same model shapes, GPU and TP)`;
     } else {
       base = deriveProfileFromSpecs({ gpu, model, tp: lay.tp, ep: lay.ep, entry, engine: { maxModelLen: run.engine.maxModelLen ?? undefined } });
       choice = `derived: kvlab profile derive --gpu ${gpu.id} --model ${model.hfId ?? model.name} --tp ${lay.tp}${lay.ep > 1 ? ` --ep ${lay.ep}` : ''}`;
@@ -219,9 +224,9 @@ export function listShippedProfiles(): Profile[] {
 }
 
 function readdirJson(dir: string): string[] {
-  // top-level profile files only (gpus/, models/ and roofline.json are not profiles)
+  // top-level profile files only (gpus/, models/, roofline/ hold specs and coefficients)
   return readdirSync(dir)
-    .filter((f) => f.endsWith('.json') && f !== 'roofline.json')
+    .filter((f) => f.endsWith('.json'))
     .sort();
 }
 

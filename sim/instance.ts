@@ -69,6 +69,15 @@ export class ReqState {
   nextBlock = 0;
   /** private (unshared) tokens this request holds in KV memory. */
   private = 0;
+  /**
+   * Blocks of computed output tokens cached when the request was preempted (vLLM keeps the full
+   * blocks of a preempted request in the prefix cache until they are evicted), in order.
+   */
+  tails: BlockEntry[] = [];
+  /** a partly resident prompt block the request hit (referenced; completed when recomputed). */
+  partial: BlockEntry | null = null;
+  /** tokens of `partial` the request took from the cache. */
+  partialHit = 0;
   /** tokens scheduled in the running step. */
   sched = 0;
   /** prefix-cache hit tokens at first admission. */
@@ -141,6 +150,8 @@ export class InstanceCore {
   busyMs = 0;
   steps = 0;
   preemptions = 0;
+  /** prefill (and recompute) tokens scheduled so far. */
+  prefillTokens = 0;
   /** composition of the last step started (for calibration and tests). */
   lastStep: StepComposition = emptyComposition();
   private busyFlag = false;
@@ -154,7 +165,7 @@ export class InstanceCore {
     this.maxSeqs = spec.engine.maxNumSeqs;
     this.threshold = spec.engine.longPrefillTokenThreshold > 0 ? spec.engine.longPrefillTokenThreshold : Infinity;
     this.asyncScheduling = spec.engine.asyncScheduling === true;
-    this.kv = new KvCache(spec.engine.kvCapacityTokens, opts.onKvEvent);
+    this.kv = new KvCache(spec.engine.kvCapacityTokens, opts.onKvEvent, spec.engine.blockSizeTokens);
     this.noise = opts.noise;
     this.keepDone = opts.keepDone ?? true;
     this.reportTokens = opts.reportTokens ?? true;
@@ -236,6 +247,8 @@ export class InstanceCore {
 
   private pendingLoadMs = 0;
   private preemptedBuf: string[] = [];
+  /** next synthetic (negative) block id for a preempted request's cached output blocks. */
+  private nextTailId = -1;
 
   /** vLLM V1 schedule(): returns the step composition, or null when nothing is schedulable. */
   private schedule(nowMs: number): StepComposition | null {
@@ -314,6 +327,7 @@ export class InstanceCore {
     } else {
       c.prefillSeqs++;
       c.attnUnits += chunkAttnUnits(r.computed, n);
+      this.prefillTokens += n;
     }
   }
 
@@ -322,15 +336,48 @@ export class InstanceCore {
     const q = r.req;
     const kv = this.kv;
     const target = q.promptTokens + r.generated;
-    // prefix-cache hit (contiguous), capped so at least one token is computed
+    // prefix-cache hit (contiguous), capped so at least one token is computed: whole blocks, then
+    // the resident part of a partly evicted (or capped) block
     const ids = q.blocks;
-    let h = 0;
     const m = kv.blocks;
-    while (h < ids.length && m.has(ids[h]!)) h++;
-    let hit = Math.min(h * q.blockSize, target - 1);
-    if (hit < 0) hit = 0;
-    const hitBlocks = Math.ceil(hit / q.blockSize);
+    const cap = target - 1;
+    let hit = 0;
+    let hitBlocks = 0;
+    let partial: BlockEntry | null = null;
+    let partialHit = 0;
+    for (; hitBlocks < ids.length; hitBlocks++) {
+      const e = m.get(ids[hitBlocks]!);
+      if (e === undefined) break;
+      const room = cap - hit;
+      if (room <= 0) break;
+      if (e.resident < e.tokens || e.tokens > room) {
+        const got = Math.min(e.resident, room);
+        if (got > 0) {
+          partial = e;
+          partialHit = got;
+          hit += got;
+        }
+        break;
+      }
+      hit += e.tokens;
+    }
     for (let i = 0; i < hitBlocks; i++) kv.ref(m.get(ids[i]!)!);
+    if (partial) kv.ref(partial);
+    // a preempted request also finds its cached output blocks, contiguously after a full prompt hit
+    if (r.tails.length) {
+      const tails = r.tails;
+      r.tails = [];
+      if (hitBlocks === ids.length && ids.length > 0 && !partial) {
+        for (const t of tails) {
+          const got = m.get(t.id) === t ? Math.min(t.resident, cap - hit) : 0;
+          if (got <= 0) break;
+          kv.ref(t);
+          r.tails.push(t);
+          hit += got;
+          if (got < t.tokens) break;
+        }
+      }
+    }
     // external (LMCache) prefix beyond the local hit
     const ext = Math.min(q.loadedTokens, target - 1);
     const load = ext > hit ? ext - hit : 0;
@@ -338,11 +385,17 @@ export class InstanceCore {
     if (n > budget) n = budget;
     if (n > this.threshold) n = this.threshold;
     if (!kv.allocate(load + n)) {
+      for (let i = r.tails.length - 1; i >= 0; i--) kv.unref(r.tails[i]!);
+      if (partial) kv.unref(partial);
       for (let i = hitBlocks - 1; i >= 0; i--) kv.unref(m.get(ids[i]!)!);
       return false;
     }
     for (let i = 0; i < hitBlocks; i++) r.refs.push(m.get(ids[i]!)!);
+    if (partial) r.refs.push(partial);
+    for (const t of r.tails) r.refs.push(t);
     r.nextBlock = hitBlocks;
+    r.partial = partial;
+    r.partialHit = partialHit;
     r.computed = hit + load;
     r.private = load + n;
     r.sched = n;
@@ -371,8 +424,18 @@ export class InstanceCore {
       const end = start + B < P ? start + B : P;
       if (end > r.computed) break;
       const tokens = end - start;
-      r.refs.push(this.kv.register(ids[r.nextBlock]!, tokens));
-      r.private -= tokens;
+      const p = r.partial;
+      if (p !== null && p.id === ids[r.nextBlock]) {
+        // a partly hit block, now recomputed: the private copy of its missing part completes it
+        const mine = tokens - r.partialHit;
+        r.private -= mine;
+        this.kv.release(mine);
+        this.kv.restore(p);
+        r.partial = null;
+      } else {
+        r.refs.push(this.kv.register(ids[r.nextBlock]!, tokens));
+        r.private -= tokens;
+      }
       r.nextBlock++;
     }
   }
@@ -384,9 +447,22 @@ export class InstanceCore {
     this.kv.release(r.private);
     r.private = 0;
     r.nextBlock = 0;
+    r.partial = null;
   }
 
   private preempt(r: ReqState): void {
+    // cache the full engine blocks of its computed output (prompt blocks are cached already)
+    const q = r.req;
+    if (q.blocks.length > 0 && r.nextBlock === q.blocks.length) {
+      const bs = this.spec.engine.blockSizeTokens;
+      const full = Math.floor(r.private / bs) * bs;
+      if (full > 0) {
+        const e = this.kv.register(this.nextTailId--, full);
+        r.private -= full;
+        r.refs.push(e);
+        r.tails.push(e);
+      }
+    }
     this.freeKv(r);
     r.computed = 0;
     r.sched = 0;

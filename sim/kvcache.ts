@@ -3,12 +3,17 @@
  * token-granular accounting).
  *
  * - Memory is counted in tokens against `capacityTokens` (Infinity = unlimited).
+ * - Eviction takes engine blocks (`evictBlockTokens`, vLLM's block size) from the end of the least
+ *   recently freed block, only as many as an allocation needs, so a trace block can stay partly
+ *   resident (`BlockEntry.resident`); a partly resident block counts as removed for KV events.
  * - Prompt blocks (trace block ids, chained hashes) become cached once fully computed; a cached
  *   block is shared by reference count. Blocks with no reference stay resident and reusable
  *   until evicted, least recently freed first (vLLM's free-block queue).
  * - KV events are buffered and delivered in batches by `flushEvents` (once per step).
  * - Private tokens (a partial block being computed, decode output, prompts without block ids)
  *   are counted but never shared.
+ * - Negative ids are private to one request (the output blocks a preempted request leaves in the
+ *   cache, sim/instance.ts): they are cached and evicted like others but raise no KV events.
  */
 
 /** One cached prompt block. Intrusive LRU links keep eviction O(1). */
@@ -16,10 +21,17 @@ export class BlockEntry {
   refs = 0;
   prev: BlockEntry | null = null;
   next: BlockEntry | null = null;
+  /**
+   * Leading tokens of the block still resident (= tokens unless eviction took engine blocks from
+   * its end: vLLM evicts 16-token blocks, so a trace block of 512 tokens can be partly cached).
+   */
+  resident: number;
   constructor(
     readonly id: number,
     readonly tokens: number,
-  ) {}
+  ) {
+    this.resident = tokens;
+  }
 }
 
 /** Receives KV events (block ids stored into / removed from the prefix cache). */
@@ -47,6 +59,8 @@ export class KvCache {
   constructor(
     readonly capacityTokens: number,
     private readonly sink?: KvEventSink,
+    /** eviction granularity, tokens (vLLM block size; Infinity = whole entries). */
+    readonly evictBlockTokens = 16,
   ) {}
 
   /** Tokens that could be allocated now (free + reclaimable). */
@@ -62,7 +76,10 @@ export class KvCache {
     const m = this.blocks;
     let i = 0;
     const n = ids.length;
-    while (i < n && m.has(ids[i]!)) i++;
+    for (; i < n; i++) {
+      const e = m.get(ids[i]!);
+      if (e === undefined || e.resident < e.tokens) break;
+    }
     return i;
   }
 
@@ -70,7 +87,7 @@ export class KvCache {
   ref(e: BlockEntry): void {
     if (e.refs === 0) {
       this.unlink(e);
-      this.evictable -= e.tokens;
+      this.evictable -= e.resident;
     }
     e.refs++;
   }
@@ -80,7 +97,7 @@ export class KvCache {
     e.refs--;
     if (e.refs === 0) {
       this.append(e);
-      this.evictable += e.tokens;
+      this.evictable += e.resident;
     }
   }
 
@@ -96,7 +113,7 @@ export class KvCache {
       return true;
     }
     if (free + this.evictable < n) return false;
-    while (this.capacityTokens - this.used < n) this.evictOne();
+    while (this.capacityTokens - this.used < n) this.evictOne(n - (this.capacityTokens - this.used));
     this.used += n;
     return true;
   }
@@ -114,21 +131,34 @@ export class KvCache {
   register(id: number, tokens: number): BlockEntry {
     const have = this.blocks.get(id);
     if (have !== undefined) {
-      this.used -= tokens;
       this.ref(have);
+      // the private copy is released; it completes the block when part of it was evicted
+      this.used -= tokens;
+      this.restore(have);
       return have;
     }
     const e = new BlockEntry(id, tokens);
     e.refs = 1;
     this.blocks.set(id, e);
-    if (this.sink) this.storedBuf.push(id);
+    if (this.sink && id >= 0) this.storedBuf.push(id);
     return e;
+  }
+
+  /**
+   * Completes a partly resident block that a referencing request has recomputed (its missing
+   * tokens were the request's private tokens, which the caller releases): emits `stored` again.
+   */
+  restore(e: BlockEntry): void {
+    if (e.resident === e.tokens) return;
+    this.used += e.tokens - e.resident;
+    e.resident = e.tokens;
+    if (this.sink && e.id >= 0) this.storedBuf.push(e.id);
   }
 
   /** Drops every unreferenced block (vLLM reset_prefix_cache); emits `cleared`. */
   clear(): void {
     this.flushEvents();
-    while (this.head) this.evictOne();
+    while (this.head) this.evictOne(Infinity);
     this.removedBuf = [];
     if (this.sink) this.sink('cleared', []);
   }
@@ -148,14 +178,21 @@ export class KvCache {
     }
   }
 
-  private evictOne(): void {
+  /** Evicts engine blocks from the end of the least recently freed entry: at least `need` tokens or the whole entry. */
+  private evictOne(need: number): void {
     const e = this.head!;
-    this.unlink(e);
-    this.blocks.delete(e.id);
-    this.used -= e.tokens;
-    this.evictable -= e.tokens;
-    this.evictions++;
-    if (this.sink) this.removedBuf.push(e.id);
+    const g = this.evictBlockTokens;
+    const cut = need === Infinity || g === Infinity ? e.resident : Math.min(e.resident, Math.ceil(need / g) * g);
+    const wasFull = e.resident === e.tokens;
+    e.resident -= cut;
+    this.used -= cut;
+    this.evictable -= cut;
+    if (e.resident <= 0) {
+      this.unlink(e);
+      this.blocks.delete(e.id);
+      this.evictions++;
+    }
+    if (this.sink && e.id >= 0 && wasFull) this.removedBuf.push(e.id);
   }
 
   private unlink(e: BlockEntry): void {

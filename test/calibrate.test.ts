@@ -33,7 +33,7 @@ import {
   H100_SXM_X8,
   type Anchor,
 } from '../sim/calibrate.js';
-import { groupBursts, parseTtftLog, ProfileLogError, readBursts, listTtftLogs, type TpotTable } from '../sim/profile-logs.js';
+import { groupBursts, parseTtftLog, ProfileLogError, readBursts, listTtftLogs, type TpotTable } from '../sim/profile/logs.js';
 import { loadProfile } from '../sim/profiles.js';
 
 const repo = resolve(fileURLToPath(new URL('..', import.meta.url)));
@@ -258,7 +258,7 @@ describe('derived constants', () => {
 
 describe('committed profiles', () => {
   const measured = loadProfile(join(repo, 'engine', 'profiles', 'rtx5090x8-llama3-70b.json'));
-  const h100 = loadProfile(join(repo, 'engine', 'profiles', 'h100x8-llama3-70b.json'));
+  const h100 = loadProfile(join(repo, 'engine', 'profiles', 'h100x8-llama3-70b-from-rtx5090.json'));
 
   it('the measured profile validates and carries units, source and fit quality', () => {
     expect(measured.derived).toBe(false);
@@ -355,7 +355,7 @@ describe('kvlab profile fit|check', () => {
     expect(text).toMatch(/ttft_mape/);
     const p = loadProfile(out);
     expect(p.derived).toBe(false);
-    const d = loadProfile(join(dir, 'out', 'h100x8-llama3-70b.json'));
+    const d = loadProfile(join(dir, 'out', 'h100x8-llama3-70b-from-rtx5090.json'));
     expect(d.derived).toBe(true);
     expect(JSON.parse(readFileSync(out, 'utf8')).fit.crossValidation).toBeNull();
   });

@@ -208,8 +208,100 @@ describe('KvCache', () => {
     const e = kv.register(7, 40);
     kv.unref(e);
     expect(kv.evictable).toBe(40);
-    expect(kv.allocate(70)).toBe(true); // evicts block 7
+    // 30 tokens short: eviction takes two 16-token engine blocks from the end of block 7 (vLLM
+    // evicts engine blocks, not whole trace blocks), leaving its first 8 tokens resident
+    expect(kv.allocate(70)).toBe(true);
+    expect(kv.blocks.get(7)!.resident).toBe(8);
+    expect(kv.used).toBe(98);
+    expect(kv.matchPrefix([7])).toBe(0); // a partly resident block does not count as a full match
+    expect(kv.allocate(10)).toBe(true); // the rest of block 7 goes
     expect(kv.blocks.has(7)).toBe(false);
     expect(kv.used).toBeLessThanOrEqual(100);
+  });
+
+  it('whole-entry eviction when the granularity is Infinity', () => {
+    const kv = new KvCache(100, undefined, Infinity);
+    kv.allocate(60);
+    kv.unref(kv.register(7, 40));
+    expect(kv.allocate(70)).toBe(true);
+    expect(kv.blocks.has(7)).toBe(false);
+    expect(kv.used).toBe(90);
+  });
+});
+
+describe('InstanceCore fidelity details', () => {
+  it('async scheduling: a request arriving during a step waits for the step after the next while others run', () => {
+    const timeline = (asyncScheduling: boolean) => {
+      const c = core({ asyncScheduling, maxNumBatchedTokens: 4096 });
+      c.add(req('a', 100, 50), 0);
+      let t = 0;
+      const d0 = c.startStep(t); // a's prefill
+      c.add(req('b', 100, 2), t + d0 / 2); // arrives during step 0
+      t += d0;
+      c.finishStep(t);
+      const steps: number[] = [];
+      for (let k = 0; k < 4; k++) {
+        const d = c.startStep(t);
+        steps.push(c.lastStep.prefillSeqs);
+        t += d;
+        c.finishStep(t);
+      }
+      return steps;
+    };
+    // synchronous: b's prefill joins step 1; async: step 1 was formed while step 0 ran, b joins step 2
+    expect(timeline(false)).toEqual([1, 0, 0, 0]);
+    expect(timeline(true)).toEqual([0, 1, 0, 0]);
+  });
+
+  it('async scheduling: an idle core admits a new request at once', () => {
+    const c = core({ asyncScheduling: true });
+    c.add(req('a', 100, 1), 5);
+    expect(c.startStep(5)).toBeGreaterThan(0);
+    expect(c.lastStep.prefillSeqs).toBe(1);
+  });
+
+  it('a preempted request finds its prompt and output blocks in the cache when they were not evicted', () => {
+    // a (512 + 400) and b (512 + 300) do not fit together in 1,600 tokens: b, the newest, is
+    // preempted; its blocks stay cached (little else competes for memory) and it resumes cheaply
+    const c = core({ kvCapacityTokens: 1600, maxNumBatchedTokens: 4096, blockSizeTokens: 16 });
+    c.add(req('a', 512, 400, [1], 512), 0);
+    c.add(req('b', 512, 300, [2], 512), 0);
+    let t = 0;
+    let preempted = 0;
+    let ctxAtPreemption = 0;
+    for (let k = 0; k < 5000; k++) {
+      const d = c.startStep(t);
+      if (d < 0) break;
+      t += d;
+      const ev = c.finishStep(t);
+      if (ev.preempted.length && !preempted) ctxAtPreemption = 512 + c.get('b')!.generated;
+      preempted += ev.preempted.length;
+    }
+    expect(preempted).toBeGreaterThan(0);
+    expect(c.get('a')!.generated).toBe(400);
+    expect(c.get('b')!.generated).toBe(300);
+    // recompute after the preemption is far less than b's whole context
+    const recompute = c.prefillTokens - 1024;
+    expect(recompute).toBeGreaterThan(0);
+    expect(recompute).toBeLessThan(ctxAtPreemption / 4);
+    expect(c.kv.used - c.kv.evictable).toBe(0);
+  });
+
+  it('a partly evicted prompt block gives a partial hit that the request completes', () => {
+    const c = core({ kvCapacityTokens: 600, maxNumBatchedTokens: 4096, blockSizeTokens: 16 });
+    c.add(req('a', 512, 1, [7], 512), 0);
+    runAll(c);
+    expect(c.kv.blocks.get(7)!.resident).toBe(512);
+    // a private allocation of 200 tokens takes 112 tokens (7 engine blocks) from the end of block 7
+    expect(c.kv.allocate(200)).toBe(true);
+    expect(c.kv.blocks.get(7)!.resident).toBe(400);
+    c.kv.release(200);
+    c.add(req('b', 512, 1, [7], 512), 100);
+    c.startStep(100);
+    expect(c.get('b')!.hitTokens).toBe(400);
+    expect(c.lastStep.tokens).toBe(112);
+    c.finishStep(200);
+    expect(c.kv.blocks.get(7)!.resident).toBe(512); // completed again
+    expect(c.kv.used).toBe(512);
   });
 });

@@ -1,7 +1,7 @@
 /**
  * `kvlab profile derive`: a Profile (engine/types.ts) for a GPU and model without measurements,
  * from datasheet specs (sim/profile/specs.ts), memory arithmetic (sim/profile/memory.ts) and the
- * roofline with learned efficiencies (sim/profile/roofline.ts, engine/profiles/roofline.json).
+ * roofline with learned efficiencies (sim/profile/roofline.ts, engine/profiles/roofline/coefficients.json).
  *
  * Mapping onto the step model (engine/costmodel.ts `stepMs`):
  *   knots/values  token curve = layers × (GEMMs + MoE experts + elementwise + all-reduce/all-to-all)(T)
@@ -162,7 +162,7 @@ export function deriveProfileFromSpecs(inp: DeriveInput): Profile {
       `DERIVED (roofline, not measured): ${model.name} ${model.dtypeBytes === 2 ? 'bf16' : `${model.dtypeBytes}-byte`} on ${tp}× ${gpu.name} (TP ${tp}${model.moe ? `, EP ${ep}` : ''}), ` +
       `vLLM V1 (${entry === 'engine' ? 'in-process engine' : 'OpenAI server'}, async scheduling). ${(fl.linear / 1e9).toFixed(2)} GFLOP per token of linear layers, ` +
       `${kvb.toLocaleString('en-US')} B of KV per token. Step model from kvlab profile derive (sim/profile/derive.ts) with the efficiencies of ` +
-      `engine/profiles/roofline.json; every term's source is in provenance. ${cap.text}`,
+      `engine/profiles/roofline/coefficients.json; every term's source is in provenance. ${cap.text}`,
     source: `kvlab profile derive --gpu ${gpu.id} --model ${model.hfId ?? model.name} --tp ${tp}${ep > 1 ? ` --ep ${ep}` : ''}; GPU: ${gpu.source}; model: ${model.source}`,
     model: modelSpecOf(model),
     hardware: { gpu: gpu.name, gpus: model.moe && ep > 1 ? Math.max(tp, 1) : tp, peakTflops: gpu.peakTflopsBf16, memBandwidthGBs: gpu.memBandwidthGBs, memGiB: gpu.memGiB },

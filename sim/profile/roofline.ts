@@ -1,6 +1,6 @@
 /**
  * Roofline timing of one vLLM engine step, by operator, with efficiency factors learned from
- * measured op-level profiles (sim/profile/learn.ts writes them to engine/profiles/roofline.json).
+ * measured op-level profiles (sim/profile/learn.ts writes them to engine/profiles/roofline/coefficients.json).
  *
  * Per layer and GPU, for a step of T new tokens:
  *   GEMM g (QKV, O, gate_up, down):  kernelUs + smax_p( W_g·dtype / (BW·ηmem), 2·W_g·T / (P·ηcompute) )
@@ -62,12 +62,17 @@ export interface ApiModel {
   frontendMsPerRequest: number;
 }
 
-/** Everything the roofline needs besides the GPU and model specs (engine/profiles/roofline.json). */
+/** Everything the roofline needs besides the GPU and model specs (engine/profiles/roofline/coefficients.json). */
 export interface RooflineCoefficients {
   /** GEMM efficiency by GPU id, plus `default` for GPUs without op-level data. */
   gemm: Record<string, GemmEfficiency>;
   elementwise: { etaMem: number; kernelUs: number };
   collectives: Record<CollectiveClass, CollectiveModel>;
+  /**
+   * vLLM's custom all-reduce (vllm/distributed/device_communicators/custom_all_reduce.py: P2P over
+   * NVLink, messages up to `maxBytes`), used instead of NCCL for decode-sized messages on NVLink.
+   */
+  customAllReduce: { alphaUs: number; etaBus: number; maxBytes: number };
   /** prefill FLOP efficiency, per-chunk per-layer kernel floor (µs), decode KV-read efficiency, per-sequence per-layer decode µs. */
   attention: { prefillEta: number; kernelUs: number; decodeEtaMem: number; seqUs: number };
   overhead: OverheadModel;
@@ -78,9 +83,9 @@ export interface RooflineCoefficients {
 
 let cached: RooflineCoefficients | null = null;
 
-/** The committed coefficients (engine/profiles/roofline.json). */
+/** The committed coefficients (engine/profiles/roofline/coefficients.json). */
 export function loadRoofline(): RooflineCoefficients {
-  cached ??= JSON.parse(readFileSync(join(repoRoot(), 'engine', 'profiles', 'roofline.json'), 'utf8')) as RooflineCoefficients;
+  cached ??= JSON.parse(readFileSync(join(repoRoot(), 'engine', 'profiles', 'roofline', 'coefficients.json'), 'utf8')) as RooflineCoefficients;
   return cached;
 }
 
@@ -165,11 +170,24 @@ export function layerMs(m: ModelShape, gpu: GpuSpec, lay: RooflineLayout, T: num
   const mlpI = m.moe ? m.moe.topK * m.moe.expertIntermediate : m.intermediate;
   const ewBytes = (10 * m.hidden + (3 * mlpI) / lay.tp + (2 * (m.heads + m.kvHeads) * m.headDim) / lay.tp) * m.dtypeBytes * T;
   const elementwise = (c.elementwise.kernelUs * 1e-6 + ewBytes / (gpu.memBandwidthGBs * 1e9 * c.elementwise.etaMem)) * 1e3;
-  if (lay.tp > 1) {
-    const bytes = T * m.hidden * m.dtypeBytes;
-    collective += 2 * (coll.alphaUs * 1e-6 + ((2 * (lay.tp - 1)) / lay.tp) * (bytes / link)) * 1e3;
-  }
+  if (lay.tp > 1) collective += 2 * allReduceMs(T * m.hidden * m.dtypeBytes, lay.tp, gpu, c);
   return { gemm, moe, elementwise, collective };
+}
+
+/**
+ * One tensor-parallel all-reduce of `bytes` over `n` GPUs, ms: vLLM's custom all-reduce for
+ * messages up to its limit on NVLink, else the NCCL ring model α + 2(n−1)/n · bytes / (link·ηbus).
+ */
+export function allReduceMs(bytes: number, n: number, gpu: GpuSpec, c: RooflineCoefficients): number {
+  const coll = collectiveModel(c, gpu);
+  const ring = (2 * (n - 1)) / n;
+  const nccl = (coll.alphaUs * 1e-6 + (ring * bytes) / (gpu.interconnect.linkGBs * 1e9 * coll.etaBus)) * 1e3;
+  const ca = c.customAllReduce;
+  if (ca && gpu.interconnect.kind === 'nvlink' && bytes <= ca.maxBytes) {
+    const custom = (ca.alphaUs * 1e-6 + (ring * bytes) / (gpu.interconnect.linkGBs * 1e9 * ca.etaBus)) * 1e3;
+    return Math.min(nccl, custom);
+  }
+  return nccl;
 }
 
 /** Time of all layers for T tokens (the step model's token curve before per-step terms), ms. */

@@ -273,6 +273,15 @@ export function loadModel(nameOrPath: string): ModelShape {
   return m;
 }
 
+/**
+ * A key of the shapes that determine timing (layers, widths, heads, vocabulary, experts): models
+ * that differ only in context length or RoPE scaling (Llama-3-8B and Llama-3.1-8B) share it.
+ */
+export function shapeKey(m: ModelShape): string {
+  const moe = m.moe ? `${m.moe.experts}x${m.moe.topK}x${m.moe.expertIntermediate}+${m.moe.sharedIntermediate}` : 'dense';
+  return [m.layers, m.hidden, m.heads, m.kvHeads, m.headDim, m.intermediate, m.vocab, m.dtypeBytes, moe].join('/');
+}
+
 /** Parameter counts (weights, not bytes) of a model shape. */
 export interface ParamCounts {
   /** attention projections per layer: q, k, v, o. */

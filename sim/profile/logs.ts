@@ -189,3 +189,43 @@ export function readTpotTable(path: string): TpotTable {
 export function logName(path: string): string {
   return basename(path);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Constants of the CacheRoute logs and of the fit's defaults
+
+/** Chat-template overhead added to the synthetic prompt of the logs, tokens (cacheroute.md §5.1: L = PL + 25). */
+export const CHAT_TEMPLATE_TOKENS = 25;
+
+/**
+ * Short-prompt bs = 1 anchors (L = PL + 25 tokens, mean TTFT ms) from CacheRoute's supplementary
+ * measured logs (cacheroute.md §5.1 and §6.2, "small lengths" file, PL 10..90).
+ */
+export const SHORT_PROMPT_ANCHORS: readonly Anchor[] = [
+  [35, 47],
+  [45, 53.26],
+  [55, 65.97],
+  [65, 70.71],
+  [75, 76.63],
+  [89, 88.38],
+  [95, 90.35],
+  [105, 93.01],
+  [115, 95.67],
+].map(([promptTokens, ttftMs]) => ({ promptTokens: promptTokens!, ttftMs: ttftMs! }));
+
+/** Default curve knots, tokens per step (knots[0] = 0 where the curve is 0). */
+export const DEFAULT_KNOTS: readonly number[] = [0, 32, 64, 96, 128, 256, 384, 512, 1024, 2048, 4096, 8192, 16384];
+
+/**
+ * Frontend stagger, ms between simultaneous requests reaching the engine core. vLLM's API server
+ * applies the chat template, tokenizes (≈1–3 ms for ≤4k tokens with the fast tokenizer) and hands
+ * each request to the core over IPC one after the other on one event loop, so a burst trickles in
+ * a few ms apart. 3 ms keeps a burst of 8 (24 ms) inside the shortest first step of the data
+ * (~30 ms at 35 tokens), which gives the dominant logged pattern: one request alone, then B−1.
+ */
+export const FRONTEND_MS_PER_REQUEST = 3;
+
+/** A bs = 1 TTFT measurement at `promptTokens` (template included), ms. */
+export interface Anchor {
+  promptTokens: number;
+  ttftMs: number;
+}
