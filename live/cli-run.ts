@@ -143,6 +143,7 @@ function registerGateway(program: Command): void {
         logger: f.log,
       });
       process.stderr.write(`gateway: ${f.backends.length} backends, strategy ${f.strategy}, KDN ${f.kdn ?? 'none'}${f.out ? `, records in ${f.out}` : ''}\n`);
+      (await import('./tokenize-pool.js')).warmTokenizePool();
       process.stdout.write(`ready ${gw.url}\n`);
       await untilSignal('gateway', () => gw.close());
     });

@@ -145,6 +145,7 @@ function registerEmulate(program: Command): void {
         `emulate: model ${em.model} (profile ${f.profile}, time scale ${f.timeScale})` +
           `${f.redis ? `, LMCache Redis ${f.redis}` : ''}${em.kvEvents ? `, KV events ${em.kvEvents.endpoint}${em.kvEvents.replayEndpoint ? ` (replay ${em.kvEvents.replayEndpoint})` : ''}` : ''}\n`,
       );
+      (await import('./tokenize-pool.js')).warmTokenizePool();
       process.stdout.write(`ready ${em.url}\n`);
       await untilSignal('emulate', () => em.close());
     });
@@ -218,6 +219,7 @@ function registerKdn(program: Command): void {
         logger: f.log,
       });
       process.stderr.write(`kdn: model ${f.model}, store ${f.redis}, link ${f.bandwidthGbps} Gbit/s ${f.latencyMs} ms x${f.efficiency}\n`);
+      (await import('./tokenize-pool.js')).warmTokenizePool();
       process.stdout.write(`ready ${kdn.url}\n`);
       await untilSignal('kdn', () => kdn.close());
     });

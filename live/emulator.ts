@@ -42,6 +42,7 @@ import {
   internalError,
   modelNotFound,
   openAiClientErrorHandler,
+  refuseUnreadBody,
   parseBody,
   tokenizeChatSchema,
   tokenizeCompletionSchema,
@@ -296,8 +297,9 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
 
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit, forceCloseConnections: 'idle', clientErrorHandler: openAiClientErrorHandler() });
   acceptAnyJson(app, (msg) => badRequest(msg, null), { maxDepth: opts.maxJsonDepth ?? 64 });
-  app.setErrorHandler((err, _req, reply) => {
+  app.setErrorHandler((err, req, reply) => {
     const e = err instanceof ClientGone ? new ApiError(499, err.message, 'ClientClosedRequestError') : toApiError(err, { bytes: bodyLimit, flag: 'the emulator\'s --max-body-bytes' });
+    if (reply.sent || refuseUnreadBody(req, reply, e.status, e.body())) return;
     void reply.status(e.status).type('application/json').send(e.body());
   });
   app.setNotFoundHandler((_req, reply) => {

@@ -14,7 +14,7 @@
  * | `POST /knowledge/delete` | `{knowledge_ids, delete_kv?=true}` | `{deleted, miss}` |
  * | `POST /knowledge/purge_all` | `{delete_kv?=true}` | `{deleted}` |
  * | `POST /knowledge/pool_status` | `{sample_limit?=5}` | totals and samples |
- * | `GET /health`, `GET /debug/links` | | |
+ * | `GET /health`, `GET /debug/links`, `GET /debug/memory[?gc=1]` | | |
  *
  * Identity: kid = sha256 hex of the normalised text (CRLF/CR → LF, then trim), as CacheRoute.
  * Knowledge prefix (what the KV covers), `format`:
@@ -40,8 +40,9 @@ import { z } from 'zod';
 import type { LinkSpec } from '../engine/types.js';
 import { LinkTable, type LinkTiming } from './link.js';
 import { kvBytesKey, lmcacheChunks, lmcacheConfig, metadataKey, rankChunkBytes, syntheticKvBytes, syntheticMetadata, type LmcacheConfig } from './lmcache.js';
-import { acceptAnyJson } from './openai.js';
+import { acceptAnyJson, refuseUnreadBody } from './openai.js';
 import { encodePromptAsync, encodeSystemPrefixAsync, holdTokenizePool } from './tokenize-pool.js';
+import { tokenizerCacheChars } from './tokenizer.js';
 
 /** How a knowledge text sits at the prompt prefix (see module doc). */
 export type KnowledgeFormat = 'chat-system' | 'completion';
@@ -268,16 +269,25 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
   const bodyLimit = 6 * maxDocBytes + 64 * 1024;
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit, forceCloseConnections: 'idle' });
   acceptAnyJson(app, (msg) => new KdnError(400, msg));
-  app.setErrorHandler((err, _req, reply) => {
+  app.setErrorHandler((err, req, reply) => {
     const e = err as { status?: number; statusCode?: number; message: string };
     const status = err instanceof KdnError ? err.status : typeof e.statusCode === 'number' && e.statusCode < 500 ? e.statusCode : 500;
     const msg = status === 413 && !(err instanceof KdnError) ? `request body is larger than ${bodyLimit} bytes (this KDN takes documents of at most ${maxDocBytes} bytes, --max-document-bytes)` : e.message;
+    if (reply.sent || refuseUnreadBody(req, reply, status, { detail: msg })) return;
     void reply.status(status).send({ detail: msg });
   });
   app.setNotFoundHandler((_req, reply) => void reply.status(404).send({ detail: 'Not Found' }));
 
   app.get('/health', async () => ({ ok: true }));
   app.get('/debug/links', async () => ({ links: links.status() }));
+  // memory of this process (MiB); `?gc=1` collects garbage first when node runs with --expose-gc
+  app.get('/debug/memory', async (req) => {
+    const g = (globalThis as { gc?: () => void }).gc;
+    if ((req.query as { gc?: string }).gc === '1' && g) g();
+    const m = process.memoryUsage();
+    const mib = (x: number): number => Math.round((x / 2 ** 20) * 10) / 10;
+    return { rss_mib: mib(m.rss), heap_used_mib: mib(m.heapUsed), heap_total_mib: mib(m.heapTotal), external_mib: mib(m.external), array_buffers_mib: mib(m.arrayBuffers), tokenizer_cache_chars: tokenizerCacheChars(), gc: !!g };
+  });
 
   app.post('/knowledge/register_text', async (req) => {
     const b = parse(registerSchema, req.body, 'register_text');

@@ -3,7 +3,8 @@
  * error bodies, request validation with zod (errors name the field), usage objects.
  * Source: reference/live-protocols.md §1 (vLLM `entrypoints/openai/protocol.py`).
  */
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { STATUS_CODES } from 'node:http';
 import { z } from 'zod';
 
 /** vLLM 0.10–0.13 `ErrorResponse`: `code` is the HTTP status integer. */
@@ -239,6 +240,32 @@ export function toApiError(err: unknown, bodyLimit?: { bytes: number; flag: stri
     return e.statusCode === 404 ? new ApiError(404, msg, 'NotFoundError', null) : new ApiError(400, msg, 'BadRequestError', null);
   }
   return new ApiError(500, e?.message ?? String(err), 'InternalServerError', null);
+}
+
+/**
+ * Answers a request whose body was refused before it was all read (413, a JSON error before the
+ * end) so that the client can read the answer. Closing the connection with unread bytes in flight
+ * resets it, and a client still writing its body then loses the answer (EPIPE / ECONNRESET);
+ * reading and discarding the rest costs CPU (50 MB per refusal). Instead the answer is written
+ * with `Connection: close`, the connection stops reading (TCP flow control stops the sender) and
+ * is closed once the client closes it, or after `maxMs`.
+ * @returns false when the body was read completely (answer normally then)
+ */
+export function refuseUnreadBody(req: FastifyRequest, reply: FastifyReply, status: number, answer: unknown, maxMs = 5000): boolean {
+  const raw = req.raw;
+  const socket = raw.socket;
+  if (raw.complete || !socket || socket.destroyed) return false;
+  reply.hijack();
+  raw.pause();
+  socket.pause();
+  const body = JSON.stringify(answer);
+  socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  const timer = setTimeout(() => socket.destroy(), maxMs);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
+  // the client read the answer and went away: close our side too
+  socket.once('end', () => socket.destroy());
+  return true;
 }
 
 /**

@@ -24,6 +24,7 @@
  * transfer, in the gateway's model ms); the client then puts the rest of its TTFT into
  * `prefill_ms` (queue_ms = 0: the split is not observable live).
  */
+import { setMaxListeners } from 'node:events';
 import { Agent, request } from 'undici';
 import type { Intent, TraceRequest } from '../engine/types.js';
 import { readFileSync } from 'node:fs';
@@ -303,6 +304,7 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayResult> {
   // replay stops at the first one (requests in flight are aborted, their records kept)
   let stop: string | null = null;
   const stopAll = new AbortController();
+  setMaxListeners(0, stopAll.signal); // one listener per request in flight
   const one = async (k: number): Promise<void> => {
     const req = requests[k]!;
     await slot();

@@ -6,7 +6,7 @@
  * the KDN and the emulator use it, so `/health` answers while a long prompt is being tokenised.
  *
  * The pool starts on first use with one thread (`maxThreads` 1: tokenisation is a background
- * task on a shared machine) and idles out after 2 s; servers call {@link holdTokenizePool} at
+ * task on a shared machine; its start loads the tokenizer, ~0.5 s) and idles out after 30 s; servers call {@link holdTokenizePool} at
  * start and release it on close so the pool is destroyed when the last one stops. From the
  * TypeScript sources without a build (no worker file) everything runs in place.
  */
@@ -23,6 +23,7 @@ export const ASYNC_TOKENIZE_MIN_CHARS = 16_384;
 let pool: Piscina | null = null;
 let holders = 0;
 let workerFile: string | null | undefined;
+let keepWarm = false;
 
 function findWorker(): string | null {
   if (workerFile !== undefined) return workerFile;
@@ -31,13 +32,32 @@ function findWorker(): string | null {
   return workerFile;
 }
 
+function getPool(file: string): Piscina {
+  pool ??= new Piscina({ filename: file, minThreads: keepWarm ? 1 : 0, maxThreads: 1, idleTimeout: 30_000 });
+  return pool;
+}
+
 async function run(task: TokenizeTask, inPlace: () => number[]): Promise<number[]> {
   if (task.text.length < ASYNC_TOKENIZE_MIN_CHARS) return inPlace();
   const file = findWorker();
   if (!file) return inPlace();
-  pool ??= new Piscina({ filename: file, minThreads: 0, maxThreads: 1, idleTimeout: 2000 });
-  const ids = (await pool.run(task)) as Int32Array;
+  const ids = (await getPool(file).run(task)) as Int32Array;
   return Array.from(ids);
+}
+
+/**
+ * Starts the worker thread now and keeps it (the `kvlab gateway` / `kdn` / `emulate` servers call
+ * it), so the first long prompt does not wait for the thread to load the tokenizer. In the
+ * background; errors are ignored (tokenisation then starts the thread itself).
+ */
+export function warmTokenizePool(): void {
+  const file = findWorker();
+  if (!file) return;
+  keepWarm = true;
+  if (pool && pool.options.minThreads === 0) return; // an idling pool from before: leave it
+  void getPool(file)
+    .run({ text: 'warm up', mode: 'text' } satisfies TokenizeTask)
+    .catch(() => undefined);
 }
 
 /** Token ids of `text`, no special tokens added (live/tokenizer.ts `encodeText`). */

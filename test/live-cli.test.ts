@@ -71,7 +71,7 @@ describe('option parsing', () => {
     try {
       await expect(program().parseAsync(['node', 'kvlab', 'emulate', '--port', 'x'])).rejects.toThrow(/--port must be an integer/);
       await expect(program().parseAsync(['node', 'kvlab', 'emulate', '--hash-variant', 'md5'])).rejects.toThrow(/--hash-variant must be one of cacheroute, upstream/);
-      await expect(program().parseAsync(['node', 'kvlab', 'kdn', '--redis', redis.url])).rejects.toThrow(/--model/);
+      await expect(program().parseAsync(['node', 'kvlab', 'kdn', '--redis', 'redis://127.0.0.1:6379/0'])).rejects.toThrow(/--model/);
     } finally {
       errSpy.mockRestore();
     }

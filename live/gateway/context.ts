@@ -82,9 +82,23 @@ export class RequestContext {
     return c;
   }
 
-  /** The signal of the current upstream attempt: the request's abort or the attempt's. */
+  /** Starts a new upstream attempt (its own abort; the request's abort aborts it too). */
+  newAttempt(): AbortController {
+    const a = new AbortController();
+    if (this.abort.signal.aborted) a.abort(this.abort.signal.reason);
+    else if (!this.linked) {
+      this.linked = true;
+      this.abort.signal.addEventListener('abort', () => this.attempt?.abort(this.abort.signal.reason), { once: true });
+    }
+    this.attempt = a;
+    return a;
+  }
+
+  private linked = false;
+
+  /** The signal of the current upstream attempt (aborted with the request too). */
   attemptSignal(): AbortSignal {
-    return this.attempt ? AbortSignal.any([this.abort.signal, this.attempt.signal]) : this.abort.signal;
+    return this.attempt ? this.attempt.signal : this.abort.signal;
   }
 
   /** Throws when the request was aborted (client gone, gateway closing): stages call it between steps. */

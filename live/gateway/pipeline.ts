@@ -25,7 +25,7 @@ import type { Engine } from '../../engine/engine.js';
 import type { TraceRequest } from '../../engine/types.js';
 import type { Backend, BlockHashMap, HealthMonitor } from '../backends.js';
 import { fastBlockIds } from '../block-hash.js';
-import { ApiError, modelNotFound, toApiError, type ChatRequest, type CompletionRequest } from '../openai.js';
+import { ApiError, refuseUnreadBody, modelNotFound, toApiError, type ChatRequest, type CompletionRequest } from '../openai.js';
 import type { EngineBooking } from './booking.js';
 import { legId, RequestAborted, RequestContext, RetryableError, type Endpoint, type FinalStatus, type RunIds } from './context.js';
 import { KdnUnavailable, type KnowledgeItem, type KnowledgeStore } from './knowledge.js';
@@ -126,7 +126,9 @@ export function registerPipeline(app: FastifyInstance, deps: PipelineDeps): void
       status = e.status < 500 ? 'rejected' : 'failed';
     }
     if (ctx) finish(ctx, status, status === 'rejected' ? `HTTP ${e.status}: ${e.message}` : e.message, `${e.status}${e.param ? `:${e.param}` : ''}`);
-    if (!reply.sent && !reply.raw.headersSent) void reply.status(e.status).type('application/json').send(e.body());
+    if (reply.sent || reply.raw.headersSent) return;
+    // a body refused before it was all read (413, bad JSON): answer without reading the rest
+    if (!refuseUnreadBody(rq, reply, e.status, e.body())) void reply.status(e.status).type('application/json').send(e.body());
   });
 
   /** The knowledge of a request: named kids, or retrieval for `RAG: true`. */
@@ -178,7 +180,7 @@ export function registerPipeline(app: FastifyInstance, deps: PipelineDeps): void
       leg.checkAborted();
       deps.booking.decide(leg, p.forced, exclude);
       if (ragReason) leg.d!.reason += ragReason;
-      leg.attempt = new AbortController();
+      leg.newAttempt();
       try {
         await deps.injector.run(leg);
         leg.checkAborted();
