@@ -33,6 +33,7 @@ import { deriveProfileFromSpecs, vllmBatchDefaults, type EntryPoint } from './pr
 import { kvCapacityFromMemory } from './profile/memory.js';
 import { loadRoofline } from './profile/roofline.js';
 import { findGpu, findModel, loadGpu, loadModel, normModel, shapeKey, type GpuSpec, type ModelShape } from './profile/specs.js';
+import { intArg, outDirArg } from '../bin/options.js';
 
 /** Which reader a path needs. */
 export function detectImportFormat(path: string): ObservedRun['format'] {
@@ -378,7 +379,7 @@ export function registerImportCommand(program: Command): void {
         'observed run (records.jsonl, summary.json, config.json) plus the trace(s), profile.json and cluster.yaml that kvlab sim replays',
     )
     .argument('<file>', 'benchmark file or run directory')
-    .requiredOption('--out <dir>', 'output directory')
+    .requiredOption('--out <dir>', 'output directory', outDirArg('--out'))
     .option('--profile <name|file>', 'instance profile (default: a measured profile of the same model/GPU/TP, else profile derive)')
     .option('--gpu <name|spec.json>', 'GPU, when the file does not say (see engine/profiles/gpus/)')
     .option('--model <name|config.json>', 'model, when the file does not say (shipped name, HF id or a Hugging Face config.json)')
@@ -423,10 +424,3 @@ export function registerImportCommand(program: Command): void {
     });
 }
 
-function intArg(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isSafeInteger(n) || n < 1) throw new Error(`${name} must be a positive integer (got "${v}")`);
-    return n;
-  };
-}

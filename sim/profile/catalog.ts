@@ -15,6 +15,7 @@ import { learnRoofline, writeRoofline } from './learn.js';
 import { publicDataDir } from './public-data.js';
 import { listGpus, listModels, loadGpu, loadModel } from './specs.js';
 import { writeProfile } from './rtx5090.js';
+import { intArg, outDirArg, outFileArg, choiceArg } from '../../bin/options.js';
 
 /** One row of `profile list`. */
 export interface ProfileSummary {
@@ -119,13 +120,6 @@ export function showProfile(p: Profile): string {
   return lines.join('\n') + '\n';
 }
 
-function intArg(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isSafeInteger(n) || n < 1) throw new Error(`${name} must be a positive integer (got "${v}")`);
-    return n;
-  };
-}
 
 /** Registers list, show, derive, learn, build under `kvlab profile`. */
 export function registerCatalogCommands(profile: Command): void {
@@ -166,12 +160,12 @@ export function registerCatalogCommands(profile: Command): void {
     .requiredOption('--model <name|config.json>', `model (${listModels().map((m) => m.name).join(', ')}) or a Hugging Face config.json`)
     .option('--tp <n>', 'GPUs per instance (tensor parallel)', intArg('--tp'), 1)
     .option('--ep <n>', 'expert-parallel size (MoE)', intArg('--ep'), 1)
-    .option('--entry <kind>', 'openai-server (HTTP API overhead) or engine (in-process)', 'openai-server')
+    .option('--entry <kind>', 'openai-server (HTTP API overhead) or engine (in-process)', choiceArg('--entry', ['openai-server', 'engine'] as const), 'openai-server')
     .option('--max-num-seqs <n>', 'override vLLM\'s default', intArg('--max-num-seqs'))
     .option('--max-num-batched-tokens <n>', 'override vLLM\'s default', intArg('--max-num-batched-tokens'))
     .option('--max-model-len <n>', 'override the model\'s context length', intArg('--max-model-len'))
     .option('--name <name>', 'profile name')
-    .requiredOption('--out <file>', 'output profile file')
+    .requiredOption('--out <file>', 'output profile file', outFileArg('--out'))
     .option('--json', 'print the profile JSON instead of a summary')
     .action((f: Record<string, any>) => {
       if (f.entry !== 'openai-server' && f.entry !== 'engine') throw new Error(`--entry must be openai-server or engine (got ${f.entry})`);
@@ -196,7 +190,7 @@ export function registerCatalogCommands(profile: Command): void {
     .command('learn')
     .description('re-learn the roofline efficiencies from ../shared/data/profiles/public (Vidur, LLMServingSim tables) into engine/profiles/roofline/coefficients.json')
     .option('--data <dir>', 'public data directory (default ../shared/data/profiles/public)')
-    .option('--out <file>', 'output (default engine/profiles/roofline/coefficients.json)')
+    .option('--out <file>', 'output (default engine/profiles/roofline/coefficients.json)', outFileArg('--out'))
     .option('--json', 'print the fit report as JSON')
     .action((f: { data?: string; out?: string; json?: boolean }) => {
       const dir = f.data ?? publicDataDir();
@@ -211,7 +205,7 @@ export function registerCatalogCommands(profile: Command): void {
     .command('build')
     .description('build the measured A100/H100 profiles from the public op-level tables, with their held-out cross-source checks (writes engine/profiles/<name>.json)')
     .option('--data <dir>', 'public data directory (default ../shared/data/profiles/public)')
-    .option('--out-dir <dir>', 'output directory (default engine/profiles)')
+    .option('--out-dir <dir>', 'output directory (default engine/profiles)', outDirArg('--out-dir'))
     .option('--only <names>', 'comma-separated subset')
     .option('--json', 'print the cross-source checks as JSON')
     .action((f: { data?: string; outDir?: string; only?: string; json?: boolean }) => {

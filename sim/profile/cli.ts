@@ -3,6 +3,7 @@
  */
 import { dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
+import { choiceArg, outFileArg } from '../../bin/options.js';
 import type { StepModel } from '../../engine/types.js';
 import { slopeLast } from '../../engine/costmodel.js';
 import { loadProfile, repoRoot } from '../profiles.js';
@@ -31,8 +32,8 @@ export function registerProfileCommands(program: Command): void {
         'profile and the H100 profile scaled from it (h100x8-llama3-70b-from-rtx5090)',
     )
     .option('--logs <dir>', 'profiling data directory (default ../shared/data/profiles/rtx5090x8-llama3-70b)')
-    .option('--out <file>', 'measured profile output (default engine/profiles/rtx5090x8-llama3-70b.json)')
-    .option('--derived-out <file>', 'scaled H100 profile output (default: h100x8-llama3-70b-from-rtx5090.json next to --out)')
+    .option('--out <file>', 'measured profile output (default engine/profiles/rtx5090x8-llama3-70b.json)', outFileArg('--out'))
+    .option('--derived-out <file>', 'scaled H100 profile output (default: h100x8-llama3-70b-from-rtx5090.json next to --out)', outFileArg('--derived-out'))
     .option('--no-derived', 'do not write the derived H100 profile')
     .option('--no-cv', 'skip the leave-one-PL-out cross-validation (faster)')
     .option('--json', 'print the fit summary as JSON')
@@ -75,7 +76,7 @@ export function registerProfileCommands(program: Command): void {
     )
     .requiredOption('--profile <p>', 'profile name (engine/profiles/<p>.json) or path')
     .requiredOption('--logs <file...>', 'TTFT log files ([TTFT] BS=b, PL=p, repeat=r, task=i/b, ttft=X.XXms lines)')
-    .option('--cold-start <mode>', 'replay each file\'s first burst cold: auto (when its first request shows it), on, off', 'auto')
+    .option('--cold-start <mode>', 'replay each file\'s first burst cold: auto (when its first request shows it), on, off', choiceArg('--cold-start', ['auto', 'on', 'off'] as const), 'auto')
     .option('--json', 'print the report as JSON (without per-request detail)')
     .option('--detail', 'with --json: include every request')
     .action((flags: { profile: string; logs: string[]; coldStart: string; json?: boolean; detail?: boolean }) => {
