@@ -1,6 +1,7 @@
 /**
  * Gateway faults on loopback with real processes: an emulator SIGKILLed mid-stream (in-band
- * error + failed record, other requests unaffected), a dead backend (retried elsewhere, taken
+ * error + failed record, other requests unaffected), an emulator SIGSTOPped (taken out by /health,
+ * its in-flight attempts aborted or retried, booked load back to zero), a dead backend (retried elsewhere, taken
  * out, 503 when nothing is left), KDN or instance Redis down (fallback to text, reason
  * recorded), and SIGTERM of a `kvlab gateway` process (every record flushed, summary written).
  * Child processes run the built CLI (dist/bin/kvlab.js, built by `npm ci` / `npm run build`).
@@ -122,6 +123,48 @@ describe('an emulator killed mid-stream', () => {
     expect(failed[0].error).toMatch(/i0/);
     expect(recs.filter((r) => r.status === 'ok')).toHaveLength(4);
     await ems[1]!.child.kill('SIGTERM');
+  });
+});
+
+describe('an instance that stops answering', () => {
+  it('is taken out by /health: its stream fails, a request waiting for its first byte is retried elsewhere, the booked load stays right', async () => {
+    const ems = [];
+    for (let i = 0; i < 2; i++) ems.push(await spawnKvlab(['emulate', '--port', '0', '--profile', profileFile, '--model', MODEL, '--no-cold-start']));
+    const out = join(tmp, 'stopped');
+    const gw = await startGateway({ port: 0, backends: backendSpecs(ems.map((e) => e.url)), strategy: 'round-robin', cluster: cluster(2, SLOW), out, health: { intervalMs: 100, failuresToDown: 2, timeoutMs: 200 } });
+    cleanups.push(() => gw.close());
+    const a = postSse(`${gw.url}/v1/completions`, { model: MODEL, prompt: 'story a', max_tokens: 80, stream: true }); // i0
+    await sleep(300);
+    ems[0]!.child.kill('SIGSTOP');
+    const b = postJson(`${gw.url}/v1/completions`, { model: MODEL, prompt: 'b', max_tokens: 2 }, { 'x-request-id': 'on-i1' }); // i1
+    await sleep(20);
+    const c = postJson(`${gw.url}/v1/completions`, { model: MODEL, prompt: 'c', max_tokens: 2 }, { 'x-request-id': 'waits-on-i0' }); // i0, no answer
+    const [ra, rb, rc] = await Promise.all([a, b, c]);
+    expect(gw.engine.up).toEqual([false, true]);
+    expect(ra.data.at(-1)).toBe('[DONE]');
+    expect(ra.data.map((d) => (d === '[DONE]' ? null : JSON.parse(d))).find((j) => j?.error).error.message).toMatch(/i0 went down/);
+    expect(rb.status).toBe(200);
+    expect(rc.status).toBe(200);
+    expect(JSON.parse(String(rc.headers['x-kvlab-decision']))).toMatchObject({ instance: 'i1', retries: 1 });
+    expect(gw.engine.loads.size).toBe(0);
+    expect(gw.engine.loads.loads.every((l) => l.inflight === 0 && l.prefillTokens === 0)).toBe(true);
+    // back: routable again with nothing booked, and the emulator dropped the aborted requests
+    ems[0]!.child.kill('SIGCONT');
+    for (let i = 0; i < 50 && !gw.engine.up[0]; i++) await sleep(50);
+    expect(gw.engine.up[0]).toBe(true);
+    let st: { inflight: number } = { inflight: -1 };
+    for (let i = 0; i < 50; i++) {
+      st = (await (await fetch(`${ems[0]!.url}/emulator/status`)).json()) as { inflight: number };
+      if (st.inflight === 0) break;
+      await sleep(50);
+    }
+    expect(st.inflight).toBe(0);
+    await gw.close();
+    const recs = records(out);
+    expect(recs).toHaveLength(3);
+    expect(recs.find((r) => r.id === 'waits-on-i0')).toMatchObject({ status: 'ok', instance: 'i1' });
+    expect(recs.filter((r) => r.status === 'failed')).toHaveLength(1);
+    for (const e of ems) e.child.kill('SIGTERM');
   });
 });
 
