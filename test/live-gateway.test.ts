@@ -198,6 +198,21 @@ describeRedis('operations endpoints', () => {
     const badP = await put({ strategy: 'kvlab', params: { bogus: 1 } });
     expect(badP.status).toBe(400);
     expect(badP.json.error.param).toBe('params');
+    // a bad value (no NaN scores): 400 naming it, and routing stays with the previous strategy
+    const badV = await put({ strategy: 'kvlab', params: { workWeight: 'abc' } });
+    expect(badV.status).toBe(400);
+    expect(badV.json.error).toMatchObject({ type: 'BadRequestError', param: 'params', code: 400 });
+    expect(badV.json.error.message).toMatch(/strategy kvlab: .*workWeight/);
+    const still = JSON.parse((await getText(`${gw.url}/debug/strategy`)).text);
+    expect(still).toMatchObject({ strategy: 'round-robin', params: { intent: 'text' } });
+    const after = new Set<string>();
+    for (let i = 0; i < 4; i++) {
+      const r = await postJson(`${gw.url}/v1/completions`, { prompt: `still round robin ${i}`, max_tokens: 1 });
+      const h = JSON.parse(String(r.headers['x-kvlab-decision']));
+      expect(h.strategy).toBe('round-robin');
+      after.add(h.instance);
+    }
+    expect(after.size).toBe(2);
     expect((await put({ strategy: 'kvlab' })).status).toBe(200);
   });
 });
