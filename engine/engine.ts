@@ -105,6 +105,23 @@ export interface Strategy {
   readonly metricsIntervalMs?: number;
 }
 
+/**
+ * Op-log entry of one dispatch, as replicas of a router exchange it: the request, the origin's
+ * decision and what it booked (tokens, ms), so every replica books the same.
+ */
+export interface DispatchOp {
+  req: EngineRequest;
+  decision: Decision;
+  /** uncached prompt tokens the instance computes (booked prefill). */
+  computeTokens: number;
+  /** predicted prefill work added to the instance's lane, ms. */
+  workMs: number;
+  /** tokens moved on the KDN or peer link (0 = no transfer). */
+  transferTokens: number;
+  /** predicted transfer time, ms. */
+  transferMs: number;
+}
+
 /** Engine options. */
 export interface EngineOptions {
   seed?: number;
@@ -156,6 +173,8 @@ export class Engine {
   private readonly scratch: PredictInput;
   /** the last decision's context and prediction, reused by onDispatch when it matches. */
   private last: { req: EngineRequest; now: number; ctx: DecideContext; d: Decision; pred: Prediction } | null = null;
+  /** what the last onDispatch booked (for `dispatchOp`). */
+  private readonly booked = { computeTokens: 0, workMs: 0, transferTokens: 0, transferMs: 0 };
   /** decisions made, per intent. */
   readonly intentCounts: Record<Intent, number> = { none: 0, text: 0, kvcache: 0, hybrid: 0 };
   /** requests the strategy rejected (admission control). */
@@ -279,7 +298,41 @@ export class Engine {
     this.intentCounts[d.intent]++;
     if (this.predictOnRoute && req.blocks.length) this.index.add(d.instance, req.blocks);
     this.strategy.onDispatch?.(ctx, d);
+    const b = this.booked;
+    b.computeTokens = pred.computeTokens;
+    b.workMs = pred.workMs;
+    b.transferTokens = pred.transferTokens;
+    b.transferMs = pred.transferMs;
     return start;
+  }
+
+  /**
+   * The op-log entry of the dispatch just booked by `onDispatch(req, d, now)` (call it right
+   * after), for the other replicas of a replicated router to book the same (`applyRemoteDispatch`).
+   */
+  dispatchOp(req: EngineRequest, d: Decision): DispatchOp {
+    const b = this.booked;
+    return { req, decision: d, computeTokens: b.computeTokens, workMs: b.workMs, transferTokens: b.transferTokens, transferMs: b.transferMs };
+  }
+
+  /**
+   * Replicated routers (RadixMesh's op-log, SGLang gateway replicas): books, at `now` (ms, when
+   * this replica learns of it), a dispatch another replica decided — the same load, KV footprint,
+   * link reservation and predict-on-route index entry as its origin booked, and the strategy's
+   * own dispatch hook (its trees, affinity) — without deciding, counting an intent or taking a
+   * proxy slot (the origin's proxy forwards it). The request's later entries are applied with
+   * the ordinary hooks (`onKvTransferDone`, `onFirstToken`, `onComplete`, `onAbort`), which are
+   * keyed by request id. Applying an id that is already booked here is a no-op (exactly once).
+   */
+  applyRemoteDispatch(op: DispatchOp, now: number): void {
+    const { req, decision: d } = op;
+    if (this.dispatched.has(req.id) || d.instance < 0 || d.instance >= this.up.length) return;
+    this.loads.book(req.id, d.instance, now, op.computeTokens, req.inputTokens + d.expectedOutputTokens, req.inputTokens, op.workMs);
+    if (d.kdn >= 0 && op.transferTokens > 0) this.links.reserve(req.id, d.kdn, d.instance, now, op.transferMs);
+    else if (d.peer && op.transferTokens > 0) this.peers.reserve(req.id, d.peer.from, d.instance, now, op.transferMs);
+    this.dispatched.set(req.id, { instance: d.instance, kdn: d.kdn, transferTokens: op.transferTokens, inputTokens: req.inputTokens, fwd: 0 });
+    if (this.predictOnRoute && req.blocks.length) this.index.add(d.instance, req.blocks);
+    if (this.strategy.onDispatch) this.strategy.onDispatch(this.context(req, now), d);
   }
 
   /**

@@ -93,6 +93,8 @@ export function registerReportCommands(program: Command): void {
         '                 --trace: rate multiplier (timeScale = 1/rate)',
         '  kdn_gbps       KDN link bandwidth, Gbit/s (overrides.kdn_gbps)',
         '  instances      number of instances',
+        '  router_replicas, replica_sync_ms   router replicas, and ms until one',
+        '                 replica\'s bookkeeping reaches the others (or none)',
         '  workload.NAME  a workload generator option (workloadOptions.NAME;',
         '                 kvlab trace defaults lists them)',
         'Any other name is an error.',

@@ -31,6 +31,7 @@ export function summaryMetrics(s: SummaryJson): Record<string, number> {
   const m: Record<string, number> = {};
   for (const f of LATENCY_FAMILIES) for (const st of LATENCY_STATS) m[`${f}.${st}`] = s[f][st];
   for (const k of SCALAR_METRICS) m[k] = s[k];
+  if (typeof s.load_cov === 'number') m['load_cov'] = s.load_cov;
   return m;
 }
 
@@ -262,6 +263,37 @@ export function sweepData(inputs: ReportInputs, xParam: string, metric: 'ttft' |
       x_scale: logX ? 'log' : 'linear',
       subtitle: seeds > 1 ? `${what}; mean over ${seeds} seeds, bars: 95% CI` : `${what}; one seed (no confidence interval)`,
     },
+  };
+}
+
+/** Metrics of the replica chart: summary key -> facet title. */
+const REPLICA_METRICS: [string, string][] = [
+  ['prefix_hit_ratio', 'prefix hit ratio'],
+  ['ttft_ms.mean', 'TTFT mean (ms)'],
+  ['load_cov', 'load CoV'],
+];
+
+/** "no sync", "sync 50 ms" for a sweep entry's replica_sync_ms (absent = the default 0 ms). */
+export function syncLabel(v: number | string | undefined): string {
+  return v === undefined ? 'sync 0 ms' : v === 'none' ? 'no sync' : `sync ${v} ms`;
+}
+
+/**
+ * Router-replica chart data: 'replicas' = [{strategy, x = router_replicas, sync, metric, mean,
+ * lo, hi, n}], means across seeds (and any other varied parameter) of prefix hit ratio, TTFT
+ * mean and load CoV. Returns null unless finished sweep entries vary router_replicas.
+ */
+export function replicaData(inputs: ReportInputs): ChartData {
+  const entries = sweepEntries(inputs).filter((e) => typeof e.params['router_replicas'] === 'number');
+  if (new Set(entries.map((e) => e.params['router_replicas'])).size < 2) return null;
+  const relabelled = entries.map((e) => ({ ...e, params: { router_replicas: e.params['router_replicas']!, sync: syncLabel(e.params['replica_sync_ms']) } }));
+  const rows = aggregateSweep(relabelled, REPLICA_METRICS.map(([k]) => k))
+    .filter((p) => p.ci.n > 0)
+    .map((p) => ({ strategy: p.strategy, x: p.params['router_replicas'], sync: p.params['sync'], metric: REPLICA_METRICS.find(([k]) => k === p.metric)![1], mean: p.ci.mean, lo: p.ci.lo, hi: p.ci.hi, n: p.ci.n }));
+  const seeds = Math.max(...rows.map((r) => r.n));
+  return {
+    datasets: { replicas: rows },
+    vars: { subtitle: `each request decided by one of R engines that learn each other's bookkeeping after the sync delay; ${seeds > 1 ? `mean over ${seeds} runs, bars: 95% CI` : 'one run per point'}` },
   };
 }
 

@@ -24,6 +24,10 @@ export interface SimOptions {
   cluster?: string;
   /** config overrides, e.g. {kdn_gbps: 10}. */
   overrides?: Record<string, unknown>;
+  /** router replicas behind a load balancer (sim/run.ts RunOptions.routerReplicas). */
+  routerReplicas?: number;
+  /** ms until a replica's bookkeeping reaches the others; null = never. */
+  replicaSyncMs?: number | null;
   /** run directory to write (records.jsonl, summary.json, ...); none when absent. */
   out?: string;
 }

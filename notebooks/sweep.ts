@@ -14,6 +14,7 @@
  *   rate multiplier (timeScale = 1 / rate: rate 2 replays the trace twice as fast);
  * - `kdn_gbps`: overrides.kdn_gbps (KDN link bandwidth, Gbit/s);
  * - `instances`: the instance count;
+ * - `router_replicas`, `replica_sync_ms`: router replicas and their sync delay (ms or `none`);
  * - `workload.NAME`: workloadOptions.NAME (e.g. workload.docMedianTokens; NAME must be an option
  *   of the workload, `kvlab trace defaults` lists them);
  * - anything else is an error naming the known parameters (a typo would give identical points).
@@ -184,7 +185,7 @@ export function paramSlug(p: SweepParams): string {
 }
 
 /** The parameters `--vary` accepts (besides `workload.NAME`). */
-export const SWEEP_AXES = ['rate', 'kdn_gbps', 'instances'] as const;
+export const SWEEP_AXES = ['rate', 'kdn_gbps', 'instances', 'router_replicas', 'replica_sync_ms'] as const;
 
 /**
  * The simulator options of one grid point (see the file comment for the mapping).
@@ -210,6 +211,12 @@ export function toSimOptions(spec: SweepSpec, params: SweepParams, strategy: str
     } else if (k === 'instances') {
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1 || v > 4096) throw new Error(`--vary instances must be integers in 1..4096, got ${JSON.stringify(v)}`);
       o.instances = v;
+    } else if (k === 'router_replicas') {
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1 || v > 64) throw new Error(`--vary router_replicas must be integers in 1..64, got ${JSON.stringify(v)}`);
+      o.routerReplicas = v;
+    } else if (k === 'replica_sync_ms') {
+      if (v !== 'none' && (typeof v !== 'number' || !(v >= 0))) throw new Error(`--vary replica_sync_ms must be numbers >= 0 or none, got ${JSON.stringify(v)}`);
+      o.replicaSyncMs = v === 'none' ? null : v;
     } else if (k.startsWith('workload.')) {
       if (spec.trace) throw new Error(`--vary ${k}: workload options apply to --workload runs, not to --trace`);
       const name = k.slice('workload.'.length);

@@ -98,7 +98,16 @@ function addCommon(c: Command): Command {
     .option('--noise-cv <x>', 'step-time noise coefficient of variation (default 0.02)', numberArg('--noise-cv', { min: 0 }))
     .option('--slo <ttft=MS,tbt=MS>', `SLO of the goodput in summary.json (default ttft=${DEFAULT_SLO.ttftMs},tbt=${DEFAULT_SLO.tbtMs})`, sloArg)
     .option('--max-concurrency <n>', 'client cap on requests in flight (like vllm bench serve --max-concurrency; default none)', positiveInt('--max-concurrency'))
+    .option('--router-replicas <r>', 'router replicas behind a load balancer, each with its own engine (default 1)', intArg('--router-replicas', { min: 1, max: 64 }))
+    .option('--replica-sync-ms <ms|none>', "with --router-replicas: ms until a replica's bookkeeping reaches the others, or none (default 0)", replicaSyncArg)
+    .addOption(new Option('--replica-pick <how>', 'with --router-replicas: how the load balancer picks a replica (default round-robin)').choices(['round-robin', 'hash']))
     .option('--quiet', 'no progress on stderr');
+}
+
+/** `--replica-sync-ms`: a delay >= 0 ms, or "none" (kept as the string: replicas never sync). */
+function replicaSyncArg(v: string): number | 'none' {
+  if (v.trim().toLowerCase() === 'none') return 'none';
+  return numberArg('--replica-sync-ms', { min: 0 })(v);
 }
 
 /** Maps the shared flags of addCommon() to RunOptions fields. */
@@ -119,6 +128,9 @@ function inputAndCluster(o: Record<string, any>): Omit<RunOptions, 'strategy'> {
     stepNoiseCv: o.noiseCv,
     slo: o.slo,
     maxConcurrency: o.maxConcurrency,
+    routerReplicas: o.routerReplicas,
+    replicaSyncMs: o.replicaSyncMs === 'none' ? null : o.replicaSyncMs,
+    replicaPick: o.replicaPick,
   };
 }
 

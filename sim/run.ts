@@ -6,6 +6,7 @@
 import { closeSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createStrategy } from '../engine/strategies/index.js';
+import type { Strategy } from '../engine/engine.js';
 import type { TraceRequest } from '../engine/types.js';
 import { KVLAB_VERSION } from '../engine/version.js';
 import { meanCI95, relativeChange } from '../notebooks/stats.js';
@@ -14,7 +15,7 @@ import type { LoadedTrace } from '../traces/schema.js';
 import { readClusterFile, resolveCluster, type ClusterOptions, type ResolvedCluster } from './cluster.js';
 import { DEFAULT_SLO, observed, r3, summarize, timeseries, writeRecords, type Slo, type SummaryCore } from './metrics.js';
 import { DEFAULT_LONG_CONTEXT_PROFILE, DEFAULT_PROFILE } from './profiles.js';
-import { simulate } from './simulator.js';
+import { simulate, type ReplicaOptions } from './simulator.js';
 
 /** Where requests come from. */
 export interface InputSpec {
@@ -37,6 +38,12 @@ export interface RunOptions extends InputSpec, ClusterOptions {
   cluster?: string;
   /** overrides from sweeps: kdn_gbps, rate, ... */
   overrides?: Record<string, unknown>;
+  /** router replicas behind a load balancer (default 1: one router). */
+  routerReplicas?: number;
+  /** ms until a replica's bookkeeping reaches the others; null = no sync (default 0 when replicas > 1). */
+  replicaSyncMs?: number | null;
+  /** how the load balancer picks a replica (default round-robin). */
+  replicaPick?: 'round-robin' | 'hash';
   /** run directory to write; nothing written when absent. */
   out?: string;
   /** write records.jsonl (default true). */
@@ -64,6 +71,10 @@ export interface Summary extends SummaryCore {
   sim_requests_per_s: number;
   /** peak resident set size of the process so far, MiB. */
   peak_rss_mib: number;
+  /** router replicas, their sync delay (ms, null = none) and op-log entries exchanged: only when more than one. */
+  router_replicas?: number;
+  replica_sync_ms?: number | null;
+  replica_ops?: number;
   /** malformed trace lines skipped (--skip-bad-lines) and the first reasons. */
   skipped_lines: number;
   skipped_reasons: string[];
@@ -116,9 +127,10 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
   const params = { ...(rc.strategyParams[opts.strategy] ?? {}), ...(opts.strategyParams ?? {}) };
   const strategy = createStrategy(opts.strategy, params);
   const noise = opts.stepNoiseCv ?? rc.stepNoiseCv;
+  const replicas = replicaOptions(opts, () => createStrategy(opts.strategy, params));
   const t0 = performance.now();
   const maxConcurrency = opts.maxConcurrency ?? rc.maxConcurrency;
-  const o = simulate(t.requests, { cluster: rc.spec, strategy, seed, stepNoiseCv: noise, onProgress: opts.onProgress, maxConcurrency });
+  const o = simulate(t.requests, { cluster: rc.spec, strategy, seed, stepNoiseCv: noise, onProgress: opts.onProgress, maxConcurrency, ...(replicas ? { replicas } : {}) });
   const obs = observed(o);
   const core = summarize(o, obs, opts.slo ?? DEFAULT_SLO);
   const kdnIds = rc.spec.kdns.map((k) => k.id);
@@ -157,6 +169,11 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
     skipped_reasons: t.meta.skippedReasons ?? [],
     reordered_arrivals: t.meta.reordered ?? 0,
   };
+  if (o.replicas) {
+    summary.router_replicas = o.replicas.count;
+    summary.replica_sync_ms = o.replicas.syncMs;
+    summary.replica_ops = o.replicas.ops;
+  }
   if (outDir) {
     writeFileSync(join(outDir, 'summary.json'), JSON.stringify(summary, null, 1) + '\n');
     writeFileSync(join(outDir, 'timeseries.json'), JSON.stringify(timeseries(o, kdnIds)) + '\n');
@@ -173,7 +190,7 @@ function configJson(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster, param
     strategy: opts.strategy,
     strategy_params: params,
     seed,
-    sim: { step_noise_cv: noise, max_concurrency: opts.maxConcurrency ?? rc.maxConcurrency ?? null },
+    sim: { step_noise_cv: noise, max_concurrency: opts.maxConcurrency ?? rc.maxConcurrency ?? null, ...((opts.routerReplicas ?? 1) > 1 ? { router_replicas: opts.routerReplicas, replica_sync_ms: opts.replicaSyncMs ?? 0, replica_pick: opts.replicaPick ?? 'round-robin' } : {}) },
     cluster: {
       instances: rc.spec.instances.map((s) => ({ id: s.id, profile: s.profile.name, engine: { ...s.engine, kvCapacityTokens: Number.isFinite(s.engine.kvCapacityTokens) ? s.engine.kvCapacityTokens : 'inf' } })),
       kdns: rc.spec.kdns.map((k) => ({ id: k.id, compression: k.compression, text_fetch_ms: k.textFetchMs, knowledge: k.knowledge ? [...k.knowledge] : 'all' })),
@@ -183,6 +200,19 @@ function configJson(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster, param
       chunk_tokens: rc.spec.chunkTokens,
     },
   };
+}
+
+/**
+ * The simulator's replica options for a run, or undefined for one router.
+ * @throws Error naming the option: replicas not an integer in 1..64, a negative sync delay.
+ */
+export function replicaOptions(opts: Pick<RunOptions, 'routerReplicas' | 'replicaSyncMs' | 'replicaPick'>, makeStrategy: () => Strategy): ReplicaOptions | undefined {
+  const R = opts.routerReplicas ?? 1;
+  if (!Number.isInteger(R) || R < 1 || R > 64) throw new Error(`router replicas must be an integer in 1..64, got ${R}`);
+  const syncMs = opts.replicaSyncMs === undefined ? 0 : opts.replicaSyncMs;
+  if (syncMs !== null && !(Number.isFinite(syncMs) && syncMs >= 0)) throw new Error(`replica sync delay must be >= 0 ms or none, got ${syncMs}`);
+  if (R === 1) return undefined;
+  return { strategies: Array.from({ length: R - 1 }, makeStrategy), syncMs, pick: opts.replicaPick ?? 'round-robin' };
 }
 
 /**

@@ -8,7 +8,7 @@
  * KV events (stored/removed) reach the engine after `kvEventDelayMs`.
  * Output is a function of (cluster, requests, strategy, seed): no wall clock is read.
  */
-import { Engine, PEER_LINK_DEFAULT, type Strategy } from '../engine/engine.js';
+import { Engine, PEER_LINK_DEFAULT, type DispatchOp, type Strategy } from '../engine/engine.js';
 import { kvWireBytes, transferMs } from '../engine/costmodel.js';
 import type { ClusterSpec, Intent, TraceRequest } from '../engine/types.js';
 import { DecisionStore } from './decision-store.js';
@@ -23,6 +23,14 @@ const EV_KV = 3; // KV events delivered to the engine (a = batch id)
 const EV_XFER = 4; // KV transfer ACK (a = request)
 const EV_SCRAPE = 5; // engine metrics scrape of every instance (for strategies that read metrics)
 const EV_SEND = 6; // the client has seen a request end: its concurrency slot frees (maxConcurrency)
+const EV_OP = 7; // a router replica's op-log entry reaches the other replicas (a = op id)
+
+// op-log entry kinds (router replicas)
+const OP_DISPATCH = 0;
+const OP_XFER = 1;
+const OP_FIRST = 2;
+const OP_DONE = 3;
+const OP_ABORT = 4;
 
 /** Status codes of a simulated request. */
 export const ST_PENDING = 0;
@@ -51,6 +59,25 @@ export interface SimOptions {
    * completes or is rejected. Default: no cap.
    */
   maxConcurrency?: number;
+  /** several router replicas behind a load balancer (default: one router). */
+  replicas?: ReplicaOptions;
+}
+
+/**
+ * Router replicas: R engines, each request decided and booked by one of them (picked by the load
+ * balancer in front of them); each replica's bookkeeping (dispatch with what it booked, KV
+ * transfer done, first token, completion, abort) reaches the others as an op-log entry after
+ * `syncMs`, in order (RadixMesh's replicated op-log; SGLang gateway replicas with a shared index).
+ * KV events go to every replica directly (each router subscribes to the instances' event stream,
+ * as Dynamo's and SGLang's routers do), after the cluster's `kvEventDelayMs`.
+ */
+export interface ReplicaOptions {
+  /** strategy instances of replicas 1..R-1 (replica 0 uses `SimOptions.strategy`): R = 1 + length. */
+  strategies: Strategy[];
+  /** ms until one replica's entries reach the others; null = never (independent replicas, no sync). */
+  syncMs: number | null;
+  /** load balancer: round-robin over arrivals, or a seeded hash of the request id. Default round-robin. */
+  pick?: 'round-robin' | 'hash';
 }
 
 /** Per-request results, in request order (typed arrays; -1 = did not happen). */
@@ -92,6 +119,8 @@ export interface SimOutcome {
   runningAtArrival: Float64Array;
   endMs: number;
   events: number;
+  /** router replicas (absent with one router): count, sync delay (ms, null = none), op-log entries sent. */
+  replicas?: { count: number; syncMs: number | null; ops: number };
   apiMs: number[];
 }
 
@@ -112,6 +141,19 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
   const N = requests.length;
   const nI = cluster.instances.length;
   const engine = new Engine(cluster, opts.strategy, { seed: opts.seed ?? 1, predictOnRoute: opts.predictOnRoute });
+  // router replicas: engines[0] is `engine`; the others get their own strategy object and seed
+  const reps = opts.replicas;
+  const engines = [engine, ...(reps?.strategies ?? []).map((st, k) => new Engine(cluster, st, { seed: replicaSeed(opts.seed ?? 1, k + 1), predictOnRoute: opts.predictOnRoute }))];
+  const R = engines.length;
+  const syncMs = reps?.syncMs ?? null;
+  if (syncMs !== null && !(syncMs >= 0)) throw new Error(`replica sync delay must be >= 0 ms or none, got ${syncMs}`);
+  const pickHash = reps?.pick === 'hash';
+  /** replica that decided request r (its proxy streams the answer, so it learns at once). */
+  const ownerOf = R > 1 ? new Uint16Array(requests.length) : null;
+  const opKind: number[] = [];
+  const opReq: number[] = [];
+  const opDispatch: (DispatchOp | undefined)[] = [];
+  let replicaOps = 0;
   const q = new EventQueue();
   const seed = (opts.seed ?? 1) >>> 0;
   const cv = opts.stepNoiseCv ?? 0;
@@ -122,6 +164,30 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     idToIdx.set(req.id, r);
     if (r > 0 && req.arrivalMs < requests[r - 1]!.arrivalMs) throw new Error(`requests must be sorted by arrival (request ${req.id})`);
   }
+  const applyOp = (j: number, kind: number, r: number, op: DispatchOp | undefined, t: number) => {
+    const e = engines[j]!;
+    const id = requests[r]!.id;
+    if (kind === OP_DISPATCH) e.applyRemoteDispatch(op!, t);
+    else if (kind === OP_XFER) e.onKvTransferDone(id, t);
+    else if (kind === OP_FIRST) e.onFirstToken(id, t);
+    else if (kind === OP_DONE) e.onComplete(id, t, requests[r]!.outputTokens);
+    else e.onAbort(id, t);
+  };
+  /** Replica bookkeeping of request r: its owner at once, the others after syncMs (or never). */
+  const book = (kind: number, r: number, t: number, op?: DispatchOp) => {
+    if (R === 1 || syncMs === null) return;
+    const origin = ownerOf![r]!;
+    replicaOps++;
+    if (syncMs === 0) {
+      for (let j = 0; j < R; j++) if (j !== origin) applyOp(j, kind, r, op, t);
+      return;
+    }
+    opKind.push(kind);
+    opReq.push(r);
+    opDispatch.push(op);
+    q.push(t + syncMs, EV_OP, opKind.length - 1, 0);
+  };
+  const ownerEngine = (r: number): Engine => (ownerOf === null ? engine : engines[ownerOf[r]!]!);
   // KV event plumbing: per-instance buffers flushed after each step start/finish
   const kvBuf: { kind: 'stored' | 'removed' | 'cleared'; blocks: number[] }[][] = Array.from({ length: nI }, () => []);
   const kvBatches: { instance: number; items: { kind: 'stored' | 'removed' | 'cleared'; blocks: number[] }[] }[] = [];
@@ -149,7 +215,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     if (buf.length === 0) return;
     kvBuf[i] = [];
     if (delay <= 0) {
-      for (const e of buf) engine.onKvEvent({ instance: i, kind: e.kind, blocks: e.blocks });
+      for (const e of buf) for (let j = 0; j < R; j++) engines[j]!.onKvEvent({ instance: i, kind: e.kind, blocks: e.blocks });
     } else {
       kvBatches.push({ instance: i, items: buf });
       q.push(t + delay, EV_KV, kvBatches.length - 1, 0);
@@ -216,17 +282,18 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
   // knowledge prepared: forward to the instance, unless the strategy's proxy queue holds it
   const toFrontend = (r: number, t: number) => {
     out.readyAt[r] = t;
-    if (engine.forward(requests[r]!.id, t)) sendToFrontend(r, t);
+    if (ownerEngine(r).forward(requests[r]!.id, t)) sendToFrontend(r, t);
   };
   const sendReleased = (t: number) => {
-    for (const id of engine.takeReleased()) sendToFrontend(idToIdx.get(id)!, t);
+    for (let j = 0; j < R; j++) for (const id of engines[j]!.takeReleased()) sendToFrontend(idToIdx.get(id)!, t);
   };
   const scrapeMs = opts.strategy.metricsIntervalMs;
   const scrape = (t: number) => {
     for (let i = 0; i < nI; i++) {
       const c = cores[i]!;
       const l = c.load;
-      engine.onInstanceMetrics(i, { waiting: l.waiting, running: l.running, kvUsage: Number.isFinite(c.kv.capacityTokens) ? c.kv.used / c.kv.capacityTokens : 0, at: t });
+      const m = { waiting: l.waiting, running: l.running, kvUsage: Number.isFinite(c.kv.capacityTokens) ? c.kv.used / c.kv.capacityTokens : 0, at: t };
+      for (let j = 0; j < R; j++) engines[j]!.onInstanceMetrics(i, m);
     }
   };
   if (scrapeMs !== undefined && scrapeMs > 0 && N > 0) {
@@ -238,7 +305,13 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
   /** Decides and dispatches request r at time t (its arrival, or when a client slot frees). */
   const dispatch = (r: number, t: number): void => {
     const req = requests[r]!;
-    const d = engine.decide(req, t);
+    let eng = engine;
+    if (ownerOf !== null) {
+      const k = pickHash ? hashPick(req.id, seed, R) : r % R;
+      ownerOf[r] = k;
+      eng = engines[k]!;
+    }
+    const d = eng.decide(req, t);
     out.decisions.set(r, d);
     const i = d.instance;
     instOf[r] = i;
@@ -250,8 +323,9 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
       if (maxConc < Infinity) q.push(t, EV_SEND, r, 0);
       return;
     }
-    engine.onDispatch(req, d, t);
-    const l = engine.loads.loads[i]!;
+    eng.onDispatch(req, d, t);
+    if (ownerOf !== null) book(OP_DISPATCH, r, t, eng.dispatchOp(req, d));
+    const l = eng.loads.loads[i]!;
     out.bookedPrefillAtArrival[r] = l.prefillTokens;
     out.runningAtArrival[r] = cores[i]!.load.running;
     if (opts.onProgress && r % progressEvery === 0) opts.onProgress(r, N);
@@ -338,7 +412,8 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
         break;
       case EV_XFER: {
         const r = q.argA;
-        engine.onKvTransferDone(requests[r]!.id, t);
+        ownerEngine(r).onKvTransferDone(requests[r]!.id, t);
+        if (ownerOf !== null) book(OP_XFER, r, t);
         toFrontend(r, t);
         break;
       }
@@ -361,7 +436,8 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
         const core = cores[i]!;
         if (!core.add(cr, t)) {
           out.status[r] = ST_REJECTED;
-          engine.onAbort(req.id, t);
+          ownerEngine(r).onAbort(req.id, t);
+          if (ownerOf !== null) book(OP_ABORT, r, t);
           sendReleased(t);
           if (maxConc < Infinity) q.push(t, EV_SEND, r, 0);
           break;
@@ -391,7 +467,8 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
             out.loadTokens[r] = s.loadTokens;
             out.kvLoadMs[r] = s.kvLoadMs;
           }
-          engine.onFirstToken(id, t);
+          ownerEngine(r).onFirstToken(id, t);
+          if (ownerOf !== null) book(OP_FIRST, r, t);
         }
         for (const id of ev.done) {
           const r = idToIdx.get(id)!;
@@ -399,7 +476,8 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
           out.status[r] = ST_OK;
           if (out.firstTokenAt[r]! < 0) out.firstTokenAt[r] = t;
           core.forget(id);
-          engine.onComplete(id, t, requests[r]!.outputTokens);
+          ownerEngine(r).onComplete(id, t, requests[r]!.outputTokens);
+          if (ownerOf !== null) book(OP_DONE, r, t);
           // the client sees the end after the API overhead, then sends its next request
           if (maxConc < Infinity) q.push(t + cluster.instances[i]!.profile.step.apiMs, EV_SEND, r, 0);
         }
@@ -422,8 +500,16 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
       }
       case EV_KV: {
         const b = kvBatches[q.argA]!;
-        for (const e of b.items) engine.onKvEvent({ instance: b.instance, kind: e.kind, blocks: e.blocks });
+        for (const e of b.items) for (let j = 0; j < R; j++) engines[j]!.onKvEvent({ instance: b.instance, kind: e.kind, blocks: e.blocks });
         kvBatches[q.argA] = { instance: b.instance, items: [] };
+        break;
+      }
+      case EV_OP: {
+        const o = q.argA;
+        const r = opReq[o]!;
+        const origin = ownerOf![r]!;
+        for (let j = 0; j < R; j++) if (j !== origin) applyOp(j, opKind[o]!, r, opDispatch[o], t);
+        opDispatch[o] = undefined;
         break;
       }
       default:
@@ -432,6 +518,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     out.endMs = t;
   }
   out.events = events;
+  if (R > 1) out.replicas = { count: R, syncMs, ops: replicaOps };
   for (let r = 0; r < N; r++) if (out.status[r] === ST_OK) out.tbtMs[r] = gaps.tbt(r);
   out.instances = cores.map((c, i) => ({
     id: cluster.instances[i]!.id,
@@ -471,6 +558,18 @@ export function noiseFactor(seed: number, instance: number, step: number, cv: nu
   const z = normalTable(seed)[mix32(Math.imul(instance + 1, 0x9e3779b1), step) & ((1 << NOISE_TABLE_BITS) - 1)]!;
   const f = 1 + cv * z;
   return f < 0.5 ? 0.5 : f > 1.5 ? 1.5 : f;
+}
+
+/** Seed of router replica k (replica 0 keeps the run's seed, so one replica is today's run). */
+export function replicaSeed(seed: number, k: number): number {
+  return k === 0 ? seed : mix32(seed >>> 0, 0x7f4a7c15 + k);
+}
+
+/** The replica a hashing load balancer sends request `id` to: FNV-1a of the id mixed with the seed, mod R. */
+export function hashPick(id: string, seed: number, R: number): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 0x01000193);
+  return mix32(h >>> 0, seed) % R;
 }
 
 function mix32(a: number, b: number): number {

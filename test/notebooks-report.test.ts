@@ -25,7 +25,7 @@ beforeAll(async () => {
   root = mkdtempSync(join(tmpdir(), 'kvlab-nb-report-'));
   fx = makeFixtures(join(root, 'fx'), { requests: REQUESTS });
   out = join(root, 'report');
-  report = await buildReport([fx.abDir, fx.sweepDir, fx.diffFile, fx.capacityDir], { out, title: 'kvlab report test' });
+  report = await buildReport([fx.abDir, fx.sweepDir, fx.replicaSweepDir, fx.diffFile, fx.capacityDir], { out, title: 'kvlab report test' });
 }, 120_000);
 
 afterAll(() => {

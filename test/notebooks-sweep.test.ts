@@ -76,7 +76,7 @@ describe('grid', () => {
       strategy: 'kvlab', seed: 2, workload: 'synthetic', instances: 8,
       workloadOptions: { rate: 4, docs: 50 }, overrides: { kdn_gbps: 10 },
     });
-    expect(() => toSimOptions(spec(), { rat: 1 }, 'kvlab', 1)).toThrow(/--vary rat: unknown parameter \(known: rate, kdn_gbps, instances, workload\.<option>\)/);
+    expect(() => toSimOptions(spec(), { rat: 1 }, 'kvlab', 1)).toThrow(/--vary rat: unknown parameter \(known: rate, kdn_gbps, instances, router_replicas, replica_sync_ms, workload\.<option>\)/);
     expect(() => toSimOptions(spec(), { 'workload.bogus': 1 }, 'kvlab', 1)).toThrow(/bogus: not an option of the synthetic workload/);
     expect(() => toSimOptions(spec(), { instances: 0 }, 'kvlab', 1)).toThrow(/instances must be integers/);
     const t = toSimOptions(spec({ trace: '/t.jsonl', workload: undefined }), { rate: 4 }, 'kvlab', 1);
