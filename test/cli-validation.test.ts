@@ -91,7 +91,7 @@ describe('bad flags: one line, non-zero exit, no stack trace', () => {
     ['--instances 1000000000', [...SIM, '--instances', '1000000000'], /--instances must be an integer >= 1 and <= 4096 \(a resource bound/],
     ['--time-scale 0', [...SIM, '--time-scale', '0'], /--time-scale must be a number > 0/],
     ['ab --seeds 1e9', ['ab', '--workload', 'synthetic', '--seeds', '1000000000'], /--seeds must be an integer >= 1 and <= 1000/],
-    ['sweep --vary rat=1,2', ['sweep', '--workload', 'synthetic', '--strategies', 'kvlab', '--vary', 'rat=1,2', '--out', 'sw'], /--vary rat: unknown parameter \(known: rate, kdn_gbps, instances, workload\.<option>\)/],
+    ['sweep --vary rat=1,2', ['sweep', '--workload', 'synthetic', '--strategies', 'kvlab', '--vary', 'rat=1,2', '--out', 'sw'], /--vary rat: unknown parameter \(known: rate, kdn_gbps, instances, router_replicas, replica_sync_ms, workload\.<option>\)/],
     ['sweep --vary workload.bogus=1', ['sweep', '--workload', 'synthetic', '--strategies', 'kvlab', '--vary', 'workload.bogus=1,2', '--out', 'sw'], /--vary workload\.bogus: not an option/],
     ['cluster file strategyParams', [...SIM, '--cluster', 'cluster.yaml'], /cluster\.yaml: strategyParams\.kvlab: strategy kvlab: .*workWeight/],
     ['trace stats --rate -1', ['trace', 'stats', '--workload', 'synthetic', '--rate', '-1'], /--rate must be a number > 0/],
