@@ -14,6 +14,7 @@ import { canonicalJson, cellId, type CellData } from '../notebooks/queue/cell.js
 import { parseQueueUrl, RESULTS_KEY, TIMING_KEY } from '../notebooks/queue/connection.js';
 import { runQueueSweep } from '../notebooks/queue/submit.js';
 import { startTestRedis, type RedisServerHandle } from './helpers/redis.js';
+import { describeRedis, HAVE_REDIS } from './helpers/system.js';
 
 const KVLAB = resolve('dist/bin/kvlab.js');
 const FAKE_SIM = pathToFileURL(resolve('test/fixtures/notebooks/fake-sim.mjs')).href;
@@ -22,8 +23,9 @@ let root: string;
 const children: ChildProcess[] = [];
 
 beforeAll(async () => {
-  redis = await startTestRedis({ noEviction: true });
   root = mkdtempSync(join(tmpdir(), 'kvlab-sweep-queue-'));
+  if (!HAVE_REDIS) return;
+  redis = await startTestRedis({ noEviction: true });
 });
 afterAll(async () => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
@@ -109,7 +111,7 @@ describe('cell ids', () => {
   });
 });
 
-describe('kvlab sweep --queue with kvlab worker processes', () => {
+describeRedis('kvlab sweep --queue with kvlab worker processes', () => {
   it('40 cells over 3 workers: sweep.json byte-identical to the local sweep; the trace reaches workers through Redis; re-submitting runs nothing', async () => {
     const trace = join(root, 'trace.jsonl');
     writeTrace(trace, 240);
