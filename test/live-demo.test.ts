@@ -50,5 +50,12 @@ describeRedis('live demo', () => {
     expect(await pingRedis('127.0.0.1', port, 300)).toBe(false);
     const gwUrl = /gateway (http:\/\/\S+)/.exec(lines.join('\n'))![1]!;
     await expect(fetch(`${gwUrl}/health`)).rejects.toThrow();
+    // progress: the replay reports where it is, and the steps are announced
+    expect(lines.some((l) => /live demo: replay 10\/10 requests done/.test(l))).toBe(true);
+    expect(lines.some((l) => /simulating the same requests/.test(l))).toBe(true);
+    // the demo's records are never overwritten: a second demo into the same directory is refused at once
+    const t0 = performance.now();
+    await expect(runDemo({ out, requests: 2, workload: 'synthetic', log: () => undefined })).rejects.toThrow(/already holds a live demo .*use a new --out directory/);
+    expect(performance.now() - t0).toBeLessThan(1000);
   });
 });
