@@ -50,6 +50,10 @@ function parseJsonObject(v: string | undefined, flag: string): Record<string, un
 
 interface GatewayFlags {
   host: string;
+  peers?: string;
+  replicaId?: string;
+  peerHeartbeatMs: number;
+  peerTimeoutMs: number;
   port: number;
   backends: string[];
   lmcacheRedis: string[];
@@ -114,6 +118,10 @@ function registerGateway(program: Command): void {
     .option('--max-tokens <n>', 'largest max_tokens / max_completion_tokens (default: max_model_len)', intArg('--max-tokens', { min: 1 }))
     .option('--max-model-len <n>', "context length the gateway enforces (default: the backends' /v1/models max_model_len, else the cluster profile's)", intArg('--max-model-len', { min: 1 }))
     .option('--max-chars-per-token <n>', 'prompts longer than this × max_model_len characters are refused without tokenising', intArg('--max-chars-per-token', { min: 1 }), DEFAULT_LIMITS.maxCharsPerToken)
+    .option('--peers <url>', 'gateway replicas: share engine bookkeeping with every gateway on this Redis (redis://HOST:PORT/DB) through an op-log stream')
+    .option('--replica-id <id>', 'with --peers: this replica\'s name on the op-log (default host:pid:random)')
+    .option('--peer-heartbeat-ms <ms>', 'with --peers: heartbeat period (wall ms)', intArg('--peer-heartbeat-ms', { min: 10 }), 1000)
+    .option('--peer-timeout-ms <ms>', "with --peers: a replica silent this long has its bookings released (wall ms)", intArg('--peer-timeout-ms', { min: 20 }), 5000)
     .option('--log', 'log requests (pino)', false)
     .action(async (f: GatewayFlags) => {
       const strategyParams = parseJsonObject(f.strategyParams, '--strategy-params');
@@ -141,6 +149,7 @@ function registerGateway(program: Command): void {
         append: f.append,
         limits: { maxBodyBytes: f.maxBodyBytes, maxJsonDepth: f.maxJsonDepth, maxN: f.maxN, maxPrompts: f.maxPrompts, maxTokens: f.maxTokens ?? null, maxModelLen: f.maxModelLen ?? null, maxCharsPerToken: f.maxCharsPerToken },
         logger: f.log,
+        ...(f.peers ? { peers: { url: f.peers, replicaId: f.replicaId, heartbeatMs: f.peerHeartbeatMs, timeoutMs: f.peerTimeoutMs } } : {}),
       });
       process.stderr.write(`gateway: ${f.backends.length} backends, strategy ${f.strategy}, KDN ${f.kdn ?? 'none'}${f.out ? `, records in ${f.out}` : ''}\n`);
       (await import('./tokenize-pool.js')).warmTokenizePool();

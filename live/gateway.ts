@@ -21,6 +21,7 @@
  * | records.ts | one record and one metric count per request; Prometheus; decision header |
  * | pipeline.ts | the OpenAI routes: the stages in order, the error handler |
  * | ops.ts | models, health, metrics, debug status/strategy |
+| peers.ts | gateway replicas: the engine's bookkeeping on a shared Redis Stream op-log |
  *
  * Times are model ms = wall ms since start × `timeScale` (plus, with `append`, the end of the
  * run directory's earlier records, so an appended run continues its clock). Decisions travel
@@ -46,6 +47,7 @@ import { registerOps } from './gateway/ops.js';
 import { registerPipeline } from './gateway/pipeline.js';
 import { GatewayRecords } from './gateway/records.js';
 import { Upstream } from './gateway/upstream.js';
+import { PeerSync } from './gateway/peers.js';
 
 export { forceIntent } from './gateway/booking.js';
 export { KdnUnavailable, KnowledgeStore, words, type KnowledgeItem } from './gateway/knowledge.js';
@@ -112,6 +114,12 @@ export interface GatewayOptions {
   keepRequests?: boolean;
   /** pino logging (fastify `logger`), default false. */
   logger?: boolean | object;
+  /**
+   * Gateway replicas: share engine bookkeeping with the other gateways on this Redis
+   * (live/gateway/peers.ts): url redis://HOST:PORT/DB, this replica's id, heartbeat and the
+   * silence after which a replica's bookings expire (wall ms).
+   */
+  peers?: { url: string; replicaId?: string; heartbeatMs?: number; timeoutMs?: number };
 }
 
 /** A running gateway. */
@@ -123,6 +131,8 @@ export interface GatewayHandle {
   engine: Engine;
   backends: Backend[];
   recorder: Recorder | null;
+  /** op-log replication (null without `peers`). */
+  peers: PeerSync | null;
   cluster: ResolvedCluster;
   timeScale: number;
   /** the limits in force (max_model_len resolved). */
@@ -212,6 +222,12 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
   const booking = new EngineBooking(engine, now, opts.honorInjectionType ?? true);
   const records = new GatewayRecords(recorder, booking, ids, kdnIds, now);
   records.engineGauges(engine);
+  // gateway replicas: catch up on the op-log before serving
+  const peers = opts.peers ? new PeerSync({ ...opts.peers, engine, now, registry: records.registry, log: (m) => process.stderr.write(m + '\n') }) : null;
+  if (peers) {
+    await peers.start();
+    booking.peers = peers;
+  }
   const inflight = new Map<string, RequestContext>();
   let closing = false;
 
@@ -275,10 +291,16 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
           src,
           (batch) => {
             for (const ev of batch.events) {
-              if (ev.type === 'AllBlocksCleared') engine.onKvEvent({ instance: i, kind: 'cleared', blocks: [] });
-              else {
+              if (ev.type === 'AllBlocksCleared') {
+                engine.onKvEvent({ instance: i, kind: 'cleared', blocks: [] });
+                peers?.kvEvent({ instance: i, kind: 'cleared', blocks: [] });
+              } else {
                 const blocks = hm.lookup(ev.blockHashes);
-                if (blocks.length) engine.onKvEvent({ instance: i, kind: ev.type === 'BlockStored' ? 'stored' : 'removed', blocks });
+                if (blocks.length) {
+                  const e = { instance: i, kind: ev.type === 'BlockStored' ? ('stored' as const) : ('removed' as const), blocks };
+                  engine.onKvEvent(e);
+                  peers?.kvEvent(e);
+                }
               }
             }
           },
@@ -359,6 +381,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     },
     strategy: () => ({ name: strategyName, params: strategyParams }),
     setStrategy,
+    peers: () => peers?.status() ?? null,
     log: (m) => app.log.info(m),
   });
 
@@ -368,6 +391,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     await app.listen({ host, port: opts.port ?? 7001 });
   } catch (e) {
     await releasePool();
+    await peers?.close();
     recorder?.close({ strategy: strategyName });
     throw e;
   }
@@ -386,6 +410,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
       closing = true;
       health.stop();
       scraper.stop();
+      await peers?.close();
       for (const sub of subscribers) sub.close();
       for (const f of inflight.values()) {
         f.killed = 'gateway shutting down';
@@ -411,6 +436,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     engine,
     backends,
     recorder,
+    peers,
     cluster: rc,
     timeScale: ts,
     get limits() {

@@ -9,6 +9,7 @@ import type { Engine } from '../../engine/engine.js';
 import type { Decision, Intent, TraceRequest } from '../../engine/types.js';
 import { ApiError } from '../openai.js';
 import { RequestAborted, type RequestContext } from './context.js';
+import type { PeerSync } from './peers.js';
 
 /**
  * Applies a forced intent (`Injection_type`) to the engine's decision on the same instance:
@@ -51,6 +52,9 @@ export function forceIntent(engine: Engine, req: TraceRequest, d: Decision, forc
 
 /** Books and unbooks the engine's load for gateway requests (see the module doc). */
 export class EngineBooking {
+  /** gateway replicas: every booking step is also appended to the shared op-log (null = alone). */
+  peers: PeerSync | null = null;
+
   constructor(
     readonly engine: Engine,
     private readonly now: () => number,
@@ -79,6 +83,7 @@ export class EngineBooking {
       if (d.rejected) throw new ApiError(429, `rejected by admission control: ${d.rejected}`, 'RateLimitError', null);
       if (forced && this.honorInjectionType) d = forceIntent(engine, ctx.req!, d, forced, t);
       engine.onDispatch(ctx.req!, d, t);
+      this.peers?.dispatched(engine.dispatchOp(ctx.req!, d));
     } finally {
       if (restore) engine.up[exclude] = true;
     }
@@ -91,14 +96,19 @@ export class EngineBooking {
 
   /** The KDN's ACK arrived (or the injection was abandoned): the link reservation is corrected. */
   kvDone(ctx: RequestContext): void {
-    if (ctx.booked) this.engine.onKvTransferDone(ctx.id, this.now());
+    if (!ctx.booked) return;
+    this.engine.onKvTransferDone(ctx.id, this.now());
+    this.peers?.kvDone(ctx.id);
   }
 
   /** The first visible token: the prefill load is released. Returns false when it was seen already. */
   firstToken(ctx: RequestContext): boolean {
     if (ctx.tFirst >= 0) return false;
     ctx.tFirst = this.now();
-    if (ctx.booked) this.engine.onFirstToken(ctx.id, ctx.tFirst);
+    if (ctx.booked) {
+      this.engine.onFirstToken(ctx.id, ctx.tFirst);
+      this.peers?.firstToken(ctx.id);
+    }
     return true;
   }
 
@@ -110,8 +120,14 @@ export class EngineBooking {
   release(ctx: RequestContext, completed: boolean): void {
     if (!ctx.booked) return;
     ctx.booked = false;
-    if (completed) this.engine.onComplete(ctx.id, ctx.tDone >= 0 ? ctx.tDone : this.now(), ctx.usage?.completion_tokens ?? ctx.completionTokens);
-    else this.engine.onAbort(ctx.id, this.now());
+    if (completed) {
+      const n = ctx.usage?.completion_tokens ?? ctx.completionTokens;
+      this.engine.onComplete(ctx.id, ctx.tDone >= 0 ? ctx.tDone : this.now(), n);
+      this.peers?.completed(ctx.id, n);
+    } else {
+      this.engine.onAbort(ctx.id, this.now());
+      this.peers?.aborted(ctx.id);
+    }
     for (const id of this.engine.takeReleased()) {
       const wake = this.held.get(id);
       this.held.delete(id);

@@ -5,6 +5,7 @@
  * run time; parameters checked by the one strategy schema, engine/strategies/params.ts: a bad
  * name or parameter is a 400 naming it and routing stays unchanged).
  */
+import type { PeerSync } from './peers.js';
 import type { FastifyInstance } from 'fastify';
 import type { Engine } from '../../engine/engine.js';
 import { STRATEGY_NAMES } from '../../engine/strategies/index.js';
@@ -34,6 +35,8 @@ export interface OpsDeps {
   strategy: () => { name: string; params: Record<string, unknown> };
   /** switches the strategy. @throws Error (unknown name) / StrategyParamError (bad parameter). */
   setStrategy: (name: string, params: Record<string, unknown>) => void;
+  /** gateway replicas: membership and lag (null when not replicated). */
+  peers?: () => ReturnType<PeerSync['status']> | null;
   log: (msg: string) => void;
 }
 
@@ -67,6 +70,7 @@ export function registerOps(app: FastifyInstance, d: OpsDeps): void {
       booked_requests: engine.loads.size,
       intent_counts: engine.intentCounts,
       kdn: { url: d.kdnUrl, knowledge_cached: d.store.size, failures: d.store.failures },
+      replicas: d.peers?.() ?? null,
       instances: backends.map((b, i) => ({
         id: b.spec.id,
         url: b.url,
