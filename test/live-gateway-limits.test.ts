@@ -5,14 +5,13 @@
  * engine's booked load stays right. Driven with plain HTTP and with the official `openai` SDK
  * (its retries on 5xx are why these must be 4xx).
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { getText, parseProm, postJson, promSum, sleep } from './helpers/live.js';
+import { getText, parseProm, postBigWhilePolling, postJson, promSum, sleep } from './helpers/live.js';
 import { MODEL, startStack, type Stack } from './helpers/stack.js';
 import { describeRedis } from './helpers/system.js';
 
@@ -50,54 +49,15 @@ describeRedis('limits before any expensive work', () => {
   it('a 50 MB body is refused with 413 within 1 s while /health answers within 50 ms', async () => {
     // the sender is another process (building and writing 50 MB would stall this one's event
     // loop, which also runs the gateway and the /health poller)
-    const lat: number[] = [];
-    const sendBig = async (chunked: boolean): Promise<{ status: number; ms: number; body: string }> => {
-      const script = `
-        const big = JSON.stringify({ model: ${JSON.stringify(MODEL)}, messages: [{ role: 'user', content: 'x'.repeat(50 * 1024 * 1024) }] });
-        const bytes = new TextEncoder().encode(big);
-        const body = ${chunked} ? new ReadableStream({ start(c) { for (let i = 0; i < bytes.length; i += 1 << 20) c.enqueue(bytes.subarray(i, i + (1 << 20))); c.close(); } }) : bytes;
-        process.stdout.write('ready\\n');
-        await new Promise((r) => setTimeout(r, 200));
-        const t0 = performance.now();
-        const r = await fetch(${JSON.stringify(`${s.gw.url}/v1/chat/completions`)}, { method: 'POST', headers: { 'content-type': 'application/json' }, body, duplex: 'half' });
-        const text = await r.text();
-        process.stdout.write(JSON.stringify({ status: r.status, ms: performance.now() - t0, body: text }) + '\\n');`;
-      const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-      let outText = '';
-      let stop = false;
-      let poll: Promise<void> = Promise.resolve();
-      child.stdout!.on('data', (d) => (outText += String(d)));
-      // poll /health from the moment the body is built until the answer is in
-      await new Promise<void>((r) => {
-        const t = setInterval(() => {
-          if (outText.includes('ready')) {
-            clearInterval(t);
-            r();
-          }
-        }, 5);
-      });
-      poll = (async () => {
-        while (!stop) {
-          const t = performance.now();
-          const h = await getText(`${s.gw.url}/health`);
-          lat.push(performance.now() - t);
-          expect(h.status).toBe(200);
-          await sleep(5);
-        }
-      })();
-      await new Promise((r) => child.once('exit', r));
-      stop = true;
-      await poll;
-      const line = outText.split('\n').filter(Boolean).pop()!;
-      return JSON.parse(line);
-    };
     const before = sent();
+    const lat: number[] = [];
     for (const chunked of [false, true]) {
-      const r = await sendBig(chunked);
+      const r = await postBigWhilePolling(`${s.gw.url}/v1/chat/completions`, `JSON.stringify({ model: ${JSON.stringify(MODEL)}, messages: [{ role: 'user', content: 'x'.repeat(50 * 1024 * 1024) }] })`, `${s.gw.url}/health`, chunked);
       expect(r.status).toBe(413);
       expect(JSON.parse(r.body).error).toMatchObject({ code: 413, type: 'BadRequestError' });
       expect(JSON.parse(r.body).error.message).toMatch(/8388608 bytes .*--max-body-bytes/);
       expect(r.ms).toBeLessThan(1000);
+      lat.push(...r.healthMs);
     }
     expect(lat.length).toBeGreaterThan(3);
     expect(Math.max(...lat)).toBeLessThan(50);

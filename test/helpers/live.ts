@@ -105,3 +105,54 @@ export function promSum(m: Map<string, number>, name: string, labelFilter = ''):
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Outcome of {@link postBigWhilePolling}. */
+export interface BigPost {
+  status: number;
+  /** ms from the first byte sent to the whole answer, measured by the sender. */
+  ms: number;
+  body: string;
+  /** latency of every `GET health` answered while the request was in flight, ms. */
+  healthMs: number[];
+}
+
+/**
+ * POSTs a large body from a child process (building and writing it would stall this process's
+ * event loop, which also runs the servers under test) and polls `healthUrl` every 5 ms from here
+ * while it is in flight.
+ * @param build JavaScript source evaluating to the body string (run in the child)
+ */
+export async function postBigWhilePolling(url: string, build: string, healthUrl: string, chunked = false): Promise<BigPost> {
+  const { spawn } = await import('node:child_process');
+  const script = `
+    const bytes = new TextEncoder().encode(${build});
+    const body = ${chunked} ? new ReadableStream({ start(c) { for (let i = 0; i < bytes.length; i += 1 << 20) c.enqueue(bytes.subarray(i, i + (1 << 20))); c.close(); } }) : bytes;
+    process.stdout.write('ready\\n');
+    await new Promise((r) => setTimeout(r, 200));
+    const t0 = performance.now();
+    const r = await fetch(${JSON.stringify(url)}, { method: 'POST', headers: { 'content-type': 'application/json' }, body, duplex: 'half' });
+    const text = await r.text();
+    process.stdout.write(JSON.stringify({ status: r.status, ms: performance.now() - t0, body: text }) + '\\n');`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += String(d)));
+  const exited = new Promise((r) => child.once('exit', r));
+  while (!out.includes('ready')) await Promise.race([sleep(5), exited]);
+  const healthMs: number[] = [];
+  let stop = false;
+  const poll = (async () => {
+    while (!stop) {
+      const t = performance.now();
+      const h = await getText(healthUrl);
+      healthMs.push(performance.now() - t);
+      if (h.status !== 200) throw new Error(`${healthUrl} answered ${h.status}`);
+      await sleep(5);
+    }
+  })();
+  await exited;
+  stop = true;
+  await poll;
+  const line = out.split('\n').filter((l) => l.startsWith('{')).pop();
+  if (!line) throw new Error(`the sender failed: ${out}`);
+  return { ...(JSON.parse(line) as Omit<BigPost, 'healthMs'>), healthMs };
+}
