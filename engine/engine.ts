@@ -8,10 +8,12 @@
 import seedrandom from 'seedrandom';
 import { LinkBook } from './links.js';
 import { LoadBook, type InstanceLoad } from './load.js';
+import { Calibrator, scaleProfile, type CalibrationOptions, type StepFactors } from './calibration.js';
+import { curveMs } from './costmodel.js';
 import { OutputLengthPredictor, type OutputLengthOptions } from './output-length.js';
 import { emptyPrediction, predictInto, type PredictInput, type Prediction } from './predict.js';
 import { PrefixIndex } from './prefix-index.js';
-import type { Alternative, CausalRequest, ClusterSpec, Decision, EngineRequest, InstanceMetrics, Intent, KvEvent, LinkSpec } from './types.js';
+import type { Alternative, CausalRequest, ClusterSpec, Decision, EngineRequest, InstanceMetrics, InstanceSpec, Intent, KvEvent, LinkSpec, Profile } from './types.js';
 
 /** The KDN chosen to serve a request's knowledge on one instance. */
 export interface KdnChoice {
@@ -41,6 +43,12 @@ export interface DecideContext {
   readonly index: PrefixIndex;
   /** local prefix-cache hit tokens of instance i (capped at prompt - 1). */
   cachedTokens(i: number): number;
+  /**
+   * The engine's current model of instance i: its profile as the engine believes it, with the
+   * online calibration applied (the predictor's view). `cluster.instances[i]` is the belief
+   * before calibration (what a peer's offline fit is built from).
+   */
+  spec(i: number): InstanceSpec;
   load(i: number): InstanceLoad;
   /** predicted prefill backlog of instance i now (ms). */
   backlogMs(i: number): number;
@@ -133,6 +141,11 @@ export interface EngineOptions {
   predictOnRoute?: boolean;
   /** output-length predictor options (engine/output-length.ts defaults). */
   outputLength?: Partial<OutputLengthOptions>;
+  /**
+   * Online calibration of the step model from observed first-token and completion times
+   * (engine/calibration.ts): true or options = on. Default off.
+   */
+  calibrate?: boolean | Partial<CalibrationOptions>;
 }
 
 /** Default instance->instance KV link: one 200 Gbit/s RDMA NIC (Mooncake's nodes have four), 0.01 ms, CacheRoute's 0.825 efficiency. */
@@ -145,6 +158,18 @@ interface Dispatched {
   inputTokens: number;
   /** 0 = not yet asked to forward, 1 = forwarded to the instance, 2 = waiting in the proxy queue. */
   fwd: 0 | 1 | 2;
+  /** calibration: predicted prefill-group and decode-group work at factor 1 (-1 = not the engine's prediction), KV load, times. */
+  pBase: number;
+  dBase: number;
+  kvLoadMs: number;
+  readyAt: number;
+  firstAt: number;
+  /** at the first token: the instance's cumulative prefill-group work, decoding batch and context. */
+  cumPAtFirst: number;
+  batch: number;
+  batchCtx: number;
+  /** when it became ready, its instance ran max_num_seqs requests: it may wait for a slot, not for prefill. */
+  slotBound: boolean;
 }
 
 /** The policy engine. */
@@ -179,6 +204,12 @@ export class Engine {
   readonly intentCounts: Record<Intent, number> = { none: 0, text: 0, kvcache: 0, hybrid: 0 };
   /** requests the strategy rejected (admission control). */
   rejections = 0;
+  /** online calibration (null = off) and the calibrated view of every instance. */
+  readonly calibrator: Calibrator | null;
+  readonly view: InstanceSpec[];
+  /** per instance: last first token (ms) and cumulative prefill-group work at factor 1. */
+  private readonly lastFirst: Float64Array;
+  private readonly cumP: Float64Array;
 
   constructor(
     readonly cluster: ClusterSpec,
@@ -203,6 +234,10 @@ export class Engine {
     this.matchBuf = new Int32Array(n);
     this.predictOnRoute = opts.predictOnRoute ?? true;
     this.forwarded = new Int32Array(n);
+    this.calibrator = opts.calibrate ? new Calibrator(opts.calibrate === true ? {} : opts.calibrate) : null;
+    this.view = cluster.instances.slice();
+    this.lastFirst = new Float64Array(n).fill(-Infinity);
+    this.cumP = new Float64Array(n);
     this.held = Array.from({ length: n }, () => []);
     this.heldHead = new Array<number>(n).fill(0);
     this.scratch = {
@@ -294,7 +329,24 @@ export class Engine {
     } else if (d.peer && pred.transferTokens > 0) {
       start = this.peers.reserve(req.id, d.peer.from, d.instance, now, pred.transferMs);
     }
-    this.dispatched.set(req.id, { instance: d.instance, kdn: d.kdn, transferTokens: pred.transferTokens, inputTokens: req.inputTokens, fwd: 0 });
+    const f = this.calibrator?.factors;
+    const engineMade = pred.engineMade && f !== undefined;
+    this.dispatched.set(req.id, {
+      instance: d.instance,
+      kdn: d.kdn,
+      transferTokens: pred.transferTokens,
+      inputTokens: req.inputTokens,
+      fwd: 0,
+      pBase: engineMade ? (pred.workMs - pred.workDecodeMs - pred.kvLoadMs) / f.prefill : -1,
+      dBase: engineMade ? pred.workDecodeMs / f.decode : -1,
+      kvLoadMs: pred.kvLoadMs,
+      readyAt: now,
+      firstAt: -1,
+      cumPAtFirst: 0,
+      batch: 0,
+      batchCtx: 0,
+      slotBound: this.loads.loads[d.instance]!.inflight > this.cluster.instances[d.instance]!.engine.maxNumSeqs,
+    });
     this.intentCounts[d.intent]++;
     if (this.predictOnRoute && req.blocks.length) this.index.add(d.instance, req.blocks);
     this.strategy.onDispatch?.(ctx, d);
@@ -330,7 +382,8 @@ export class Engine {
     this.loads.book(req.id, d.instance, now, op.computeTokens, req.inputTokens + d.expectedOutputTokens, req.inputTokens, op.workMs);
     if (d.kdn >= 0 && op.transferTokens > 0) this.links.reserve(req.id, d.kdn, d.instance, now, op.transferMs);
     else if (d.peer && op.transferTokens > 0) this.peers.reserve(req.id, d.peer.from, d.instance, now, op.transferMs);
-    this.dispatched.set(req.id, { instance: d.instance, kdn: d.kdn, transferTokens: op.transferTokens, inputTokens: req.inputTokens, fwd: 0 });
+    // another replica's request: booked alike, but this replica does not calibrate on it
+    this.dispatched.set(req.id, { instance: d.instance, kdn: d.kdn, transferTokens: op.transferTokens, inputTokens: req.inputTokens, fwd: 0, pBase: -1, dBase: -1, kvLoadMs: 0, readyAt: now, firstAt: -1, cumPAtFirst: 0, batch: 0, batchCtx: 0, slotBound: false });
     if (this.predictOnRoute && req.blocks.length) this.index.add(d.instance, req.blocks);
     if (this.strategy.onDispatch) this.strategy.onDispatch(this.context(req, now), d);
   }
@@ -343,10 +396,13 @@ export class Engine {
    *   Unknown ids return true.
    */
   forward(id: string, now: number): boolean {
-    void now;
     const e = this.dispatched.get(id);
     if (!e) return true;
     if (e.fwd === 1) return true;
+    if (e.fwd === 0) {
+      e.readyAt = now;
+      e.slotBound = this.loads.loads[e.instance]!.inflight > this.cluster.instances[e.instance]!.engine.maxNumSeqs;
+    }
     const cap = this.strategy.maxForwardPerInstance ?? Infinity;
     const q = this.held[e.instance]!;
     if (this.forwarded[e.instance]! < cap && this.heldHead[e.instance]! >= q.length) {
@@ -385,6 +441,23 @@ export class Engine {
   /** First token of `id` observed at `now`: its prefill load is released. */
   onFirstToken(id: string, now: number): void {
     this.loads.firstToken(id, now);
+    const e = this.dispatched.get(id);
+    if (e && e.firstAt < 0) {
+      e.firstAt = now;
+      const i = e.instance;
+      if (this.calibrator && e.pBase >= 0) {
+        // prefill lane: the time the instance spent on this prefill (module doc of calibration.ts);
+        // not when it may have waited for a running slot (max_num_seqs) instead of prefill
+        const lane = now - Math.max(e.readyAt, this.lastFirst[i]!) - e.kvLoadMs;
+        if (!e.slotBound && this.calibrator.addLane(e.pBase, e.dBase, lane)) this.refreshView();
+        this.cumP[i]! += e.pBase;
+      }
+      this.lastFirst[i] = now;
+      e.cumPAtFirst = this.cumP[i]!;
+      const l = this.loads.loads[i]!;
+      e.batch = l.decodeReqs;
+      e.batchCtx = l.decodeCtxTokens;
+    }
     this.strategy.onFirstToken?.(id, now);
   }
 
@@ -400,6 +473,18 @@ export class Engine {
     this.dispatched.delete(id);
     if (e) {
       if (outputTokens !== undefined) this.outputs.observe(e.inputTokens, outputTokens, now);
+      if (this.calibrator && outputTokens !== undefined && outputTokens > 1 && e.firstAt >= 0 && e.pBase >= 0 && this.cumP[e.instance] === e.cumPAtFirst) {
+        // decode, when no prefill shared its steps (module doc of calibration.ts): k steps at the
+        // mean of the batch it joined and the batch it leaves, contexts growing by one per step
+        const m = this.cluster.instances[e.instance]!.profile.step;
+        const k = outputTokens - 1;
+        const l = this.loads.loads[e.instance]!;
+        const n = Math.max(1, (e.batch + l.decodeReqs + 1) / 2);
+        const ctx = e.batchCtx + (n * k) / 2;
+        const Dd = k * (m.decodeSeqMs * n + m.kvReadMsPerToken * ctx);
+        const Pd = k * (m.fixedMs + curveMs(m, n));
+        if (this.calibrator.addDecode(Pd, Dd, now - e.firstAt)) this.refreshView();
+      }
       if (e.fwd === 1) {
         this.forwarded[e.instance]!--;
         this.releaseHeld(e.instance);
@@ -452,6 +537,25 @@ export class Engine {
     return ids;
   }
 
+  /** The calibrated step factors (1, 1 when calibration is off). */
+  stepFactors(): StepFactors {
+    return this.calibrator ? { ...this.calibrator.factors } : { prefill: 1, decode: 1 };
+  }
+
+  /** Rebuilds the predictor's view of every instance from the calibrated factors. */
+  private refreshView(): void {
+    const f = this.calibrator!.factors;
+    const byProfile = new Map<Profile, Profile>();
+    this.cluster.instances.forEach((s, i) => {
+      let p = byProfile.get(s.profile);
+      if (!p) {
+        p = scaleProfile(s.profile, f);
+        byProfile.set(s.profile, p);
+      }
+      this.view[i] = { ...s, profile: p };
+    });
+  }
+
   /** Moves waiting requests of instance i into `released` while it has free proxy slots. */
   private releaseHeld(i: number): void {
     const cap = this.strategy.maxForwardPerInstance ?? Infinity;
@@ -482,7 +586,7 @@ export class Engine {
    * (decisions are not re-entrant): a strategy must not keep it past decide / onDispatch.
    */
   context(req: EngineRequest, now: number): DecideContext {
-    const c = (this.ctxObj ??= new EngineContext(this.cluster, this.index, this.loads, this.links, this.peers, this.up, this.metrics, this.rngFn, this.scratch, this.matchBuf));
+    const c = (this.ctxObj ??= new EngineContext(this.cluster, this.view, this.index, this.loads, this.links, this.peers, this.up, this.metrics, this.rngFn, this.scratch, this.matchBuf));
     c.reset(req, now, req.maxTokens !== undefined && req.maxTokens > 0 ? req.maxTokens : this.outputs.predict(req.inputTokens, now));
     return c;
   }
@@ -502,6 +606,7 @@ class EngineContext implements DecideContext {
 
   constructor(
     readonly cluster: ClusterSpec,
+    private readonly view: InstanceSpec[],
     readonly index: PrefixIndex,
     private readonly loads: LoadBook,
     private readonly links: LinkBook,
@@ -531,6 +636,10 @@ class EngineContext implements DecideContext {
 
   load(i: number): InstanceLoad {
     return this.loads.loads[i]!;
+  }
+
+  spec(i: number): InstanceSpec {
+    return this.view[i]!;
   }
 
   backlogMs(i: number): number {
@@ -578,7 +687,7 @@ class EngineContext implements DecideContext {
     const kc = intent === 'kvcache' || intent === 'hybrid' || req.knowledgeTokens > 0 ? this.kdnFor(i) : null;
     const reuse = kc ? Math.min(reuseTokens ?? kc.reuseTokens, kc.reuseTokens) : 0;
     const pi = this.scratch;
-    pi.inst = cluster.instances[i]!;
+    pi.inst = this.view[i]!;
     pi.load = this.loads.loads[i]!;
     pi.backlogMs = this.loads.backlogMs(i, this.now);
     pi.promptTokens = req.inputTokens;

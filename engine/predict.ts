@@ -45,6 +45,14 @@ export interface Prediction extends Breakdown {
   computeTokens: number;
   /** predicted prefill work added to the instance lane (ms): prefill + KV load. */
   workMs: number;
+  /**
+   * the part of `workMs` due to the step model's decode group (per-sequence decode cost and KV
+   * read of the requests decoding alongside); the rest is the prefill group (fixed, token
+   * curve, attention) and the KV load. Online calibration fits one factor per group.
+   */
+  workDecodeMs: number;
+  /** true when the engine's predictor made it (online calibration learns only from those). */
+  engineMade: boolean;
 }
 
 /**
@@ -67,7 +75,7 @@ export function predictOption(p: PredictInput): Prediction {
 
 /** A zeroed Prediction, for use as a reusable output of `predictInto`. */
 export function emptyPrediction(): Prediction {
-  return { prepareMs: 0, linkWaitMs: 0, transferMs: 0, kvLoadMs: 0, queueMs: 0, prefillMs: 0, ttftMs: 0, transferTokens: 0, computeTokens: 0, workMs: 0 };
+  return { prepareMs: 0, linkWaitMs: 0, transferMs: 0, kvLoadMs: 0, queueMs: 0, prefillMs: 0, ttftMs: 0, transferTokens: 0, computeTokens: 0, workMs: 0, workDecodeMs: 0, engineMade: false };
 }
 
 /**
@@ -75,7 +83,7 @@ export function emptyPrediction(): Prediction {
  * `ttftMs` defaults to the sum of the breakdown.
  */
 export function predictionOf(f: Partial<Prediction>): Prediction {
-  const out = { ...emptyPrediction(), ...f };
+  const out = { ...emptyPrediction(), ...f, engineMade: false };
   if (f.ttftMs === undefined) out.ttftMs = out.prepareMs + out.linkWaitMs + out.transferMs + out.queueMs + out.kvLoadMs + out.prefillMs;
   return out;
 }
@@ -107,6 +115,8 @@ export function copyPrediction(dst: Prediction, src: Prediction): Prediction {
   dst.transferTokens = src.transferTokens;
   dst.computeTokens = src.computeTokens;
   dst.workMs = src.workMs;
+  dst.workDecodeMs = src.workDecodeMs;
+  dst.engineMade = src.engineMade;
   return dst;
 }
 
@@ -144,19 +154,22 @@ export function predictInto(out: Prediction, p: PredictInput): Prediction {
   }
   const computeTokens = Math.max(1, P - start);
   let prefill = prefillAloneMs(prof, start, computeTokens);
+  // interference of the booked decoding requests: one decode token each in every chunk step,
+  // split into its prefill-group (token curve) and decode-group (per-sequence, KV read) parts
+  let decodePart = 0;
   const d = p.load.decodeReqs;
   if (d > 0) {
     const budget = p.inst.engine.maxNumBatchedTokens;
     const steps = Math.ceil(computeTokens / Math.max(1, budget - d));
-    const perStep = m.decodeSeqMs * d + (curveMs(m, Math.min(budget, computeTokens) + d) - curveMs(m, Math.min(budget, computeTokens))) + m.kvReadMsPerToken * p.load.decodeCtxTokens;
-    prefill += steps * perStep;
+    prefill += steps * (curveMs(m, Math.min(budget, computeTokens) + d) - curveMs(m, Math.min(budget, computeTokens)));
+    decodePart = steps * (m.decodeSeqMs * d + m.kvReadMsPerToken * p.load.decodeCtxTokens);
   }
   const cap = p.inst.engine.kvCapacityTokens;
   const over = p.load.kvTokens + P + p.outputTokens - cap;
   if (over > 0 && Number.isFinite(cap)) prefill += over * slopeLast(m);
   const ready = prepareMs + linkWaitMs + xferMs;
   const queueMs = Math.max(0, p.backlogMs - ready) + m.frontendMsPerRequest;
-  const prefillMs = prefill + m.apiMs;
+  const prefillMs = prefill + decodePart + m.apiMs;
   out.prepareMs = prepareMs;
   out.linkWaitMs = linkWaitMs;
   out.transferMs = xferMs;
@@ -166,6 +179,8 @@ export function predictInto(out: Prediction, p: PredictInput): Prediction {
   out.ttftMs = ready + queueMs + loadMs + prefillMs;
   out.transferTokens = transferTokens;
   out.computeTokens = computeTokens;
-  out.workMs = prefill + loadMs;
+  out.workMs = prefill + decodePart + loadMs;
+  out.workDecodeMs = decodePart;
+  out.engineMade = true;
   return out;
 }

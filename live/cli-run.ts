@@ -67,6 +67,7 @@ interface GatewayFlags {
   model?: string;
   seed: number;
   injectionType: boolean;
+  calibrate: boolean;
   upstream: 'stream' | 'direct';
   healthMs: number;
   decisionHeader: boolean;
@@ -104,6 +105,7 @@ function registerGateway(program: Command): void {
     .option('--model <name>', 'served model name (default: asked from the first backend)')
     .option('--seed <n>', 'engine seed', seedArg, 1)
     .option('--no-injection-type', "ignore the body's Injection_type instead of forcing it")
+    .option('--no-calibrate', "keep the engine's step model as the profile gives it (default: calibrate it online from observed first-token and completion times)")
     .option('--upstream <mode>', 'non-streaming client requests: stream (observe TTFT, assemble) | direct', choiceArg('--upstream', ['stream', 'direct'] as const), 'stream')
     .option('--health-ms <ms>', 'backend /health poll period (0 = off)', numberArg('--health-ms', { min: 0 }), 1000)
     .option('--no-decision-header', 'do not send the x-kvlab-decision response header')
@@ -141,6 +143,7 @@ function registerGateway(program: Command): void {
         model: f.model,
         seed: f.seed,
         honorInjectionType: f.injectionType,
+        calibrate: f.calibrate,
         upstreamMode: f.upstream,
         health: { intervalMs: f.healthMs },
         decisionHeader: f.decisionHeader,

@@ -190,6 +190,8 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
       out: join(out, 'live'),
       model: MODEL,
       seed: opts.seed ?? 1,
+      // the simulator it is compared with predicts with the exact profile: no online calibration
+      calibrate: false,
       keepRequests: true,
       ...(opts.kvEvents ? { kvEvents: kvPorts.map((p) => ({ endpoint: `tcp://127.0.0.1:${p}` })) } : {}),
     });

@@ -85,6 +85,11 @@ export interface GatewayOptions {
   seed?: number;
   /** insert routed prefixes into the engine index at dispatch (default true). */
   predictOnRoute?: boolean;
+  /**
+   * online calibration of the engine's step model from the observed first-token and completion
+   * times (engine/calibration.ts; default true: it is what makes predictions track real GPUs).
+   */
+  calibrate?: boolean;
   /** force the body's `Injection_type` (default true); false ignores it. */
   honorInjectionType?: boolean;
   /** non-streaming client requests: `stream` (default: stream upstream, assemble, observe TTFT) or `direct`. */
@@ -181,7 +186,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
   const blockSize = cluster.instances[0]!.engine.blockSizeTokens;
   let strategyName = opts.strategy;
   let strategyParams = { ...(rc.strategyParams[opts.strategy] ?? {}), ...(opts.strategyParams ?? {}) };
-  const engine = new Engine(cluster, createStrategy(strategyName, strategyParams), { seed: opts.seed ?? 1, predictOnRoute: opts.predictOnRoute });
+  const engine = new Engine(cluster, createStrategy(strategyName, strategyParams), { seed: opts.seed ?? 1, predictOnRoute: opts.predictOnRoute, calibrate: opts.calibrate ?? true });
   const backends = opts.backends.map((s, i) => new Backend({ ...s, id: ids[i]! }, i, opts.pool));
   const kdnUrl = opts.kdnUrl ? opts.kdnUrl.replace(/\/+$/, '') : null;
   const store = new KnowledgeStore(kdnUrl, { refreshMs: opts.catalogueRefreshMs });

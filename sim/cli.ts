@@ -5,6 +5,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { intArg, keyValueArg, numberArg, outDirArg, seedArg } from '../bin/options.js';
 import { checkStrategyParams, STRATEGY_NAMES } from '../engine/strategies/index.js';
 import { checkWorkloadOptions, WORKLOAD_NAMES, type WorkloadName } from '../traces/load.js';
+import type { StepFactors } from '../engine/calibration.js';
 import { DEFAULT_SLO, type Slo } from './metrics.js';
 import { capacityTable, runCapacity } from './capacity.js';
 import { runAb, runSim, type RunOptions, type Summary } from './run.js';
@@ -80,6 +81,23 @@ export function sloArg(v: string): Slo {
   return out;
 }
 
+/**
+ * Parses `--engine-scale prefill=X,decode=Y` (an omitted key is 1).
+ * @throws InvalidArgumentError naming the key for an unknown key or a non-positive factor
+ */
+export function factorsArg(v: string): StepFactors {
+  const out: StepFactors = { prefill: 1, decode: 1 };
+  for (const part of v.split(',').map((x) => x.trim()).filter(Boolean)) {
+    const i = part.indexOf('=');
+    const k = i > 0 ? part.slice(0, i).trim() : part;
+    const n = i > 0 ? Number(part.slice(i + 1)) : NaN;
+    if (k !== 'prefill' && k !== 'decode') throw new InvalidArgumentError(`--engine-scale: unknown key "${k}" (use prefill=X,decode=Y)`);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`--engine-scale ${k} must be a positive factor (got "${part.slice(i + 1)}")`);
+    out[k] = n;
+  }
+  return out;
+}
+
 /** Shared input/cluster flags of sim and ab. */
 function addCommon(c: Command): Command {
   return c
@@ -96,6 +114,9 @@ function addCommon(c: Command): Command {
     .option('--skip-bad-lines', 'skip and count malformed trace lines instead of stopping')
     .option('--limit <n>', 'only the first n requests of the trace', positiveInt('--limit'))
     .option('--noise-cv <x>', 'step-time noise coefficient of variation (default 0.02)', numberArg('--noise-cv', { min: 0 }))
+    .option('--engine-profile <name|file>', "profile the engine predicts with (default: the cluster's); instances still run on the cluster's")
+    .option('--engine-scale <prefill=X,decode=Y>', "multiply the engine profile's prefill-group / decode-group step terms (mismatched predictor)", factorsArg)
+    .option('--calibrate', "online calibration of the engine's step model from observed first-token and completion times")
     .option('--slo <ttft=MS,tbt=MS>', `SLO of the goodput in summary.json (default ttft=${DEFAULT_SLO.ttftMs},tbt=${DEFAULT_SLO.tbtMs})`, sloArg)
     .option('--max-concurrency <n>', 'client cap on requests in flight (like vllm bench serve --max-concurrency; default none)', positiveInt('--max-concurrency'))
     .option('--router-replicas <r>', 'router replicas behind a load balancer, each with its own engine (default 1)', intArg('--router-replicas', { min: 1, max: 64 }))
@@ -131,6 +152,9 @@ function inputAndCluster(o: Record<string, any>): Omit<RunOptions, 'strategy'> {
     routerReplicas: o.routerReplicas,
     replicaSyncMs: o.replicaSyncMs === 'none' ? null : o.replicaSyncMs,
     replicaPick: o.replicaPick,
+    engineProfile: o.engineProfile,
+    engineScale: o.engineScale,
+    calibrate: !!o.calibrate,
   };
 }
 

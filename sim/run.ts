@@ -14,7 +14,9 @@ import { loadTrace, loadWorkload, type WorkloadName } from '../traces/load.js';
 import type { LoadedTrace } from '../traces/schema.js';
 import { readClusterFile, resolveCluster, type ClusterOptions, type ResolvedCluster } from './cluster.js';
 import { DEFAULT_SLO, observed, r3, summarize, timeseries, writeRecords, type Slo, type SummaryCore } from './metrics.js';
-import { DEFAULT_LONG_CONTEXT_PROFILE, DEFAULT_PROFILE } from './profiles.js';
+import { DEFAULT_LONG_CONTEXT_PROFILE, DEFAULT_PROFILE, loadProfile } from './profiles.js';
+import { scaleProfile, type StepFactors } from '../engine/calibration.js';
+import type { ClusterSpec, Profile } from '../engine/types.js';
 import { simulate, type ReplicaOptions } from './simulator.js';
 
 /** Where requests come from. */
@@ -54,6 +56,12 @@ export interface RunOptions extends InputSpec, ClusterOptions {
   slo?: Slo;
   /** client cap on requests in flight (default from the cluster file `sim.maxConcurrency`, else none). */
   maxConcurrency?: number;
+  /** the engine predicts with this profile (name or file; default: the cluster's own). */
+  engineProfile?: string;
+  /** multiplies the engine profile's prefill-group and decode-group step terms (mismatch experiments). */
+  engineScale?: StepFactors;
+  /** online calibration of the engine's step model (engine/calibration.ts). */
+  calibrate?: boolean;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -69,6 +77,8 @@ export interface Summary extends SummaryCore {
   ttft_quantiles_ms: number[];
   wall_ms: number;
   sim_requests_per_s: number;
+  /** the engine's calibrated step factors at the end of the run (1, 1 without calibration). */
+  engine_step_factors: StepFactors;
   /** peak resident set size of the process so far, MiB. */
   peak_rss_mib: number;
   /** router replicas, their sync delay (ms, null = none) and op-log entries exchanged: only when more than one. */
@@ -130,7 +140,8 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
   const replicas = replicaOptions(opts, () => createStrategy(opts.strategy, params));
   const t0 = performance.now();
   const maxConcurrency = opts.maxConcurrency ?? rc.maxConcurrency;
-  const o = simulate(t.requests, { cluster: rc.spec, strategy, seed, stepNoiseCv: noise, onProgress: opts.onProgress, maxConcurrency, ...(replicas ? { replicas } : {}) });
+  const engineCluster = engineClusterFor(rc.spec, opts.engineProfile, opts.engineScale);
+  const o = simulate(t.requests, { cluster: rc.spec, engineCluster, calibrate: opts.calibrate, strategy, seed, stepNoiseCv: noise, onProgress: opts.onProgress, maxConcurrency, ...(replicas ? { replicas } : {}) });
   const obs = observed(o);
   const core = summarize(o, obs, opts.slo ?? DEFAULT_SLO);
   const kdnIds = rc.spec.kdns.map((k) => k.id);
@@ -162,6 +173,7 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
     profile: rc.spec.instances[0]!.profile.name,
     ...core,
     ttft_quantiles_ms: quant,
+    engine_step_factors: { prefill: r3(o.stepFactors.prefill), decode: r3(o.stepFactors.decode) },
     wall_ms: Math.round(wall),
     sim_requests_per_s: wall > 0 ? Math.round((t.requests.length / wall) * 1000) : 0,
     peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),
@@ -182,6 +194,31 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
   return { summary, outDir };
 }
 
+/**
+ * The engine's model of the cluster: the same instances, KDNs and links with the engine's
+ * profile (`engineProfile`, default each instance's own) scaled by `scale`; undefined when it
+ * equals the cluster (no profile, no scale).
+ * @throws Error for an unknown profile or a non-positive scale
+ */
+export function engineClusterFor(spec: ClusterSpec, engineProfile?: string, scale?: StepFactors): ClusterSpec | undefined {
+  if (engineProfile === undefined && scale === undefined) return undefined;
+  if (scale && !(scale.prefill > 0 && scale.decode > 0 && Number.isFinite(scale.prefill) && Number.isFinite(scale.decode))) throw new Error(`engine scale must be positive (got prefill=${scale.prefill}, decode=${scale.decode})`);
+  const base = engineProfile !== undefined ? loadProfile(engineProfile) : null;
+  const cache = new Map<Profile, Profile>();
+  return {
+    ...spec,
+    instances: spec.instances.map((s) => {
+      const p0 = base ?? s.profile;
+      let p = cache.get(p0);
+      if (!p) {
+        p = scale ? scaleProfile(p0, scale) : p0;
+        cache.set(p0, p);
+      }
+      return { ...s, profile: p };
+    }),
+  };
+}
+
 function configJson(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster, params: Record<string, unknown>, seed: number, noise: number): Record<string, unknown> {
   return {
     kvlab_version: KVLAB_VERSION,
@@ -191,6 +228,11 @@ function configJson(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster, param
     strategy_params: params,
     seed,
     sim: { step_noise_cv: noise, max_concurrency: opts.maxConcurrency ?? rc.maxConcurrency ?? null, ...((opts.routerReplicas ?? 1) > 1 ? { router_replicas: opts.routerReplicas, replica_sync_ms: opts.replicaSyncMs ?? 0, replica_pick: opts.replicaPick ?? 'round-robin' } : {}) },
+    engine: {
+      profile: opts.engineProfile ?? null,
+      scale: opts.engineScale ?? null,
+      calibrate: !!opts.calibrate,
+    },
     cluster: {
       instances: rc.spec.instances.map((s) => ({ id: s.id, profile: s.profile.name, engine: { ...s.engine, kvCapacityTokens: Number.isFinite(s.engine.kvCapacityTokens) ? s.engine.kvCapacityTokens : 'inf' } })),
       kdns: rc.spec.kdns.map((k) => ({ id: k.id, compression: k.compression, text_fetch_ms: k.textFetchMs, knowledge: k.knowledge ? [...k.knowledge] : 'all' })),

@@ -59,6 +59,13 @@ export interface SimOptions {
    * completes or is rejected. Default: no cap.
    */
   maxConcurrency?: number;
+  /**
+   * The engine's model of the cluster when it differs from the truth the instances run on
+   * (`--engine-profile`, `--engine-scale`): same instances, links and KDNs, other profiles.
+   */
+  engineCluster?: ClusterSpec;
+  /** online calibration of the engine's step model (engine/calibration.ts). */
+  calibrate?: boolean;
   /** several router replicas behind a load balancer (default: one router). */
   replicas?: ReplicaOptions;
 }
@@ -122,6 +129,8 @@ export interface SimOutcome {
   /** router replicas (absent with one router): count, sync delay (ms, null = none), op-log entries sent. */
   replicas?: { count: number; syncMs: number | null; ops: number };
   apiMs: number[];
+  /** the engine's calibrated step factors at the end (1, 1 without calibration). */
+  stepFactors: { prefill: number; decode: number };
 }
 
 /**
@@ -140,10 +149,12 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
   let dHead = 0;
   const N = requests.length;
   const nI = cluster.instances.length;
-  const engine = new Engine(cluster, opts.strategy, { seed: opts.seed ?? 1, predictOnRoute: opts.predictOnRoute });
+  const engineCluster = opts.engineCluster ?? cluster;
+  if (engineCluster.instances.length !== cluster.instances.length) throw new Error(`engine cluster has ${engineCluster.instances.length} instances, the cluster ${cluster.instances.length}`);
+  const engine = new Engine(engineCluster, opts.strategy, { seed: opts.seed ?? 1, predictOnRoute: opts.predictOnRoute, calibrate: opts.calibrate });
   // router replicas: engines[0] is `engine`; the others get their own strategy object and seed
   const reps = opts.replicas;
-  const engines = [engine, ...(reps?.strategies ?? []).map((st, k) => new Engine(cluster, st, { seed: replicaSeed(opts.seed ?? 1, k + 1), predictOnRoute: opts.predictOnRoute }))];
+  const engines = [engine, ...(reps?.strategies ?? []).map((st, k) => new Engine(engineCluster, st, { seed: replicaSeed(opts.seed ?? 1, k + 1), predictOnRoute: opts.predictOnRoute, calibrate: opts.calibrate }))];
   const R = engines.length;
   const syncMs = reps?.syncMs ?? null;
   if (syncMs !== null && !(syncMs >= 0)) throw new Error(`replica sync delay must be >= 0 ms or none, got ${syncMs}`);
@@ -254,6 +265,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     endMs: 0,
     events: 0,
     apiMs: cluster.instances.map((s) => s.profile.step.apiMs),
+    stepFactors: { prefill: 1, decode: 1 },
   };
   const instOf = new Int32Array(N).fill(-1);
 
@@ -528,6 +540,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     preemptions: c.preemptions,
   }));
   out.transfers = transfers.map((x) => Float64Array.from(x));
+  out.stepFactors = engine.stepFactors();
   return out;
 }
 

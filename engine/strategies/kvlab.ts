@@ -155,7 +155,7 @@ export class KvlabStrategy implements Strategy {
       consider(i, 'kvcache', kc.reuseTokens);
       if (!this.p.hybrid) continue;
       // hybrid candidates around the point where the transfer stops being hidden
-      const inst = ctx.cluster.instances[i]!;
+      const inst = ctx.spec(i);
       const kdn = ctx.cluster.kdns[kc.kdn]!;
       const link = ctx.cluster.links[kc.kdn]![i]!;
       const perToken = transferMs(kvWireBytes(1e6, inst.profile.model.kvBytesPerToken, kdn), { ...link, latencyMs: 0 }) / 1e6;
@@ -173,7 +173,7 @@ export class KvlabStrategy implements Strategy {
       const link = ctx.cluster.peerLink ?? PEER_LINK_DEFAULT;
       for (let i = 0; i < ctx.n; i++) {
         if (!ctx.isUp(i) || i === peer.from || peer.tokens <= ctx.cachedTokens(i)) continue;
-        const prof = ctx.cluster.instances[i]!.profile;
+        const prof = ctx.spec(i).profile;
         const w = prefillAloneMs(prof, peer.tokens, req.inputTokens - peer.tokens);
         const ready = ctx.peerLinkWaitMs(peer.from, i) + transferMs((peer.tokens - ctx.cachedTokens(i)) * prof.model.kvBytesPerToken, link);
         const lb = Math.max(ready, ctx.backlogMs(i)) + prof.step.frontendMsPerRequest + prof.step.apiMs + w + (this.p.workWeight + this.p.queueWeight * ctx.load(i).prefillReqs + aw * w) * w;
@@ -192,7 +192,7 @@ export class KvlabStrategy implements Strategy {
     if (peerPick) choice.peer = peerPick;
     if (this.p.ttftSloMs > 0 && bestPred.ttftMs > this.p.ttftSloMs) choice.reject = `predicted TTFT ${Math.round(bestPred.ttftMs)} ms > SLO ${this.p.ttftSloMs} ms`;
     else if (this.p.tbtSloMs > 0) {
-      const tbt = tbtEstimateMs(ctx.cluster.instances[bestI]!, ctx.load(bestI));
+      const tbt = tbtEstimateMs(ctx.spec(bestI), ctx.load(bestI));
       if (tbt > this.p.tbtSloMs) choice.reject = `predicted TBT ${Math.round(tbt)} ms > SLO ${this.p.tbtSloMs} ms`;
     }
     return choice;
