@@ -47,7 +47,7 @@ import { registerOps } from './gateway/ops.js';
 import { registerPipeline } from './gateway/pipeline.js';
 import { GatewayRecords } from './gateway/records.js';
 import { Upstream } from './gateway/upstream.js';
-import { PeerSync } from './gateway/peers.js';
+import { defaultReplicaId, PeerSync } from './gateway/peers.js';
 
 export { forceIntent } from './gateway/booking.js';
 export { KdnUnavailable, KnowledgeStore, words, type KnowledgeItem } from './gateway/knowledge.js';
@@ -190,7 +190,9 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
   const backends = opts.backends.map((s, i) => new Backend({ ...s, id: ids[i]! }, i, opts.pool));
   const kdnUrl = opts.kdnUrl ? opts.kdnUrl.replace(/\/+$/, '') : null;
   const store = new KnowledgeStore(kdnUrl, { refreshMs: opts.catalogueRefreshMs });
-  const runIds = new RunIds();
+  // gateway replicas number their requests under their own replica id (ids unique at the backends)
+  const replicaId = opts.peers ? (opts.peers.replicaId ?? defaultReplicaId()) : null;
+  const runIds = new RunIds(replicaId ? `gw-${replicaId.replace(/[^\w.-]/g, '_')}` : 'gw');
 
   // records (not kept in memory: a gateway runs long; close() reads the file back for the summary)
   const recorder = opts.out
@@ -228,7 +230,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
   const records = new GatewayRecords(recorder, booking, ids, kdnIds, now);
   records.engineGauges(engine);
   // gateway replicas: catch up on the op-log before serving
-  const peers = opts.peers ? new PeerSync({ ...opts.peers, engine, now, registry: records.registry, log: (m) => process.stderr.write(m + '\n') }) : null;
+  const peers = opts.peers ? new PeerSync({ ...opts.peers, replicaId: replicaId!, engine, now, registry: records.registry, log: (m) => process.stderr.write(m + '\n') }) : null;
   if (peers) {
     await peers.start();
     booking.peers = peers;

@@ -182,6 +182,19 @@ describeRedis('gateway replicas (--peers)', () => {
     expect(apart.hit, msg).toBeLessThan(0.95 * single.hit);
   });
 
+  it('replicas number their own requests under their replica id, so two gateways never send one id to a backend', async () => {
+    const { RunIds } = await import('../live/gateway/context.js');
+    expect(new RunIds('gw-a').next(undefined).id).toBe('gw-a-0');
+    expect(new RunIds().next(undefined).id).toBe('gw-0');
+    const two = await gatewaysFor('ids', 2, true);
+    const r = await Promise.all(two.gws.map((g) => request(`${g.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: MODEL, prompt: 'same first request on both', max_tokens: 2 }) })));
+    for (const x of r) {
+      expect(x.statusCode).toBe(200);
+      await x.body.text();
+    }
+    await closeAll(two.gws);
+  });
+
   it('SIGKILL one gateway mid-burst: the others keep routing and its bookings expire', async () => {
     const profileFile = join(tmp, 'profile.json');
     writeFileSync(profileFile, JSON.stringify(PROFILE));

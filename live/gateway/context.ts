@@ -133,6 +133,9 @@ export class RunIds {
   private readonly used = new Set<string>();
   private seq = 0;
 
+  /** @param prefix of generated ids (`<prefix>-<n>`); gateway replicas use one per replica so their ids never collide at a backend. */
+  constructor(private readonly prefix = 'gw') {}
+
   /** Marks ids as used (those of an existing records.jsonl). */
   reserve(ids: Iterable<string>): void {
     for (const id of ids) this.used.add(id);
@@ -155,7 +158,7 @@ export class RunIds {
   next(header: string | undefined): { id: string; clientId: string | null } {
     const n = this.seq++;
     const clientId = header && REQUEST_ID_RE.test(header) ? header : null;
-    return { id: this.claim(clientId ?? `gw-${n}`), clientId };
+    return { id: this.claim(clientId ?? `${this.prefix}-${n}`), clientId };
   }
 }
 

@@ -28,6 +28,11 @@ import type { Decision, EngineRequest, KvEvent } from '../../engine/types.js';
 /** Default stream key. */
 export const OPLOG_STREAM = 'kvlab:gateway:oplog';
 
+/** A replica id for this process: host:pid:random. */
+export function defaultReplicaId(): string {
+  return `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+}
+
 /** Options of {@link PeerSync}. */
 export interface PeerSyncOptions {
   /** redis://HOST:PORT/DB */
@@ -93,7 +98,7 @@ export class PeerSync {
   private readonly log: (m: string) => void;
 
   constructor(private readonly o: PeerSyncOptions) {
-    this.replicaId = o.replicaId ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+    this.replicaId = o.replicaId ?? defaultReplicaId();
     if (this.replicaId.includes('|')) throw new Error(`--replica-id "${this.replicaId}": must not contain "|"`);
     this.stream = o.stream ?? OPLOG_STREAM;
     this.heartbeatMs = o.heartbeatMs ?? 1000;
