@@ -6,20 +6,34 @@
  * both drivers in the same order. Time is always passed in (ms); the engine has no clock.
  */
 import seedrandom from 'seedrandom';
+import { KnowledgeTree } from './doc-order.js';
 import { LinkBook } from './links.js';
 import { LoadBook, type InstanceLoad } from './load.js';
 import { Calibrator, scaleProfile, type CalibrationOptions, type StepFactors } from './calibration.js';
 import { curveMs } from './costmodel.js';
 import { OutputLengthPredictor, type OutputLengthOptions } from './output-length.js';
-import { emptyPrediction, predictInto, type PredictInput, type Prediction } from './predict.js';
+import { emptyPrediction, overlapMeetSplit, predictInto, type PredictInput, type Prediction } from './predict.js';
 import { PrefixIndex } from './prefix-index.js';
-import type { Alternative, CausalRequest, ClusterSpec, Decision, EngineRequest, InstanceMetrics, InstanceSpec, Intent, KvEvent, LinkSpec, Profile } from './types.js';
+import { blendRecomputeTokens, blendSpans, kdnCoverage, spanTokensFrom } from './knowledge.js';
+import { intentRecord, type Alternative, type CausalRequest, type ClusterSpec, type Decision, type EngineRequest, type InstanceMetrics, type InstanceSpec, type Intent, type KvEvent, type LinkSpec, type Profile } from './types.js';
+
+export { kdnCoverage } from './knowledge.js';
 
 /** The KDN chosen to serve a request's knowledge on one instance. */
 export interface KdnChoice {
   kdn: number;
   /** prompt-prefix tokens whose KV that KDN can provide (chunk-aligned, < prompt). */
   reuseTokens: number;
+  linkWaitMs: number;
+}
+
+/** The KDN chosen to serve a blended (CacheBlend) reuse on one instance. */
+export interface BlendChoice {
+  kdn: number;
+  /** prompt spans [start, end) whose KV that KDN provides (every document it holds, full chunks). */
+  spans: ReadonlyArray<readonly [number, number]>;
+  /** tokens of `spans` beyond the instance's local prefix hit: what is transferred and loaded. */
+  tokens: number;
   linkWaitMs: number;
 }
 
@@ -61,7 +75,17 @@ export interface DecideContext {
   metrics(i: number): InstanceMetrics | null;
   /** predicted wait (ms) for the instance->instance KV link from -> to. */
   peerLinkWaitMs(from: number, to: number): number;
-  /** predicted breakdown of an option; reuse defaults to the KDN's full coverage. */
+  /**
+   * best KDN for a blended reuse on instance i (most span tokens beyond the local hit, then least
+   * link wait); null when the request has no knowledge, the instance does not blend or no KDN
+   * holds any of its documents.
+   */
+  blendFor(i: number): BlendChoice | null;
+  /**
+   * predicted breakdown of an option; reuse defaults to the KDN's full coverage. For `overlap`,
+   * `reuseTokens` is the split point (default: where head compute meets tail load); for `blend`
+   * it is ignored (every document span the KDN holds).
+   */
   predict(i: number, intent: Intent, reuseTokens?: number): Prediction;
   /**
    * `predict` writing into `out` (no allocation). `peer` = a prefix moved from another instance
@@ -74,7 +98,10 @@ export interface DecideContext {
 export interface StrategyChoice {
   instance: number;
   intent: Intent;
-  /** KV tokens to take from the KDN (kvcache/hybrid); default: full coverage for kvcache. */
+  /**
+   * KV tokens to take from the KDN (kvcache/hybrid); default: full coverage for kvcache.
+   * overlap: the split point (default: where compute meets load); blend: ignored.
+   */
   reuseTokens?: number;
   alternatives: Alternative[];
   reason: string;
@@ -146,6 +173,12 @@ export interface EngineOptions {
    * (engine/calibration.ts): true or options = on. Default off.
    */
   calibrate?: boolean | Partial<CalibrationOptions>;
+  /**
+   * The application allows a request's documents to be reordered: `documentOrder()` gives the
+   * canonical order (engine/doc-order.ts, RAGCache's knowledge tree) and every dispatched order
+   * is recorded in the tree. Default false.
+   */
+  reorderDocuments?: boolean;
 }
 
 /** Default instance->instance KV link: one 200 Gbit/s RDMA NIC (Mooncake's nodes have four), 0.01 ms, CacheRoute's 0.825 efficiency. */
@@ -200,8 +233,10 @@ export class Engine {
   private last: { req: EngineRequest; now: number; ctx: DecideContext; d: Decision; pred: Prediction } | null = null;
   /** what the last onDispatch booked (for `dispatchOp`). */
   private readonly booked = { computeTokens: 0, workMs: 0, transferTokens: 0, transferMs: 0 };
+  /** document-sequence tree when documents may be reordered (null otherwise). */
+  readonly knowledgeTree: KnowledgeTree | null;
   /** decisions made, per intent. */
-  readonly intentCounts: Record<Intent, number> = { none: 0, text: 0, kvcache: 0, hybrid: 0 };
+  readonly intentCounts: Record<Intent, number> = intentRecord();
   /** requests the strategy rejected (admission control). */
   rejections = 0;
   /** online calibration (null = off) and the calibrated view of every instance. */
@@ -240,6 +275,7 @@ export class Engine {
     this.cumP = new Float64Array(n);
     this.held = Array.from({ length: n }, () => []);
     this.heldHead = new Array<number>(n).fill(0);
+    this.knowledgeTree = opts.reorderDocuments ? new KnowledgeTree() : null;
     this.scratch = {
       inst: cluster.instances[0]!,
       load: this.loads.loads[0]!,
@@ -255,6 +291,19 @@ export class Engine {
   }
 
   /**
+   * The canonical prompt order of a request's documents when reordering is on
+   * (`reorderDocuments`) and the request has two or more: popular / already-dispatched
+   * sequences first (engine/doc-order.ts). null = keep the order. The driver rebuilds the
+   * request in that order (sim: traces/blocks.ts `reorderRequest`; live: the prompt text) before
+   * `decide`.
+   */
+  documentOrder(req: EngineRequest): EngineRequest['knowledge'] | null {
+    if (!this.knowledgeTree || req.knowledge.length < 2) return null;
+    const o = this.knowledgeTree.order(req.knowledge);
+    return o.every((d, i) => d.kid === req.knowledge[i]!.kid) ? null : o;
+  }
+
+  /**
    * Decides instance, KDN, intent and reuse for a request at time `now` (ms). Does not book
    * anything: call `onDispatch` with the result when the request is actually sent. A decision
    * with `rejected` set (admission control) must not be dispatched.
@@ -266,26 +315,62 @@ export class Engine {
     const c = this.strategy.decide(ctx);
     let intent = c.intent;
     if (req.knowledgeTokens <= 0) intent = 'none';
-    const kc = intent === 'kvcache' || intent === 'hybrid' ? ctx.kdnFor(c.instance) : null;
-    let reuse = 0;
+    const inst = this.cluster.instances[c.instance]!;
     let reason = c.reason;
-    if (intent === 'kvcache' || intent === 'hybrid') {
-      if (!kc || kc.reuseTokens <= 0) {
+    // capabilities: blend / overlap only where the instance declares them
+    if ((intent === 'blend' && !inst.blend) || (intent === 'overlap' && !inst.overlap)) {
+      reason += `;no-${intent}-capability`;
+      intent = 'kvcache';
+    }
+    let reuse = 0;
+    let kdn = -1;
+    if (intent === 'blend') {
+      const bc = ctx.blendFor(c.instance);
+      if (!bc || bc.tokens <= 0) {
         intent = 'text';
         reason += ';no-kdn-kv';
-      } else reuse = Math.min(c.reuseTokens ?? kc.reuseTokens, kc.reuseTokens);
+      } else {
+        kdn = bc.kdn;
+        for (const [s, e] of bc.spans) reuse += e - s;
+      }
+    }
+    const kc = intent === 'kvcache' || intent === 'hybrid' || intent === 'overlap' ? ctx.kdnFor(c.instance) : null;
+    if (intent === 'kvcache' || intent === 'hybrid' || intent === 'overlap') {
+      if (!kc || kc.reuseTokens <= ctx.cachedTokens(c.instance)) {
+        // nothing beyond the local hit to load (or no KDN): the knowledge goes as text
+        if (!kc || kc.reuseTokens <= 0) reason += ';no-kdn-kv';
+        if (!kc || intent === 'overlap') intent = 'text';
+      }
+      if (kc && intent !== 'text') {
+        kdn = kc.kdn;
+        reuse = intent === 'overlap' ? kc.reuseTokens : Math.min(c.reuseTokens ?? kc.reuseTokens, kc.reuseTokens);
+      }
       if (intent === 'hybrid' && reuse >= (kc?.reuseTokens ?? 0)) intent = 'kvcache';
       if (intent !== 'text' && reuse <= 0) intent = 'text';
     }
     const peer = c.peer && c.peer.from !== c.instance && c.peer.tokens > ctx.cachedTokens(c.instance) && (intent === 'none' || intent === 'text') ? c.peer : undefined;
-    const pred = c.prediction !== undefined && intent === c.intent ? c.prediction : ctx.predictInto(emptyPrediction(), c.instance, intent, reuse, peer);
+    let pred: Prediction;
+    if (c.prediction !== undefined && intent === c.intent) pred = c.prediction;
+    else pred = ctx.predictInto(emptyPrediction(), c.instance, intent, intent === 'overlap' ? c.reuseTokens : reuse, peer);
+    if (intent === 'overlap' && pred.transferTokens <= 0) {
+      // the split reached the end of the KV: everything is computed
+      intent = 'text';
+      pred = ctx.predict(c.instance, 'text', 0);
+    } else if (intent === 'overlap' && reuse - pred.transferTokens <= ctx.cachedTokens(c.instance)) {
+      intent = 'kvcache'; // nothing computed before the tail: that is loading it all
+      pred = ctx.predict(c.instance, 'kvcache', reuse);
+    }
+    if (intent === 'text' || intent === 'none') {
+      kdn = -1;
+      reuse = 0;
+    }
     const d: Decision = {
       requestId: req.id,
       strategy: this.strategy.name,
       instance: c.instance,
-      kdn: kc && intent !== 'text' && intent !== 'none' ? kc.kdn : -1,
+      kdn,
       intent,
-      reusedTokens: intent === 'kvcache' || intent === 'hybrid' ? reuse : 0,
+      reusedTokens: reuse,
       cachedTokens: ctx.cachedTokens(c.instance),
       predicted: {
         prepareMs: pred.prepareMs,
@@ -305,6 +390,7 @@ export class Engine {
       d.rejected = c.reject;
       this.rejections++;
     }
+    if (intent === 'overlap') d.overlapSplit = reuse - pred.transferTokens;
     this.last = { req, now, ctx, d, pred };
     return d;
   }
@@ -321,7 +407,7 @@ export class Engine {
     this.last = null;
     const reuse = last !== null && last.req === req && last.now === now && last.d === d;
     const ctx = reuse ? last.ctx : this.context(req, now);
-    const pred = reuse ? last.pred : ctx.predictInto(emptyPrediction(), d.instance, d.intent, d.reusedTokens, d.peer);
+    const pred = reuse ? last.pred : ctx.predictInto(emptyPrediction(), d.instance, d.intent, d.intent === 'overlap' ? d.overlapSplit : d.reusedTokens, d.peer);
     this.loads.book(req.id, d.instance, now, pred.computeTokens, req.inputTokens + d.expectedOutputTokens, req.inputTokens, pred.workMs);
     let start = -1;
     if (d.kdn >= 0 && pred.transferTokens > 0) {
@@ -349,6 +435,7 @@ export class Engine {
     });
     this.intentCounts[d.intent]++;
     if (this.predictOnRoute && req.blocks.length) this.index.add(d.instance, req.blocks);
+    this.knowledgeTree?.observe(req.knowledge);
     this.strategy.onDispatch?.(ctx, d);
     const b = this.booked;
     b.computeTokens = pred.computeTokens;
@@ -603,6 +690,9 @@ class EngineContext implements DecideContext {
   readonly n: number;
   private coverage: number[] | null = null;
   private readonly peerLink: LinkSpec;
+  /** blend spans per KDN for the current request (computed on first use). */
+  private spans: Array<Array<[number, number]>> | null = null;
+  private readonly meetScratch = emptyPrediction();
 
   constructor(
     readonly cluster: ClusterSpec,
@@ -628,6 +718,22 @@ class EngineContext implements DecideContext {
     this.match.fill(0);
     this.bestMatch = req.blocks.length ? this.index.match(req.blocks, this.match) : 0;
     this.coverage = kdnCoverage(this.cluster, req);
+    this.spans = null;
+  }
+
+  blendFor(i: number): BlendChoice | null {
+    const req = this.req;
+    if (req.knowledgeTokens <= 0 || req.knowledge.length === 0 || !this.cluster.instances[i]!.blend) return null;
+    this.spans ??= this.cluster.kdns.map((k) => blendSpans(k, req, this.cluster.chunkTokens));
+    const hit = this.cachedTokens(i);
+    let best: BlendChoice | null = null;
+    for (let k = 0; k < this.spans.length; k++) {
+      const t = spanTokensFrom(this.spans[k]!, hit);
+      if (t <= 0) continue;
+      const w = this.links.waitMs(k, i, this.now);
+      if (!best || t > best.tokens || (t === best.tokens && w < best.linkWaitMs)) best = { kdn: k, spans: this.spans[k]!, tokens: t, linkWaitMs: w };
+    }
+    return best;
   }
 
   cachedTokens(i: number): number {
@@ -684,10 +790,9 @@ class EngineContext implements DecideContext {
   predictInto(out: Prediction, i: number, intent: Intent, reuseTokens?: number, peer?: { from: number; tokens: number }): Prediction {
     const req = this.req;
     const cluster = this.cluster;
-    const kc = intent === 'kvcache' || intent === 'hybrid' || req.knowledgeTokens > 0 ? this.kdnFor(i) : null;
-    const reuse = kc ? Math.min(reuseTokens ?? kc.reuseTokens, kc.reuseTokens) : 0;
+    const inst = this.view[i]!;
     const pi = this.scratch;
-    pi.inst = this.view[i]!;
+    pi.inst = inst;
     pi.load = this.loads.loads[i]!;
     pi.backlogMs = this.loads.backlogMs(i, this.now);
     pi.promptTokens = req.inputTokens;
@@ -695,7 +800,22 @@ class EngineContext implements DecideContext {
     pi.knowledgeTokens = req.knowledgeTokens;
     pi.cachedTokens = this.cachedTokens(i);
     pi.intent = intent;
-    pi.reuseTokens = reuse;
+    pi.blendTokens = 0;
+    pi.blendRecompute = 0;
+    pi.overlapSplit = undefined;
+    pi.peerTokens = 0;
+    if (intent === 'blend') {
+      const bc = this.blendFor(i);
+      pi.reuseTokens = 0;
+      pi.blendTokens = bc ? bc.tokens : 0;
+      pi.blendRecompute = bc && inst.blend ? blendRecomputeTokens(bc.tokens, inst.blend, inst.profile.model.layers) : 0;
+      pi.kdn = bc ? cluster.kdns[bc.kdn] : cluster.kdns[0];
+      pi.link = bc ? cluster.links[bc.kdn]![i] : undefined;
+      pi.linkWaitMs = bc ? bc.linkWaitMs : 0;
+      return predictInto(out, pi);
+    }
+    const kc = intent === 'kvcache' || intent === 'hybrid' || intent === 'overlap' || req.knowledgeTokens > 0 ? this.kdnFor(i) : null;
+    pi.reuseTokens = kc ? (intent === 'overlap' ? kc.reuseTokens : Math.min(reuseTokens ?? kc.reuseTokens, kc.reuseTokens)) : 0;
     pi.kdn = kc ? cluster.kdns[kc.kdn] : cluster.kdns[0];
     pi.link = kc ? cluster.links[kc.kdn]![i] : undefined;
     pi.linkWaitMs = kc ? kc.linkWaitMs : 0;
@@ -703,32 +823,13 @@ class EngineContext implements DecideContext {
       pi.peerTokens = peer.tokens;
       pi.peerLink = this.peerLink;
       pi.peerLinkWaitMs = this.peers.waitMs(peer.from, i, this.now);
-    } else pi.peerTokens = 0;
+    }
+    if (intent === 'overlap') {
+      if (reuseTokens === undefined) overlapMeetSplit(pi, cluster.chunkTokens, this.meetScratch);
+      else pi.overlapSplit = reuseTokens;
+    }
     return predictInto(out, pi);
   }
-}
-
-/**
- * Per KDN, the prompt-prefix tokens whose KV it can provide for `req`: the leading knowledge
- * documents it holds, chunk-aligned down (CacheRoute's eff = floor(K/256)·256), capped at
- * prompt - 1. null when the request has no knowledge or the cluster no KDN.
- */
-export function kdnCoverage(cluster: ClusterSpec, req: CausalRequest): number[] | null {
-  if (req.knowledgeTokens <= 0 || cluster.kdns.length === 0) return null;
-  const chunk = cluster.chunkTokens;
-  const out = new Array<number>(cluster.kdns.length);
-  for (let k = 0; k < cluster.kdns.length; k++) {
-    const kd = cluster.kdns[k]!;
-    let cov = 0;
-    for (const ref of req.knowledge) {
-      if (kd.knowledge !== null && !kd.knowledge.has(ref.kid)) break;
-      cov += ref.tokens;
-    }
-    if (req.knowledge.length === 0) cov = kd.knowledge === null ? req.knowledgeTokens : 0;
-    cov = Math.floor(cov / chunk) * chunk;
-    out[k] = Math.min(cov, req.inputTokens - 1);
-  }
-  return out;
 }
 
 /** Picks the index of the minimum of `score` over up instances; ties by lower load then rng. */

@@ -6,7 +6,7 @@
  */
 import { curveMs, kvLoadMs, kvWireBytes, prefillAloneMs, slopeLast, transferMs } from './costmodel.js';
 import type { InstanceLoad } from './load.js';
-import type { Breakdown, Intent, InstanceSpec, KdnSpec, LinkSpec } from './types.js';
+import type { Breakdown, Intent, InstanceSpec, KdnSpec, LinkSpec, Profile } from './types.js';
 
 /** Inputs of one prediction. */
 export interface PredictInput {
@@ -35,6 +35,18 @@ export interface PredictInput {
   peerLink?: LinkSpec;
   /** predicted wait for the peer link (ms). */
   peerLinkWaitMs?: number;
+  /**
+   * blend: KV tokens loaded from the KDN beyond the local prefix hit (every document's full
+   * chunks), and the tokens the instance computes again for them (engine/knowledge.ts
+   * `blendRecomputeTokens`).
+   */
+  blendTokens?: number;
+  blendRecompute?: number;
+  /**
+   * overlap: prompt position where the loaded tail starts; [hit, split) is computed while
+   * [split, reuseTokens) loads (default hit: load it all, overlapped with the queue only).
+   */
+  overlapSplit?: number;
 }
 
 /** Breakdown plus the quantities the engine books at dispatch. */
@@ -67,7 +79,15 @@ export interface Prediction extends Breakdown {
  *    (their per-step cost in every chunk step), plus the API overhead;
  *  - a KV-memory overflow (booked footprint beyond capacity) is charged as recompute of the overflow;
  *  - a peer transfer (`peerTokens`) is ready after the peer link's wait + raw-KV transfer, and
- *    the transferred prefix is not recomputed.
+ *    the transferred prefix is not recomputed;
+ *  - blend: the KV of every document span is transferred and loaded (`blendTokens`); the instance
+ *    computes the tokens outside them plus `blendRecompute` of them;
+ *  - overlap (Cake, Jin et al., ICML'25): the instance computes the head [hit, split) while the
+ *    tail [split, reuse) crosses the link and is retrieved (I/O beside the compute): ttft =
+ *    prepare + max(queue + head compute, link wait + tail transfer + tail KV load) + compute of the
+ *    rest + API (below the sum of the parts);
+ *  - blend: LMCache loads layer by layer while the blender recomputes (CacheBlend §5, pipelined
+ *    loading), so only the part of the KV load longer than the recompute shows (`kvLoadMs`).
  */
 export function predictOption(p: PredictInput): Prediction {
   return predictInto(emptyPrediction(), p);
@@ -132,16 +152,35 @@ export function predictInto(out: Prediction, p: PredictInput): Prediction {
   let loadMs = 0;
   let transferTokens = 0;
   let start = hit;
-  if ((p.intent === 'kvcache' || p.intent === 'hybrid') && p.kdn && p.link) {
+  // overlap: [hit, start) is the head computed while the tail [start, tailEnd) loads
+  let tailEnd = -1;
+  if (p.intent === 'blend' && p.kdn && p.link) {
+    const loaded = Math.max(0, Math.min(p.blendTokens ?? 0, P - 1 - hit));
+    if (loaded > 0) {
+      transferTokens = loaded;
+      linkWaitMs = p.linkWaitMs;
+      xferMs = transferMs(kvWireBytes(loaded, prof.model.kvBytesPerToken, p.kdn), p.link);
+      const recompute = Math.min(loaded, p.blendRecompute ?? 0);
+      loadMs = blendLoadMs(prof, loaded, hit, recompute);
+      // the loaded tokens not recomputed; what is computed is placed at the end of the prompt
+      start = hit + loaded - recompute;
+    }
+    if (loaded < p.knowledgeTokens) prepareMs = p.kdn.textFetchMs; // the rest as text
+  } else if ((p.intent === 'kvcache' || p.intent === 'hybrid' || p.intent === 'overlap') && p.kdn && p.link) {
+    // the KV of [from, reuse) is loaded: from the local hit on (kvcache, hybrid), or from the split (overlap)
     const reuse = Math.min(p.reuseTokens, P - 1);
-    if (reuse > hit) {
-      transferTokens = reuse - hit;
+    const from = p.intent === 'overlap' ? Math.min(reuse, Math.max(hit, p.overlapSplit ?? hit)) : hit;
+    if (reuse > from) {
+      transferTokens = reuse - from;
       linkWaitMs = p.linkWaitMs;
       xferMs = transferMs(kvWireBytes(transferTokens, prof.model.kvBytesPerToken, p.kdn), p.link);
       loadMs = kvLoadMs(prof.kvLoad, transferTokens);
-      start = reuse;
+      if (p.intent === 'overlap') {
+        start = from;
+        tailEnd = reuse;
+      } else start = reuse;
     }
-    if (reuse < p.knowledgeTokens && p.kdn) prepareMs = p.kdn.textFetchMs; // remainder as text
+    if (reuse < p.knowledgeTokens) prepareMs = p.kdn.textFetchMs; // remainder as text
   } else if (p.intent === 'text' && p.knowledgeTokens > 0 && p.kdn) {
     prepareMs = p.kdn.textFetchMs;
   }
@@ -152,8 +191,12 @@ export function predictInto(out: Prediction, p: PredictInput): Prediction {
     xferMs = transferMs(transferTokens * prof.model.kvBytesPerToken, p.peerLink);
     start = peer;
   }
-  const computeTokens = Math.max(1, P - start);
-  let prefill = prefillAloneMs(prof, start, computeTokens);
+  const headTokens = tailEnd >= 0 ? start - hit : 0;
+  const restFrom = tailEnd >= 0 ? tailEnd : start;
+  const computeTokens = Math.max(1, headTokens + P - restFrom);
+  const headMs = headTokens > 0 ? prefillAloneMs(prof, hit, headTokens) : 0;
+  let prefill = headMs + prefillAloneMs(prof, restFrom, Math.max(1, P - restFrom));
+  let headShare = headMs;
   // interference of the booked decoding requests: one decode token each in every chunk step,
   // split into its prefill-group (token curve) and decode-group (per-sequence, KV read) parts
   let decodePart = 0;
@@ -161,26 +204,105 @@ export function predictInto(out: Prediction, p: PredictInput): Prediction {
   if (d > 0) {
     const budget = p.inst.engine.maxNumBatchedTokens;
     const steps = Math.ceil(computeTokens / Math.max(1, budget - d));
-    prefill += steps * (curveMs(m, Math.min(budget, computeTokens) + d) - curveMs(m, Math.min(budget, computeTokens)));
+    const curvePart = steps * (curveMs(m, Math.min(budget, computeTokens) + d) - curveMs(m, Math.min(budget, computeTokens)));
+    prefill += curvePart;
     decodePart = steps * (m.decodeSeqMs * d + m.kvReadMsPerToken * p.load.decodeCtxTokens);
+    headShare += ((curvePart + decodePart) * headTokens) / computeTokens; // overlap: the head's share
   }
   const cap = p.inst.engine.kvCapacityTokens;
   const over = p.load.kvTokens + P + p.outputTokens - cap;
   if (over > 0 && Number.isFinite(cap)) prefill += over * slopeLast(m);
-  const ready = prepareMs + linkWaitMs + xferMs;
-  const queueMs = Math.max(0, p.backlogMs - ready) + m.frontendMsPerRequest;
   const prefillMs = prefill + decodePart + m.apiMs;
+  let queueMs: number;
+  let ttft: number;
+  if (tailEnd >= 0) {
+    // the request enters the instance once its text is ready; the tail crosses the link meanwhile
+    queueMs = Math.max(0, p.backlogMs - prepareMs) + m.frontendMsPerRequest;
+    // loading the tail (link + LMCache retrieve) is I/O: it runs beside the head's compute
+    const gpu = prepareMs + queueMs + headShare;
+    const kv = prepareMs + linkWaitMs + xferMs + loadMs; // the KDN is asked once the knowledge is resolved
+    ttft = Math.max(gpu, kv) + (prefillMs - headShare);
+  } else {
+    const ready = prepareMs + linkWaitMs + xferMs;
+    queueMs = Math.max(0, p.backlogMs - ready) + m.frontendMsPerRequest;
+    ttft = ready + queueMs + loadMs + prefillMs;
+  }
   out.prepareMs = prepareMs;
   out.linkWaitMs = linkWaitMs;
   out.transferMs = xferMs;
   out.kvLoadMs = loadMs;
   out.queueMs = queueMs;
   out.prefillMs = prefillMs;
-  out.ttftMs = ready + queueMs + loadMs + prefillMs;
+  out.ttftMs = ttft;
   out.transferTokens = transferTokens;
   out.computeTokens = computeTokens;
   out.workMs = prefill + decodePart + loadMs;
   out.workDecodeMs = decodePart;
   out.engineMade = true;
   return out;
+}
+
+/**
+ * KV load time (ms) a blending instance does not hide: LMCache retrieves layer by layer while the
+ * blender recomputes (CacheBlend §5 pipelining), so the load shows only where it is longer than
+ * the recompute of `recompute` tokens after position `start`: max(0, load(loaded) − compute).
+ */
+export function blendLoadMs(prof: Profile, loaded: number, start: number, recompute: number): number {
+  if (loaded <= 0) return 0;
+  const load = kvLoadMs(prof.kvLoad, loaded);
+  return recompute > 0 ? Math.max(0, load - prefillAloneMs(prof, start, recompute)) : load;
+}
+
+/**
+ * The overlap split where computing the head meets loading the tail (Cake, Jin et al., ICML'25:
+ * compute from the front while loading from the back, meeting where they cross): the
+ * chunk-aligned position in [hit, reuse] with the smallest predicted TTFT among the crossing
+ * point of the two timelines and its neighbours (head compute grows and tail transfer shrinks
+ * with the split, so their maximum is smallest where they cross). Uses {@link predictInto} with
+ * `p.intent = 'overlap'`; `p` is left with `overlapSplit` set to the result.
+ * @param chunk split granularity (LMCache chunk, 256 tokens)
+ * @returns the split (tokens); `hit` when there is nothing to load
+ */
+export function overlapMeetSplit(p: PredictInput, chunk: number, scratch: Prediction = emptyPrediction()): number {
+  const P = p.promptTokens;
+  const hit = Math.min(p.cachedTokens, P - 1);
+  const reuse = Math.min(p.reuseTokens, P - 1);
+  p.intent = 'overlap';
+  if (reuse <= hit) {
+    p.overlapSplit = hit;
+    return hit;
+  }
+  // g(split) = (gpu side) - (kv side): increasing in split; bisection over chunk multiples
+  const gap = (split: number): number => {
+    p.overlapSplit = split;
+    const r = predictInto(scratch, p);
+    const head = split > hit ? prefillAloneMs(p.inst.profile, hit, split - hit) : 0;
+    return r.queueMs + head - (r.linkWaitMs + r.transferMs + r.kvLoadMs);
+  };
+  const lo0 = Math.ceil(hit / chunk);
+  const hi0 = Math.floor(reuse / chunk);
+  let lo = lo0;
+  let hi = hi0;
+  if (gap(hi * chunk) < 0) lo = hi; // compute never catches up: load nothing
+  else {
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (gap(mid * chunk) >= 0) hi = mid;
+      else lo = mid + 1;
+    }
+  }
+  let best = Math.max(hit, lo * chunk);
+  let bestT = Infinity;
+  for (const c of [lo - 1, lo, lo + 1]) {
+    if (c < lo0 - 1 || c > hi0) continue;
+    const split = c < lo0 ? hit : Math.min(reuse, c * chunk);
+    p.overlapSplit = split;
+    const t = predictInto(scratch, p).ttftMs;
+    if (t < bestT - 1e-9) {
+      bestT = t;
+      best = split;
+    }
+  }
+  p.overlapSplit = best;
+  return best;
 }

@@ -8,8 +8,44 @@ import type { TraceRequest } from '../traces/schema.js';
 
 export type { TraceRequest, KnowledgeRef } from '../traces/schema.js';
 
-/** How a request's knowledge reaches the model. `none`: the request carries no knowledge. */
-export type Intent = 'none' | 'text' | 'kvcache' | 'hybrid';
+/**
+ * How a request's knowledge reaches the model. `none`: the request carries no knowledge.
+ * - `text`: recompute it in prefill;
+ * - `kvcache`: load the KV of its leading documents (prefix reuse), prefill the rest;
+ * - `hybrid`: load the KV of a leading part, recompute the remainder;
+ * - `blend`: load every document's KV wherever it sits and recompute a share of its tokens
+ *   (CacheBlend; instances that declare `blend`);
+ * - `overlap`: compute the head of the knowledge while the KV of its tail loads, then the rest
+ *   (Cake, "Compute Or Load KV Cache? Why Not Both?"; instances that declare `overlap`).
+ */
+export type Intent = 'none' | 'text' | 'kvcache' | 'hybrid' | 'blend' | 'overlap';
+
+/** Every intent, in the order of their small-integer codes (records, typed arrays). */
+export const INTENTS: readonly Intent[] = ['none', 'text', 'kvcache', 'hybrid', 'blend', 'overlap'];
+
+/** A zeroed count per intent. */
+export function intentRecord(): Record<Intent, number> {
+  return { none: 0, text: 0, kvcache: 0, hybrid: 0, blend: 0, overlap: 0 };
+}
+
+/**
+ * CacheBlend on an instance (Yao et al., "CacheBlend: Fast Large Language Model Serving for RAG
+ * with Cached Knowledge Fusion", EuroSys'25; LMCache's implementation, `lmcache/v1/config.py`
+ * keys `enable_blending`, `blend_recompute_ratios`, `blend_check_layers`, `blend_min_tokens`,
+ * `blend_special_str`, as in LMCache's `examples/blend_kv_v1`): every document's KV is reused
+ * wherever it sits in the prompt; the blender runs the first layers up to the check layer on
+ * all reused tokens to find the tokens whose KV deviates most, then recomputes that share of
+ * them through the remaining layers.
+ */
+export interface BlendSpec {
+  /** share of the reused tokens recomputed (LMCache `blend_recompute_ratios`, example 0.15). */
+  recomputeRatio: number;
+  /** index of the layer where the deviating tokens are selected (LMCache `blend_check_layers`, example [1]). */
+  checkLayer: number;
+}
+
+/** LMCache's example CacheBlend settings: recompute ratio 0.15, check layer 1. */
+export const BLEND_DEFAULTS: Readonly<BlendSpec> = Object.freeze({ recomputeRatio: 0.15, checkLayer: 1 });
 
 /** Model constants a profile is measured for. */
 export interface ModelSpec {
@@ -143,6 +179,14 @@ export interface KdnSpec {
   knowledge: Set<string> | null;
   /** per-fetch fixed cost of a text fetch (RTT + processing), ms. */
   textFetchMs: number;
+  /**
+   * The KDN holds the KV of document sequences (built per leading sequence, a knowledge tree),
+   * so prefix reuse covers every leading document it holds. false (default): the KV of each
+   * document was built alone right after the chat template, so prefix reuse covers the first
+   * document only (chained chunk hashes: a later document's KV depends on what precedes it);
+   * `blend` reuses every document regardless.
+   */
+  sequences?: boolean;
 }
 
 /** One serving instance as the engine sees it. */
@@ -152,6 +196,10 @@ export interface InstanceSpec {
   id: string;
   profile: Profile;
   engine: EngineSettings;
+  /** CacheBlend settings when the instance supports the `blend` intent (absent = it does not). */
+  blend?: BlendSpec;
+  /** the instance overlaps computing the head of the knowledge with loading the KV of its tail (`overlap` intent). */
+  overlap?: boolean;
 }
 
 /** The whole cluster: instances, KDNs and the link matrix links[kdn][instance]. */
@@ -196,7 +244,7 @@ export interface Alternative {
   score: number;
   /** predicted TTFT for this option when the strategy computes one, ms. */
   ttftMs?: number;
-  /** hybrid split point (tokens loaded as KV) when intent is hybrid. */
+  /** hybrid split point (tokens loaded as KV) when intent is hybrid; overlap: first token of the loaded tail. */
   reusedTokens?: number;
 }
 
@@ -209,8 +257,14 @@ export interface Decision {
   /** chosen KDN index, or -1 when no KDN is involved. */
   kdn: number;
   intent: Intent;
-  /** knowledge tokens whose KV is transferred from the KDN and loaded (kvcache/hybrid). */
+  /**
+   * knowledge tokens whose KV comes from the KDN: kvcache/hybrid/overlap = the end of the loaded
+   * prompt prefix (the local hit below it is not transferred); blend = the tokens of every
+   * document span loaded (chunk-aligned per document).
+   */
   reusedTokens: number;
+  /** overlap: the split point, prompt tokens [cached, split) computed while [split, reusedTokens) loads. */
+  overlapSplit?: number;
   /** predicted prefix-cache hit tokens on the chosen instance (local GPU cache). */
   cachedTokens: number;
   /** predicted breakdown with the cost model (every strategy gets one, for diffing). */

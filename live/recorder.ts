@@ -17,7 +17,7 @@
  */
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import type { Intent } from '../engine/types.js';
+import { intentRecord, type Intent } from '../engine/types.js';
 import { KVLAB_VERSION } from '../engine/version.js';
 import { dist, r3, type Dist } from '../sim/metrics.js';
 
@@ -290,7 +290,7 @@ export interface LiveSummary {
  * (input − cached); `kv_bytes_moved` = Σ observed.wire_bytes.
  */
 export function summarizeRecords(recs: readonly TimingRecord[], meta: Record<string, unknown> = {}): LiveSummary {
-  const intent: Record<Intent, number> = { none: 0, text: 0, kvcache: 0, hybrid: 0 };
+  const intent: Record<Intent, number> = intentRecord();
   const ttft: number[] = [];
   const tpot: number[] = [];
   const e2e: number[] = [];

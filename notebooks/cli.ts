@@ -112,7 +112,7 @@ export function registerReportCommands(program: Command): void {
       ].join('\n'),
     )
     .addOption(new Option('--trace <file>', 'trace file to replay').conflicts('workload'))
-    .addOption(new Option('--workload <name>', 'built-in workload instead of a trace').choices(['synthetic', 'nq']))
+    .addOption(new Option('--workload <name>', 'built-in workload instead of a trace').choices(['synthetic', 'rag', 'nq']))
     .requiredOption('--strategies <list>', 'comma-separated strategy names (the first is the baseline)')
     .option('--vary <name=values>', 'a grid dimension, repeatable: --vary rate=1,2,4,8 --vary kdn_gbps=1,10,100', collect, [])
     .option('--seeds <k|list>', 'number of seeds (1..K) or a list', '3')
@@ -138,7 +138,7 @@ export function registerReportCommands(program: Command): void {
       ].join('\n'),
     )
     .action(
-      async (o: { trace?: string; workload?: 'synthetic' | 'nq'; workloadOpt: string[]; strategies: string; vary: string[]; seeds: string; instances?: number; cluster?: string; jobs?: number; keepRuns?: boolean; report?: boolean; out: string; queue?: string; collect?: boolean; wait: boolean; retryFailed?: boolean }) => {
+      async (o: { trace?: string; workload?: 'synthetic' | 'rag' | 'nq'; workloadOpt: string[]; strategies: string; vary: string[]; seeds: string; instances?: number; cluster?: string; jobs?: number; keepRuns?: boolean; report?: boolean; out: string; queue?: string; collect?: boolean; wait: boolean; retryFailed?: boolean }) => {
         const strategies = o.strategies.split(',').map((s) => s.trim()).filter(Boolean);
         const { STRATEGY_NAMES } = await import('../engine/strategies/index.js');
         for (const st of strategies) if (!STRATEGY_NAMES.includes(st)) throw new Error(`--strategies: unknown strategy "${st}"; known: ${STRATEGY_NAMES.join(', ')}`);

@@ -12,7 +12,7 @@ export interface SimOptions {
   /** trace file (Mooncake JSONL, CSV, kvlab JSONL). Exclusive with `workload`. */
   trace?: string;
   /** built-in workload generator. */
-  workload?: 'synthetic' | 'nq';
+  workload?: 'synthetic' | 'rag' | 'nq';
   /** generator options, e.g. {rate: 4} (requests/s). */
   workloadOptions?: Record<string, unknown>;
   strategy: string;

@@ -32,7 +32,7 @@ import type { SummaryJson, SweepEntry, SweepParams } from './types.js';
 export interface SweepSpec {
   /** trace file; exclusive with `workload`. */
   trace?: string;
-  workload?: 'synthetic' | 'nq';
+  workload?: 'synthetic' | 'rag' | 'nq';
   workloadOptions?: Record<string, unknown>;
   strategies: string[];
   /** parameter name -> values, in grid order (first key varies slowest). */

@@ -7,10 +7,10 @@
  */
 
 /** How a request's knowledge was injected; `none` = the request carried no knowledge. */
-export type IntentName = 'none' | 'text' | 'kvcache' | 'hybrid';
+export type IntentName = 'none' | 'text' | 'kvcache' | 'hybrid' | 'blend' | 'overlap';
 
 /** Every intent, in the order charts and tables show them. */
-export const INTENTS: readonly IntentName[] = ['text', 'kvcache', 'hybrid', 'none'];
+export const INTENTS: readonly IntentName[] = ['text', 'kvcache', 'hybrid', 'blend', 'overlap', 'none'];
 
 /** A TTFT breakdown (predicted or observed), ms. ttft = prepare + link_wait + transfer + queue + kv_load + prefill. */
 export interface BreakdownJson {

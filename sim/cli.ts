@@ -122,6 +122,10 @@ function addCommon(c: Command): Command {
     .option('--router-replicas <r>', 'router replicas behind a load balancer, each with its own engine (default 1)', intArg('--router-replicas', { min: 1, max: 64 }))
     .option('--replica-sync-ms <ms|none>', "with --router-replicas: ms until a replica's bookkeeping reaches the others, or none (default 0)", replicaSyncArg)
     .addOption(new Option('--replica-pick <how>', 'with --router-replicas: how the load balancer picks a replica (default round-robin)').choices(['round-robin', 'hash']))
+    .option('--blend', 'every instance supports blend (CacheBlend, LMCache recompute ratio 0.15, check layer 1)')
+    .option('--blend-recompute-ratio <r>', 'CacheBlend recompute ratio of every instance, 0..1 (implies --blend)', numberArg('--blend-recompute-ratio', { min: 0, max: 1 }))
+    .option('--overlap', 'every instance supports overlapped hybrid (computes the head while the tail loads)')
+    .option('--reorder-documents', "the application allows reordering a request's documents: send them in the engine's canonical order (popular / already-cached sequences first)")
     .option('--quiet', 'no progress on stderr');
 }
 
@@ -155,6 +159,9 @@ function inputAndCluster(o: Record<string, any>): Omit<RunOptions, 'strategy'> {
     engineProfile: o.engineProfile,
     engineScale: o.engineScale,
     calibrate: !!o.calibrate,
+    reorderDocuments: o.reorderDocuments,
+    blend: o.blendRecomputeRatio !== undefined ? { recomputeRatio: o.blendRecomputeRatio } : o.blend ? true : undefined,
+    overlap: o.overlap ? true : undefined,
   };
 }
 

@@ -6,8 +6,10 @@
  * profile: rtx5090x8-llama3-70b        # default instance profile (name or path)
  * instances: 4                         # a count, or a list of {id, profile, <engine overrides>}
  * engine: { kvCapacityTokens: 200000 }  # engine overrides for every instance
+ * capabilities: { blend: true, overlap: true }  # beyond prefix reuse, off unless declared
+ *                                      # (blend: true | {recomputeRatio, checkLayer}; per instance too)
  * kdns:                                # knowledge delivery nodes
- *   - { id: kdn0, compression: 3.41, knowledge: all, textFetchMs: 4 }
+ *   - { id: kdn0, compression: 3.41, knowledge: all, textFetchMs: 4, sequences: false }
  * links:
  *   default: { bandwidthGbps: 10, latencyMs: 0.5, efficiency: 0.825 }
  *   overrides: [ { kdn: kdn0, instance: i0, bandwidthGbps: 1 } ]
@@ -25,7 +27,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { createRequire } from 'node:module';
 import { checkStrategyParams } from '../engine/strategies/index.js';
 import { PEER_LINK_DEFAULT } from '../engine/engine.js';
-import type { ClusterSpec, EngineSettings, KdnSpec, LinkSpec } from '../engine/types.js';
+import { BLEND_DEFAULTS, type BlendSpec, type ClusterSpec, type EngineSettings, type KdnSpec, type LinkSpec } from '../engine/types.js';
 import { instanceSpecFromProfile, isProfilePath, loadProfile, loadSchemas } from './profiles.js';
 
 import type { ClusterFile } from './schemas.js';
@@ -99,6 +101,19 @@ export interface ClusterOptions {
   kvCapacityTokens?: number;
   kdnGbps?: number;
   kvEventDelayMs?: number;
+  /** CacheBlend on every instance (true = LMCache's example settings; an object overrides them; false = off). */
+  blend?: boolean | Partial<BlendSpec>;
+  /** overlapped hybrid on every instance. */
+  overlap?: boolean;
+}
+
+/** Capabilities as written in a cluster file (or CLI). */
+type Capabilities = { blend?: boolean | Partial<BlendSpec>; overlap?: boolean };
+
+/** The BlendSpec of a capability value (undefined = no blend). */
+function blendOf(v: boolean | Partial<BlendSpec> | undefined): BlendSpec | undefined {
+  if (v === undefined || v === false) return undefined;
+  return v === true ? { ...BLEND_DEFAULTS } : { ...BLEND_DEFAULTS, ...v };
 }
 
 /** Resolved cluster plus the simulator settings and strategy parameters of the file. */
@@ -121,15 +136,23 @@ export function resolveCluster(file: ClusterFile | null, opts: ClusterOptions, d
   const profileName = opts.profile ?? f.profile ?? defaultProfile;
   const baseEngine: Partial<EngineSettings> = normEngine(f.engine ?? {});
   if (opts.kvCapacityTokens !== undefined) baseEngine.kvCapacityTokens = opts.kvCapacityTokens;
-  let list: { id?: string; profile?: string; over: Partial<EngineSettings> }[];
+  let list: { id?: string; profile?: string; over: Partial<EngineSettings>; caps?: Capabilities }[];
   if (opts.instances !== undefined) list = Array.from({ length: opts.instances }, () => ({ over: {} }));
-  else if (Array.isArray(f.instances)) list = f.instances.map((x) => ({ id: x.id, profile: x.profile, over: normEngine(x) }));
+  else if (Array.isArray(f.instances)) list = f.instances.map((x) => ({ id: x.id, profile: x.profile, over: normEngine(x), caps: x.capabilities }));
   else list = Array.from({ length: typeof f.instances === 'number' ? f.instances : 4 }, () => ({ over: {} }));
   const instances = list.map((x, i) => {
     const prof = loadProfile(x.profile ?? profileName);
     const over = { ...baseEngine, ...x.over };
     if (opts.kvCapacityTokens !== undefined) over.kvCapacityTokens = opts.kvCapacityTokens;
-    return instanceSpecFromProfile(prof, i, over, x.id);
+    const spec = instanceSpecFromProfile(prof, i, over, x.id);
+    // capabilities: CLI > the instance's own > the file's default
+    const caps: Capabilities = { ...(f.capabilities ?? {}), ...(x.caps ?? {}) };
+    if (opts.blend !== undefined) caps.blend = opts.blend;
+    if (opts.overlap !== undefined) caps.overlap = opts.overlap;
+    const blend = blendOf(caps.blend);
+    if (blend) spec.blend = blend;
+    if (caps.overlap) spec.overlap = true;
+    return spec;
   });
   const ids = new Set<string>();
   for (const s of instances) {
@@ -142,6 +165,7 @@ export function resolveCluster(file: ClusterFile | null, opts: ClusterOptions, d
     compression: k.compression ?? KDN_DEFAULTS.compression,
     knowledge: k.knowledge === undefined || k.knowledge === 'all' ? null : new Set(k.knowledge),
     textFetchMs: k.textFetchMs ?? KDN_DEFAULTS.textFetchMs,
+    ...(k.sequences ? { sequences: true } : {}),
   }));
   const def: LinkSpec = { ...LINK_DEFAULTS, ...(f.links?.default ?? {}) };
   if (opts.kdnGbps !== undefined) def.bandwidthGbps = opts.kdnGbps;

@@ -4,11 +4,10 @@
  * records are written made the garbage collector copy ~200,000 objects per Mooncake replay;
  * storing columns keeps the heap flat. `get(r)` rebuilds the Decision when a record is written.
  */
-import type { Alternative, Decision, Intent } from '../engine/types.js';
+import { INTENTS, type Alternative, type Decision, type Intent } from '../engine/types.js';
 import { j3 } from './format.js';
 
-const INTENTS: Intent[] = ['none', 'text', 'kvcache', 'hybrid'];
-const INTENT_CODE: Record<Intent, number> = { none: 0, text: 1, kvcache: 2, hybrid: 3 };
+const INTENT_CODE: Record<Intent, number> = { none: 0, text: 1, kvcache: 2, hybrid: 3, blend: 4, overlap: 5 };
 const PRED = 7; // prepare, link wait, transfer, kv load, queue, prefill, ttft
 
 /** Decisions of one run, by request index 0..n-1. */
@@ -25,6 +24,8 @@ export class DecisionStore {
   readonly peerTokens: Float64Array;
   /** admission-control rejection reason, when rejected. */
   private readonly rejected = new Map<number, string>();
+  /** overlap split point (tokens), -1 when the decision has none. */
+  readonly split: Float64Array;
   private readonly pred: Float64Array;
   private readonly reason: string[];
   private readonly strategy: string[];
@@ -49,6 +50,7 @@ export class DecisionStore {
     this.expectedOut = new Float64Array(n);
     this.peerFrom = new Int32Array(n).fill(-1);
     this.peerTokens = new Float64Array(n);
+    this.split = new Float64Array(n).fill(-1);
     this.pred = new Float64Array(n * PRED);
     this.reason = new Array<string>(n);
     this.strategy = new Array<string>(n);
@@ -80,6 +82,7 @@ export class DecisionStore {
       this.peerTokens[r] = d.peer.tokens;
     }
     if (d.rejected) this.rejected.set(r, d.rejected);
+    this.split[r] = d.overlapSplit ?? -1;
     const p = d.predicted;
     const o = r * PRED;
     const pr = this.pred;
@@ -120,7 +123,7 @@ export class DecisionStore {
       if (!Number.isNaN(this.altReused[k]!)) a.reusedTokens = this.altReused[k]!;
       alternatives[j] = a;
     }
-    return {
+    const d: Decision = {
       requestId: this.requestId[r]!,
       strategy: this.strategy[r]!,
       instance: this.instance[r]!,
@@ -135,6 +138,8 @@ export class DecisionStore {
       ...(this.peerFrom[r]! >= 0 ? { peer: { from: this.peerFrom[r]!, tokens: this.peerTokens[r]! } } : {}),
       ...(this.rejected.has(r) ? { rejected: this.rejected.get(r)! } : {}),
     };
+    if (this.split[r]! >= 0) d.overlapSplit = this.split[r]!;
+    return d;
   }
 
   /** Admission-control rejection reason of request r, or undefined. */
@@ -179,7 +184,8 @@ export class DecisionStore {
     }
     const alts = `{"instance":[${inst}],"intent":[${intent}],"score":[${score}]` + (hasTtft ? `,"ttft_ms":[${ttft}]` : '') + (hasReused ? `,"reused_tokens":[${reused}]` : '') + '}';
     const peer = this.peerFrom[r]! >= 0 ? `,"peer":{"from":${quotedIds[this.peerFrom[r]!]},"tokens":${this.peerTokens[r]}}` : '';
-    return `{"strategy":${JSON.stringify(this.strategy[r])},"reason":${JSON.stringify(this.reason[r])},"reused_tokens":${this.reused[r]},"cached_tokens":${this.cached[r]}${peer},"alternatives":${alts}}`;
+    const split = this.split[r]! >= 0 ? `,"overlap_split":${this.split[r]}` : '';
+    return `{"strategy":${JSON.stringify(this.strategy[r])},"reason":${JSON.stringify(this.reason[r])},"reused_tokens":${this.reused[r]},"cached_tokens":${this.cached[r]}${peer}${split},"alternatives":${alts}}`;
   }
 
   private grow(min: number): void {

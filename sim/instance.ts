@@ -20,9 +20,20 @@
  *   turns async scheduling on by default).
  * Step time comes from the profile's step model (engine/costmodel.ts); loading external KV adds
  * the KV load time (LMCache retrieve) to the step that admits the request.
+ *
+ * Knowledge reuse beyond the prefix (instance capabilities):
+ * - blend (CacheBlend): the KV of every document span beyond the prefix hit is loaded at
+ *   admission (pipelined with the recompute: only the longer part shows); the request then
+ *   computes the tokens outside the spans plus the recomputed share of them
+ *   (engine/knowledge.ts `blendRecomputeTokens`), placed at the end of its prompt;
+ * - overlap (Cake): the request is admitted while the KV of its tail [start, end) is still on the
+ *   link; it computes its head up to `start`, stalls there until the tail has arrived and been
+ *   retrieved (`tailArrived`: I/O beside the compute), then computes the rest.
  */
-import type { InstanceSpec, StepModel } from '../engine/types.js';
+import type { BlendSpec, InstanceSpec, StepModel } from '../engine/types.js';
 import { chunkAttnUnits, curveMs, emptyComposition, kvLoadMs, slopeLast, stepMs, type StepComposition } from '../engine/costmodel.js';
+import { blendRecomputeTokens, spanTokensFrom } from '../engine/knowledge.js';
+import { blendLoadMs } from '../engine/predict.js';
 import { KvCache, type BlockEntry, type KvEventSink } from './kvcache.js';
 
 /** A request as the instance sees it. */
@@ -43,7 +54,23 @@ export interface CoreRequest {
   kvLoadMs?: number;
   /** the driver's index of this request, passed back to `onTokens` (default -1). */
   tag?: number;
+  /**
+   * blend: prompt spans [start, end) whose KV is loaded wherever they sit (every document's full
+   * chunks) and the instance's CacheBlend settings.
+   */
+  blend?: { spans: ReadonlyArray<readonly [number, number]>; spec: BlendSpec };
+  /**
+   * overlap: the KV of prompt tokens [start, end) crosses the link while the head before `start`
+   * is computed; `ready` = it has already arrived when the request reaches the core.
+   */
+  tail?: { start: number; end: number; ready: boolean };
 }
+
+/** Overlap tail states of a request. */
+const TAIL_NONE = 0;
+const TAIL_WAITING = 1;
+const TAIL_READY = 2;
+const TAIL_DONE = 3;
 
 /** Tokens emitted / state changes in one finished step (request ids). */
 export interface StepEvents {
@@ -82,9 +109,11 @@ export class ReqState {
   sched = 0;
   /** prefix-cache hit tokens at first admission. */
   hitTokens = -1;
-  /** external KV tokens loaded at first admission, and the load time (ms). */
+  /** external KV tokens loaded at first admission (overlap: plus its tail), and the load time (ms). */
   loadTokens = 0;
   kvLoadMs = 0;
+  /** overlap: state of the KV tail arriving over the link (TAIL_*). */
+  kvTail = TAIL_NONE;
   preemptions = 0;
   /** virtual/wall times (ms): arrival at the core, first scheduled, first token, done. */
   arrivedAt = 0;
@@ -264,10 +293,14 @@ export class InstanceCore {
     // 1) running requests, in order
     for (let i = 0; i < running.length && budget > 0; i++) {
       const r = running[i]!;
+      if (r.kvTail === TAIL_WAITING || r.kvTail === TAIL_READY) {
+        if (this.tailLimit(r) <= 0) continue; // stalled at the tail: nothing this step
+      }
       const target = r.req.promptTokens + r.generated;
       let n = target - r.computed;
       if (n > budget) n = budget;
       if (n > this.threshold) n = this.threshold;
+      if (r.kvTail === TAIL_WAITING || r.kvTail === TAIL_READY) n = Math.min(n, this.tailLimit(r));
       if (fast) {
         fastTokens += n;
         r.private += n;
@@ -307,6 +340,7 @@ export class InstanceCore {
         this.wHead++;
         r.state = RUNNING;
         running.push(r);
+        if (r.sched === 0) continue; // overlap: admitted at its tail, which has not arrived
         sched.push(r);
         budget -= r.sched;
         this.account(c, r, r.sched);
@@ -380,11 +414,31 @@ export class InstanceCore {
     }
     // external (LMCache) prefix beyond the local hit
     const ext = Math.min(q.loadedTokens, target - 1);
-    const load = ext > hit ? ext - hit : 0;
-    let n = target - hit - load;
+    let load = ext > hit ? ext - hit : 0;
+    // blend: every document span beyond the hit is loaded; a share of it is computed again
+    let recompute = 0;
+    if (q.blend && load === 0) {
+      load = Math.min(spanTokensFrom(q.blend.spans, hit), target - 1 - hit);
+      if (load < 0) load = 0;
+      recompute = blendRecomputeTokens(load, q.blend.spec, this.spec.profile.model.layers);
+    }
+    // overlap: the tail's KV memory is reserved now, its load happens when it has arrived
+    let reserve = 0;
+    if (q.tail && r.kvTail !== TAIL_DONE) {
+      const end = Math.min(q.tail.end, target - 1);
+      if (hit >= end) r.kvTail = TAIL_DONE;
+      else {
+        if (r.kvTail === TAIL_NONE) r.kvTail = q.tail.ready ? TAIL_READY : TAIL_WAITING;
+        reserve = end - Math.max(hit, q.tail.start);
+      }
+    }
+    const start = hit + load - recompute;
+    let n = target - start;
     if (n > budget) n = budget;
     if (n > this.threshold) n = this.threshold;
-    if (!kv.allocate(load + n)) {
+    if (reserve > 0 && start < q.tail!.start) n = Math.min(n, q.tail!.start - start);
+    else if (reserve > 0) n = 0; // the head is cached: the tail is next
+    if (!kv.allocate(load - recompute + reserve + n)) {
       for (let i = r.tails.length - 1; i >= 0; i--) kv.unref(r.tails[i]!);
       if (partial) kv.unref(partial);
       for (let i = hitBlocks - 1; i >= 0; i--) kv.unref(m.get(ids[i]!)!);
@@ -396,11 +450,29 @@ export class InstanceCore {
     r.nextBlock = hitBlocks;
     r.partial = partial;
     r.partialHit = partialHit;
-    r.computed = hit + load;
-    r.private = load + n;
+    r.computed = start;
+    r.private = load - recompute + reserve + n;
     r.sched = n;
+    if (n === 0 && r.kvTail === TAIL_READY) {
+      // the tail has arrived and the head is cached: take it now and compute what follows
+      this.takeTail(r);
+      let k = target - r.computed;
+      if (k > budget) k = budget;
+      if (k > this.threshold) k = this.threshold;
+      if (!kv.allocate(k)) {
+        // keep the admission (memory for the tail is held); compute in a later step
+        k = 0;
+      }
+      r.private += k;
+      r.sched = k;
+    }
     if (load > 0) {
-      const ms = q.kvLoadMs !== undefined && q.kvLoadMs >= 0 && r.hitTokens < 0 ? q.kvLoadMs : kvLoadMs(this.spec.profile.kvLoad, load);
+      const ms =
+        q.kvLoadMs !== undefined && q.kvLoadMs >= 0 && r.hitTokens < 0
+          ? q.kvLoadMs
+          : recompute > 0
+            ? blendLoadMs(this.spec.profile, load, hit, recompute) // pipelined with the recompute
+            : kvLoadMs(this.spec.profile.kvLoad, load);
       this.pendingLoadMs += ms;
       if (r.hitTokens < 0) {
         r.loadTokens = load;
@@ -411,6 +483,58 @@ export class InstanceCore {
     if (r.hitTokens < 0) r.hitTokens = hit;
     if (r.firstScheduledAt < 0) r.firstScheduledAt = nowMs;
     return true;
+  }
+
+  /**
+   * Overlap: how many tokens a request may compute now before its tail. At the tail's start an
+   * arrived tail is taken (its KV load joins this step) and the limit lifts; a tail still on the
+   * link stalls the request (0).
+   */
+  private tailLimit(r: ReqState): number {
+    const t = r.req.tail!;
+    if (r.computed < t.start) return t.start - r.computed;
+    if (r.kvTail === TAIL_WAITING) return 0;
+    this.takeTail(r);
+    return Infinity;
+  }
+
+  /**
+   * Overlap: the arrived tail's KV joins the request (memory was reserved at admission). Its
+   * retrieve ran beside the compute (the driver marks the tail arrived after transfer + load),
+   * so it adds no step time; its load time is recorded.
+   */
+  private takeTail(r: ReqState): void {
+    const t = r.req.tail!;
+    const end = Math.min(t.end, r.req.promptTokens + r.generated - 1);
+    r.kvTail = TAIL_DONE;
+    if (end <= r.computed) return;
+    const tokens = end - r.computed;
+    const ms = kvLoadMs(this.spec.profile.kvLoad, tokens);
+    if (r.firstTokenAt < 0) {
+      r.loadTokens += tokens;
+      r.kvLoadMs += ms;
+    }
+    r.computed = end;
+    this.registerBlocks(r);
+  }
+
+  /**
+   * Overlap: the KV of request `id`'s tail has arrived. A request stalled at its tail computes
+   * again from the next step (the driver starts one when the instance is idle).
+   * @returns false when the request is unknown or has no waiting tail
+   */
+  tailArrived(id: string): boolean {
+    const r = this.states.get(id);
+    if (!r || !r.req.tail) return false;
+    if (r.kvTail === TAIL_WAITING) {
+      r.kvTail = TAIL_READY;
+      return true;
+    }
+    if (r.kvTail === TAIL_NONE) {
+      r.req.tail.ready = true; // still waiting for admission
+      return true;
+    }
+    return false;
   }
 
   /** Registers every prompt block that is now fully computed as a cached block. */
@@ -464,6 +588,8 @@ export class InstanceCore {
       }
     }
     this.freeKv(r);
+    // an overlap tail already taken sits in the LMCache store: it is ready for the re-admission
+    if (r.kvTail === TAIL_DONE && r.req.tail) r.kvTail = TAIL_READY;
     r.computed = 0;
     r.sched = 0;
     r.state = WAITING;

@@ -2,7 +2,7 @@
  * Timing records, summary and time series of a simulated run (formats: docs/FORMATS.md).
  */
 import { mean as ssMean, quantileSorted } from 'simple-statistics';
-import type { Intent } from '../engine/types.js';
+import { intentRecord, type Intent } from '../engine/types.js';
 import { j3 } from './format.js';
 import type { SimOutcome } from './simulator.js';
 
@@ -131,7 +131,7 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o), slo: Slo =
   let preemptions = 0;
   let firstArrival = Infinity;
   let lastDone = 0;
-  const intentMix: Record<Intent, number> = { none: 0, text: 0, kvcache: 0, hybrid: 0 };
+  const intentMix: Record<Intent, number> = intentRecord();
   const per = o.instances.map((s) => ({ id: s.id, requests: 0, prompt_tokens: 0, hit_tokens: 0, computed_tokens: 0, busy_ms: r3(s.busyMs), evictions: s.evictions, preemptions: s.preemptions }));
   for (let r = 0; r < N; r++) {
     const req = o.requests[r]!;
@@ -249,14 +249,14 @@ export function timeseries(o: SimOutcome, kdnIds: string[], bucketMs?: number): 
   const nb = Math.ceil(span / b) + 1;
   const t0 = N ? o.requests[0]!.arrivalMs : 0;
   const zero = () => new Array<number>(nb).fill(0);
-  const intents: Record<Intent, number[]> = { none: zero(), text: zero(), kvcache: zero(), hybrid: zero() };
+  const intents: Record<Intent, number[]> = { none: zero(), text: zero(), kvcache: zero(), hybrid: zero(), blend: zero(), overlap: zero() };
   const inst: Record<string, { requests: number[]; hit_ratio: number[]; booked_prefill_tokens: number[]; running: number[]; intent: Record<Intent, number[]> }> = {};
   const hitT: number[][] = [];
   const promptT: number[][] = [];
   const bookedMax: number[][] = [];
   const runMax: number[][] = [];
   for (const s of o.instances) {
-    inst[s.id] = { requests: zero(), hit_ratio: zero(), booked_prefill_tokens: zero(), running: zero(), intent: { none: zero(), text: zero(), kvcache: zero(), hybrid: zero() } };
+    inst[s.id] = { requests: zero(), hit_ratio: zero(), booked_prefill_tokens: zero(), running: zero(), intent: { none: zero(), text: zero(), kvcache: zero(), hybrid: zero(), blend: zero(), overlap: zero() } };
     hitT.push(zero());
     promptT.push(zero());
     bookedMax.push(zero());

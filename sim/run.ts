@@ -62,6 +62,11 @@ export interface RunOptions extends InputSpec, ClusterOptions {
   engineScale?: StepFactors;
   /** online calibration of the engine's step model (engine/calibration.ts). */
   calibrate?: boolean;
+  /**
+   * Reorder each request's documents into the engine's canonical order (engine/doc-order.ts);
+   * also `overrides.reorder_documents` (sweeps). Default false.
+   */
+  reorderDocuments?: boolean;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -118,7 +123,15 @@ export function clusterFor(t: LoadedTrace, opts: RunOptions): ResolvedCluster {
     kvCapacityTokens: opts.kvCapacityTokens,
     kdnGbps: opts.kdnGbps ?? (typeof opts.overrides?.kdn_gbps === 'number' ? (opts.overrides.kdn_gbps as number) : undefined),
     kvEventDelayMs: opts.kvEventDelayMs,
+    blend: opts.blend,
+    overlap: opts.overlap,
   };
+  // sweeps: blend=0|1, blend_recompute_ratio=r, overlap=0|1
+  const ov = opts.overrides ?? {};
+  const flag = (v: unknown): boolean | undefined => (v === undefined ? undefined : v === true || v === 1 || v === '1' || v === 'true');
+  if (ov.blend !== undefined) o.blend = flag(ov.blend);
+  if (typeof ov.blend_recompute_ratio === 'number') o.blend = { recomputeRatio: ov.blend_recompute_ratio };
+  if (ov.overlap !== undefined) o.overlap = flag(ov.overlap);
   return resolveCluster(file, o, def.profile);
 }
 
@@ -141,7 +154,8 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
   const t0 = performance.now();
   const maxConcurrency = opts.maxConcurrency ?? rc.maxConcurrency;
   const engineCluster = engineClusterFor(rc.spec, opts.engineProfile, opts.engineScale);
-  const o = simulate(t.requests, { cluster: rc.spec, engineCluster, calibrate: opts.calibrate, strategy, seed, stepNoiseCv: noise, onProgress: opts.onProgress, maxConcurrency, ...(replicas ? { replicas } : {}) });
+  const reorder = opts.reorderDocuments ?? (opts.overrides?.reorder_documents === true || opts.overrides?.reorder_documents === 1);
+  const o = simulate(t.requests, { cluster: rc.spec, engineCluster, calibrate: opts.calibrate, strategy, seed, stepNoiseCv: noise, onProgress: opts.onProgress, maxConcurrency, reorderDocuments: reorder, ...(replicas ? { replicas } : {}) });
   const obs = observed(o);
   const core = summarize(o, obs, opts.slo ?? DEFAULT_SLO);
   const kdnIds = rc.spec.kdns.map((k) => k.id);
@@ -189,7 +203,7 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
   if (outDir) {
     writeFileSync(join(outDir, 'summary.json'), JSON.stringify(summary, null, 1) + '\n');
     writeFileSync(join(outDir, 'timeseries.json'), JSON.stringify(timeseries(o, kdnIds)) + '\n');
-    writeFileSync(join(outDir, 'config.json'), JSON.stringify(configJson(t, opts, rc, params, seed, noise), null, 1) + '\n');
+    writeFileSync(join(outDir, 'config.json'), JSON.stringify(configJson(t, opts, rc, params, seed, noise, reorder), null, 1) + '\n');
   }
   return { summary, outDir };
 }
@@ -219,7 +233,7 @@ export function engineClusterFor(spec: ClusterSpec, engineProfile?: string, scal
   };
 }
 
-function configJson(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster, params: Record<string, unknown>, seed: number, noise: number): Record<string, unknown> {
+function configJson(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster, params: Record<string, unknown>, seed: number, noise: number, reorder: boolean): Record<string, unknown> {
   return {
     kvlab_version: KVLAB_VERSION,
     trace: t.meta,
@@ -227,15 +241,20 @@ function configJson(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster, param
     strategy: opts.strategy,
     strategy_params: params,
     seed,
-    sim: { step_noise_cv: noise, max_concurrency: opts.maxConcurrency ?? rc.maxConcurrency ?? null, ...((opts.routerReplicas ?? 1) > 1 ? { router_replicas: opts.routerReplicas, replica_sync_ms: opts.replicaSyncMs ?? 0, replica_pick: opts.replicaPick ?? 'round-robin' } : {}) },
+    sim: { step_noise_cv: noise, max_concurrency: opts.maxConcurrency ?? rc.maxConcurrency ?? null, reorder_documents: reorder, ...((opts.routerReplicas ?? 1) > 1 ? { router_replicas: opts.routerReplicas, replica_sync_ms: opts.replicaSyncMs ?? 0, replica_pick: opts.replicaPick ?? 'round-robin' } : {}) },
     engine: {
       profile: opts.engineProfile ?? null,
       scale: opts.engineScale ?? null,
       calibrate: !!opts.calibrate,
     },
     cluster: {
-      instances: rc.spec.instances.map((s) => ({ id: s.id, profile: s.profile.name, engine: { ...s.engine, kvCapacityTokens: Number.isFinite(s.engine.kvCapacityTokens) ? s.engine.kvCapacityTokens : 'inf' } })),
-      kdns: rc.spec.kdns.map((k) => ({ id: k.id, compression: k.compression, text_fetch_ms: k.textFetchMs, knowledge: k.knowledge ? [...k.knowledge] : 'all' })),
+      instances: rc.spec.instances.map((s) => ({
+        id: s.id,
+        profile: s.profile.name,
+        engine: { ...s.engine, kvCapacityTokens: Number.isFinite(s.engine.kvCapacityTokens) ? s.engine.kvCapacityTokens : 'inf' },
+        capabilities: { blend: s.blend ?? false, overlap: s.overlap ?? false },
+      })),
+      kdns: rc.spec.kdns.map((k) => ({ id: k.id, compression: k.compression, text_fetch_ms: k.textFetchMs, knowledge: k.knowledge ? [...k.knowledge] : 'all', sequences: k.sequences ?? false })),
       links: rc.spec.links,
       peer_link: rc.spec.peerLink ?? null,
       kv_event_delay_ms: rc.spec.kvEventDelayMs,

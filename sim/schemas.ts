@@ -79,6 +79,12 @@ const engineOverrides = z
   .partial()
   .strict();
 
+/** CacheBlend settings of an instance: true = LMCache's example settings, false = off. */
+const blendSchema = z.union([z.boolean(), z.object({ recomputeRatio: num.min(0).max(1), checkLayer: nonneg.int() }).partial().strict()]);
+
+/** What an instance supports beyond prefix reuse (off unless declared). */
+const capabilitiesSchema = z.object({ blend: blendSchema, overlap: z.boolean() }).partial().strict();
+
 const linkSchema = z.object({ bandwidthGbps: pos, latencyMs: nonneg, efficiency: z.number().gt(0).lte(1) }).strict();
 
 /** Schema of a cluster file. */
@@ -88,10 +94,11 @@ export const clusterFileSchema = z
     instances: z
       .union([
         pos.int(),
-        z.array(engineOverrides.extend({ id: z.string().min(1).optional(), profile: z.string().min(1).optional() }).strict()).min(1),
+        z.array(engineOverrides.extend({ id: z.string().min(1).optional(), profile: z.string().min(1).optional(), capabilities: capabilitiesSchema.optional() }).strict()).min(1),
       ])
       .optional(),
     engine: engineOverrides.optional(),
+    capabilities: capabilitiesSchema.optional(),
     kdns: z
       .array(
         z
@@ -100,6 +107,7 @@ export const clusterFileSchema = z
             compression: pos.optional(),
             knowledge: z.union([z.literal('all'), z.array(z.string())]).optional(),
             textFetchMs: nonneg.optional(),
+            sequences: z.boolean().optional(),
           })
           .strict(),
       )

@@ -9,8 +9,10 @@
  * Output is a function of (cluster, requests, strategy, seed): no wall clock is read.
  */
 import { Engine, PEER_LINK_DEFAULT, type DispatchOp, type Strategy } from '../engine/engine.js';
-import { kvWireBytes, transferMs } from '../engine/costmodel.js';
-import type { ClusterSpec, Intent, TraceRequest } from '../engine/types.js';
+import { kvLoadMs, kvWireBytes, transferMs } from '../engine/costmodel.js';
+import { BLEND_DEFAULTS, INTENTS, type ClusterSpec, type Intent, type TraceRequest } from '../engine/types.js';
+import { reorderRequest } from '../traces/blocks.js';
+import { blendSpans, spanTokensFrom } from '../engine/knowledge.js';
 import { DecisionStore } from './decision-store.js';
 import { EventQueue } from './events.js';
 import { InstanceCore, type CoreRequest } from './instance.js';
@@ -31,6 +33,7 @@ const OP_XFER = 1;
 const OP_FIRST = 2;
 const OP_DONE = 3;
 const OP_ABORT = 4;
+const EV_TAIL = 8; // overlap: the tail's KV is retrieved into the instance (a = request)
 
 /** Status codes of a simulated request. */
 export const ST_PENDING = 0;
@@ -66,6 +69,13 @@ export interface SimOptions {
   engineCluster?: ClusterSpec;
   /** online calibration of the engine's step model (engine/calibration.ts). */
   calibrate?: boolean;
+  /**
+   * The application allows reordering a request's documents: each multi-document request is
+   * rebuilt in the engine's canonical order (`Engine.documentOrder`) before it is decided (with
+   * replicas: the deciding replica's tree). The outcome's `requests` hold the requests as sent.
+   * Default false.
+   */
+  reorderDocuments?: boolean;
   /** several router replicas behind a load balancer (default: one router). */
   replicas?: ReplicaOptions;
 }
@@ -89,6 +99,7 @@ export interface ReplicaOptions {
 
 /** Per-request results, in request order (typed arrays; -1 = did not happen). */
 export interface SimOutcome {
+  /** the requests as sent (documents in their canonical order with `reorderDocuments`). */
   requests: TraceRequest[];
   /** the engine's decision per request (compact; `decisions.get(r)` rebuilds one). */
   decisions: DecisionStore;
@@ -135,7 +146,7 @@ export interface SimOutcome {
 
 /**
  * Runs the simulation to completion.
- * @param requests sorted by arrivalMs (ties keep order); ids must be unique
+ * @param input requests sorted by arrivalMs (ties keep order); ids must be unique
  * @throws Error when ids repeat or arrivals are not sorted
  */
 export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
@@ -143,7 +154,8 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
   const maxConc = opts.maxConcurrency ?? Infinity;
   if (!(maxConc >= 1)) throw new RangeError(`simulate: maxConcurrency must be >= 1 (got ${maxConc})`);
   // with a client concurrency cap, deferred requests are re-timed to their send time: work on a copy
-  const requests = maxConc < Infinity ? input.slice() : input;
+  // (reordering documents rebuilds requests too)
+  const requests = maxConc < Infinity || opts.reorderDocuments ? input.slice() : input;
   let inflight = 0;
   const deferred: number[] = [];
   let dHead = 0;
@@ -151,10 +163,10 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
   const nI = cluster.instances.length;
   const engineCluster = opts.engineCluster ?? cluster;
   if (engineCluster.instances.length !== cluster.instances.length) throw new Error(`engine cluster has ${engineCluster.instances.length} instances, the cluster ${cluster.instances.length}`);
-  const engine = new Engine(engineCluster, opts.strategy, { seed: opts.seed ?? 1, predictOnRoute: opts.predictOnRoute, calibrate: opts.calibrate });
+  const engine = new Engine(engineCluster, opts.strategy, { seed: opts.seed ?? 1, predictOnRoute: opts.predictOnRoute, calibrate: opts.calibrate, reorderDocuments: opts.reorderDocuments });
   // router replicas: engines[0] is `engine`; the others get their own strategy object and seed
   const reps = opts.replicas;
-  const engines = [engine, ...(reps?.strategies ?? []).map((st, k) => new Engine(engineCluster, st, { seed: replicaSeed(opts.seed ?? 1, k + 1), predictOnRoute: opts.predictOnRoute, calibrate: opts.calibrate }))];
+  const engines = [engine, ...(reps?.strategies ?? []).map((st, k) => new Engine(engineCluster, st, { seed: replicaSeed(opts.seed ?? 1, k + 1), predictOnRoute: opts.predictOnRoute, calibrate: opts.calibrate, reorderDocuments: opts.reorderDocuments }))];
   const R = engines.length;
   const syncMs = reps?.syncMs ?? null;
   if (syncMs !== null && !(syncMs >= 0)) throw new Error(`replica sync delay must be >= 0 ms or none, got ${syncMs}`);
@@ -268,6 +280,8 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     stepFactors: { prefill: 1, decode: 1 },
   };
   const instOf = new Int32Array(N).fill(-1);
+  /** overlap tail per request: 0 none, 1 on the link, 2 arrived. */
+  const tailState = new Uint8Array(N);
 
   const startRun = (i: number, t: number) => {
     const core = cores[i]!;
@@ -316,13 +330,15 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
   const progressEvery = opts.progressEvery ?? 2000;
   /** Decides and dispatches request r at time t (its arrival, or when a client slot frees). */
   const dispatch = (r: number, t: number): void => {
-    const req = requests[r]!;
+    let req = requests[r]!;
     let eng = engine;
     if (ownerOf !== null) {
       const k = pickHash ? hashPick(req.id, seed, R) : r % R;
       ownerOf[r] = k;
       eng = engines[k]!;
     }
+    const order = eng.documentOrder(req);
+    if (order) requests[r] = req = reorderRequest(req, order);
     const d = eng.decide(req, t);
     out.decisions.set(r, d);
     const i = d.instance;
@@ -361,14 +377,19 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
         return;
       }
     }
-    if ((d.intent === 'kvcache' || d.intent === 'hybrid') && d.kdn >= 0) {
-      const xt = Math.max(0, d.reusedTokens - d.cachedTokens);
+    if ((d.intent === 'kvcache' || d.intent === 'hybrid' || d.intent === 'blend' || d.intent === 'overlap') && d.kdn >= 0) {
+      const overlap = d.intent === 'overlap';
+      const xt =
+        d.intent === 'blend'
+          ? spanTokensFrom(blendSpans(cluster.kdns[d.kdn]!, req, cluster.chunkTokens), d.cachedTokens)
+          : Math.max(0, d.reusedTokens - Math.max(d.cachedTokens, overlap ? (d.overlapSplit ?? 0) : 0));
       out.transferTokens[r] = xt;
       if (req.knowledgeTokens > d.reusedTokens) out.prepareMs[r] = cluster.kdns[d.kdn]!.textFetchMs;
       if (xt > 0) {
         const k = d.kdn;
         const bytes = kvWireBytes(xt, cluster.instances[i]!.profile.model.kvBytesPerToken, cluster.kdns[k]!);
         const link = cluster.links[k]![i]!;
+        // overlap: the tail crosses the link while the head is computed
         const ready = t + out.prepareMs[r]!;
         const start = Math.max(ready, linkFree[k]![i]!);
         const dur = transferMs(bytes, link);
@@ -379,7 +400,8 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
         out.kvBytesMoved += bytes;
         transfers[k]!.push(i, start, end, start - ready);
         q.push(end, EV_XFER, r, 0);
-        return;
+        if (!overlap) return;
+        tailState[r] = 1;
       }
     } else if (d.intent === 'text' && req.knowledgeTokens > 0) {
       const k = d.kdn >= 0 ? d.kdn : 0;
@@ -426,7 +448,21 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
         const r = q.argA;
         ownerEngine(r).onKvTransferDone(requests[r]!.id, t);
         if (ownerOf !== null) book(OP_XFER, r, t);
-        toFrontend(r, t);
+        if (tailState[r] === 0) {
+          toFrontend(r, t);
+          break;
+        }
+        // overlap: the tail is on the instance; LMCache retrieves it beside the head's compute
+        const i = instOf[r]!;
+        q.push(t + kvLoadMs(cluster.instances[i]!.profile.kvLoad, out.transferTokens[r]!), EV_TAIL, r, 0);
+        break;
+      }
+      case EV_TAIL: {
+        const r = q.argA;
+        tailState[r] = 2;
+        const i = instOf[r]!;
+        const core = cores[i]!;
+        if (core.tailArrived(requests[r]!.id) && !core.busy && out.coreAt[r]! >= 0) startRun(i, t);
         break;
       }
       case EV_CORE: {
@@ -435,6 +471,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
         const i = instOf[r]!;
         const ds = out.decisions;
         out.coreAt[r] = t;
+        const code = ds.intentCode[r]!;
         const cr: CoreRequest = {
           id: req.id,
           promptTokens: req.inputTokens,
@@ -442,9 +479,14 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
           blocks: req.blocks,
           blockSize: req.blockSize,
           tag: r,
-          loadedTokens: ds.intentCode[r]! >= 2 ? ds.reused[r]! : peerHeld[r]! >= 0 ? peerHeld[r]! : 0,
+          loadedTokens: code === 2 || code === 3 ? ds.reused[r]! : peerHeld[r]! >= 0 ? peerHeld[r]! : 0,
         };
         if (loadOverride[r]! >= 0) cr.kvLoadMs = loadOverride[r]!;
+        if (code === 4 && ds.kdn[r]! >= 0) {
+          cr.blend = { spans: blendSpans(cluster.kdns[ds.kdn[r]!]!, req, cluster.chunkTokens), spec: cluster.instances[i]!.blend ?? BLEND_DEFAULTS };
+        } else if (code === 5 && tailState[r]! > 0) {
+          cr.tail = { start: ds.split[r]!, end: ds.reused[r]!, ready: tailState[r] === 2 };
+        }
         const core = cores[i]!;
         if (!core.add(cr, t)) {
           out.status[r] = ST_REJECTED;
@@ -594,5 +636,5 @@ function mix32(a: number, b: number): number {
 
 /** Intent of a decision as a small integer (for typed-array bookkeeping). */
 export function intentCode(i: Intent): number {
-  return i === 'none' ? 0 : i === 'text' ? 1 : i === 'kvcache' ? 2 : 3;
+  return INTENTS.indexOf(i);
 }

@@ -137,7 +137,49 @@ export function ragRequest(p: RagRequestInput): TraceRequest {
     blocks: ragBlockIds(p),
     knowledge: p.knowledge,
     knowledgeTokens,
+    layout: { headTokens: p.chatTemplateTokens, salt: p.requestSalt },
   };
   if (p.question !== undefined) r.question = p.question;
   return r;
+}
+
+/**
+ * The same request with its documents in another prompt order: `knowledge` permuted and the
+ * block ids rebuilt with {@link ragBlockIds} (same template, same question salt), so the new
+ * order shares exactly the leading blocks a request built in that order would. Requests without
+ * a `layout` (file traces) cannot be rebuilt and are returned unchanged, as is an identical order.
+ * @param order the documents in their new order: a permutation of `req.knowledge` (by kid)
+ * @throws RangeError when `order` is not a permutation of the request's documents
+ */
+export function reorderRequest(req: TraceRequest, order: readonly KnowledgeRef[]): TraceRequest {
+  const k = req.knowledge;
+  if (order.length !== k.length) throw new RangeError(`reorderRequest ${req.id}: ${order.length} documents given, the request has ${k.length}`);
+  let same = true;
+  for (let i = 0; i < k.length; i++) if (order[i]!.kid !== k[i]!.kid) same = false;
+  if (same || !req.layout) return req;
+  const left = new Map<string, number>();
+  for (const d of k) left.set(d.kid, (left.get(d.kid) ?? 0) + 1);
+  for (const d of order) {
+    const n = left.get(d.kid) ?? 0;
+    if (n <= 0) throw new RangeError(`reorderRequest ${req.id}: document ${d.kid.slice(0, 12)}… is not one of the request's documents`);
+    left.set(d.kid, n - 1);
+  }
+  const knowledge = order.map((d) => k.find((x) => x.kid === d.kid)!);
+  const blocks = ragBlockIds({ chatTemplateTokens: req.layout.headTokens, knowledge, inputTokens: req.inputTokens, blockSize: req.blockSize, requestSalt: req.layout.salt });
+  return { ...req, knowledge, blocks };
+}
+
+/**
+ * Prompt span [start, end) of each knowledge document of a request, in prompt order (tokens):
+ * documents follow one another after `layout.headTokens` (0 without a layout: file traces put
+ * their knowledge, if any, at the very start).
+ */
+export function documentSpans(req: Pick<TraceRequest, 'knowledge' | 'layout'>): Array<[number, number]> {
+  let s = req.layout?.headTokens ?? 0;
+  const out: Array<[number, number]> = [];
+  for (const d of req.knowledge) {
+    out.push([s, s + d.tokens]);
+    s += d.tokens;
+  }
+  return out;
 }

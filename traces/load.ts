@@ -7,11 +7,14 @@ import { fileURLToPath } from 'node:url';
 import { loadCsv } from './csv.js';
 import { loadMooncake, type MooncakeOptions } from './mooncake.js';
 import { NQ_DEFAULTS, loadNq, type NqOptions } from './nq.js';
-import { SYNTHETIC_DEFAULTS, generateSynthetic, type SyntheticOptions } from './synthetic.js';
+import { RAG_DEFAULTS, SYNTHETIC_DEFAULTS, generateSynthetic, type SyntheticOptions } from './synthetic.js';
 import type { LoadOptions, LoadedTrace, TraceFormat } from './schema.js';
 
-/** Names accepted by {@link loadWorkload}. */
-export const WORKLOAD_NAMES = ['synthetic', 'nq'] as const;
+/**
+ * Names accepted by {@link loadWorkload}: `synthetic` (one document per request), `rag` (the
+ * same generator with retrieval top-k 3–5 documents per request, {@link RAG_DEFAULTS}), `nq`.
+ */
+export const WORKLOAD_NAMES = ['synthetic', 'rag', 'nq'] as const;
 /** A built-in workload name. */
 export type WorkloadName = (typeof WORKLOAD_NAMES)[number];
 
@@ -89,8 +92,10 @@ export function checkWorkloadOptions(name: WorkloadName, opts: Record<string, un
     } else if (k === 'dir') {
       if (typeof v !== 'string') throw new Error(`${f('dir')}: expected a directory path, got ${JSON.stringify(v)}`);
     } else if (k === 'arrival') {
-      const ok = name === 'synthetic' ? ['poisson', 'bursty'] : ['poisson', 'uniform'];
+      const ok = name === 'nq' ? ['poisson', 'uniform'] : ['poisson', 'bursty'];
       if (typeof v !== 'string' || !ok.includes(v)) throw new Error(`${f('arrival')}: expected ${ok.join(' or ')}, got ${JSON.stringify(v)}`);
+    } else if (k === 'docOrder') {
+      if (v !== 'sampled' && v !== 'shuffled') throw new Error(`${f('docOrder')}: expected sampled or shuffled, got ${JSON.stringify(v)}`);
     } else if (typeof defaults[k] === 'number' && (typeof v !== 'number' || !Number.isFinite(v))) {
       throw new Error(`${f(k)}: expected a number, got ${JSON.stringify(v)}`);
     }
@@ -125,15 +130,16 @@ export function defaultNqDir(): string {
 }
 
 /**
- * Generates a built-in workload: `synthetic` ({@link generateSynthetic}) or `nq`
- * ({@link loadNq} on `opts.dir` or {@link defaultNqDir}).
+ * Generates a built-in workload: `synthetic` ({@link generateSynthetic}), `rag` (the same with
+ * {@link RAG_DEFAULTS}) or `nq` ({@link loadNq} on `opts.dir` or {@link defaultNqDir}).
  * @throws Error for an unknown name, an unknown option name or a wrong type ({@link checkWorkloadOptions}),
  *   or a missing NQ directory; RangeError on bad option values.
  */
 export async function loadWorkload(name: WorkloadName, opts: WorkloadOptions = {}): Promise<LoadedTrace> {
   const o = stripUndefined(opts) as Record<string, unknown>;
-  if (name === 'synthetic' || name === 'nq') checkWorkloadOptions(name, o);
+  if (name === 'synthetic' || name === 'rag' || name === 'nq') checkWorkloadOptions(name, o);
   if (name === 'synthetic') return generateSynthetic(pickKeys(o, SYNTHETIC_DEFAULTS));
+  if (name === 'rag') return generateSynthetic(pickKeys(o, RAG_DEFAULTS), RAG_DEFAULTS, 'rag');
   if (name === 'nq') return loadNq(opts.dir ?? defaultNqDir(), pickKeys(o, NQ_DEFAULTS));
   throw new Error(`unknown workload ${JSON.stringify(name)} (expected ${WORKLOAD_NAMES.join(' or ')})`);
 }
@@ -141,6 +147,7 @@ export async function loadWorkload(name: WorkloadName, opts: WorkloadOptions = {
 /** Default options of a built-in workload. */
 export function workloadDefaults(name: WorkloadName): Readonly<SyntheticOptions> | Readonly<NqOptions> {
   if (name === 'synthetic') return SYNTHETIC_DEFAULTS;
+  if (name === 'rag') return RAG_DEFAULTS;
   if (name === 'nq') return NQ_DEFAULTS;
   throw new Error(`unknown workload ${JSON.stringify(name)} (expected ${WORKLOAD_NAMES.join(' or ')})`);
 }

@@ -9,13 +9,13 @@
  * whitespace-collapsed), else to the i-th NQ row that has a kid (one question in the release was
  * reworded in the workload file). Token counts use the Llama-3 tokenizer (llama3-tokenizer-js).
  */
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse as parseCsvSync } from 'csv-parse/sync';
 import { ragRequest } from './blocks.js';
 import { ZipfSampler, exponential, makeRng } from './random.js';
 import { baseName } from './common.js';
-import type { LoadedTrace, TraceRequest } from './schema.js';
+import type { KnowledgeRef, LoadedTrace, TraceRequest } from './schema.js';
 
 /** Options of {@link loadNq}. Lengths in tokens, rate in requests/s. */
 export interface NqOptions {
@@ -29,6 +29,17 @@ export interface NqOptions {
   zipfS: number;
   /** Output tokens of every request. */
   outputTokens: number;
+  /**
+   * Documents per question. 1 = the dataset's reference document (CacheRoute's mapping); k > 1 =
+   * the k documents of the workload's knowledge/ directory with the most words in common with
+   * the question ({@link retrieveDocuments}), best first.
+   */
+  topK: number;
+  /**
+   * Context window, tokens (0 = none): retrieved documents that would push prompt + output
+   * tokens past it are dropped from the end (the best one is always kept).
+   */
+  contextTokens: number;
   /** Chat-template tokens added to doc + question tokens. */
   chatTemplateTokens: number;
   /** Tokens per prefix block. */
@@ -46,6 +57,8 @@ export const NQ_DEFAULTS: Readonly<NqOptions> = Object.freeze({
   arrival: 'poisson',
   zipfS: 0,
   outputTokens: 64,
+  topK: 1,
+  contextTokens: 4096,
   chatTemplateTokens: 25,
   blockSize: 256,
   timeScale: 1,
@@ -89,6 +102,57 @@ async function readText(path: string, what: string): Promise<string> {
   } catch {
     throw new Error(`NQ workload: ${what} not found: ${path}`);
   }
+}
+
+/** Words too common to count as overlap (articles, auxiliaries, question words, prepositions). */
+const STOPWORDS = new Set(
+  'a an and are as at be by did do does for from give had has have how in is it its list me of on or the their there this to was were what when where which who whom why will with'.split(' '),
+);
+
+/** The distinct lower-case words (letters and digits) of a text, stop words removed. */
+export function contentWords(text: string): Set<string> {
+  const out = new Set<string>();
+  for (const w of text.normalize('NFKC').toLowerCase().split(/[^\p{L}\p{N}]+/u)) if (w.length > 1 && !STOPWORDS.has(w)) out.add(w);
+  return out;
+}
+
+/** A retrievable document: its kid and its {@link contentWords}. */
+export interface RetrievalDoc {
+  kid: string;
+  words: Set<string>;
+}
+
+/**
+ * Word-overlap retrieval (deterministic): the `k` documents sharing the most distinct content
+ * words with the question, best first; ties go to the smaller kid.
+ * @returns indices into `docs`
+ */
+export function retrieveDocuments(question: string, docs: readonly RetrievalDoc[], k: number): number[] {
+  const q = contentWords(question);
+  const scored = docs.map((d, i) => {
+    let s = 0;
+    for (const w of q) if (d.words.has(w)) s++;
+    return { i, s, kid: d.kid };
+  });
+  scored.sort((a, b) => b.s - a.s || (a.kid < b.kid ? -1 : a.kid > b.kid ? 1 : 0));
+  return scored.slice(0, Math.max(0, k)).map((x) => x.i);
+}
+
+/** Every document of a workload's knowledge/ directory (kid = file name), tokenized, in kid order. */
+async function readNqDocuments(dir: string): Promise<Array<RetrievalDoc & { tokens: number }>> {
+  const kdir = join(dir, 'knowledge');
+  let names: string[];
+  try {
+    names = (await readdir(kdir)).filter((n) => n.endsWith('.txt')).sort();
+  } catch {
+    throw new Error(`NQ workload: knowledge directory not found: ${kdir}`);
+  }
+  const out: Array<RetrievalDoc & { tokens: number }> = [];
+  for (const n of names) {
+    const text = await readText(join(kdir, n), 'document');
+    out.push({ kid: n.slice(0, -4), words: contentWords(text), tokens: await llama3TokenCount(text) });
+  }
+  return out;
 }
 
 /**
@@ -146,7 +210,8 @@ export async function readNqQuestions(dir: string): Promise<NqQuestion[]> {
  * Builds an NQ request trace from a workload directory. Deterministic given the options.
  *
  * Request i (`id` r<i>) is a question drawn with replacement (Zipf over workload order), with
- * `knowledge = [{kid, tokens: docTokens}]`, `inputTokens = chatTemplateTokens + docTokens +
+ * `knowledge = [{kid, tokens: docTokens}]` (topK 1) or its top-k retrieved documents (best
+ * first, trimmed to `contextTokens`), `inputTokens = chatTemplateTokens + document tokens +
  * questionTokens`, `outputTokens` fixed, `question` set, blocks from ragBlockIds (question blocks
  * unique per request). `meta.lines` is the number of workload questions.
  *
@@ -160,6 +225,8 @@ export async function loadNq(dir: string, opts: Partial<NqOptions> = {}): Promis
   if (o.arrival !== 'poisson' && o.arrival !== 'uniform') throw bad('arrival must be poisson or uniform', o.arrival);
   if (!Number.isFinite(o.zipfS) || o.zipfS < 0) throw bad('zipfS must be >= 0', o.zipfS);
   if (!Number.isSafeInteger(o.outputTokens) || o.outputTokens < 1) throw bad('outputTokens must be a positive integer', o.outputTokens);
+  if (!Number.isSafeInteger(o.topK) || o.topK < 1) throw bad('topK must be a positive integer', o.topK);
+  if (!Number.isSafeInteger(o.contextTokens) || o.contextTokens < 0) throw bad('contextTokens must be an integer >= 0', o.contextTokens);
   if (!Number.isSafeInteger(o.blockSize) || o.blockSize < 1) throw bad('blockSize must be a positive integer', o.blockSize);
   if (!Number.isSafeInteger(o.chatTemplateTokens) || o.chatTemplateTokens < 0) throw bad('chatTemplateTokens must be >= 0', o.chatTemplateTokens);
   if (!Number.isFinite(o.timeScale) || o.timeScale < 0) throw bad('timeScale must be >= 0', o.timeScale);
@@ -167,6 +234,13 @@ export async function loadNq(dir: string, opts: Partial<NqOptions> = {}): Promis
   if (!isDir) throw new Error(`NQ workload directory not found: ${dir}`);
 
   const questions = await readNqQuestions(dir);
+  // top-k retrieval over the whole knowledge directory, once per question
+  let retrieved: KnowledgeRef[][] | null = null;
+  if (o.topK > 1) {
+    const docs = await readNqDocuments(dir);
+    if (docs.length < o.topK) throw bad(`topK must be <= the ${docs.length} documents of ${join(dir, 'knowledge')}`, o.topK);
+    retrieved = questions.map((q) => retrieveDocuments(q.question, docs, o.topK).map((i) => ({ kid: docs[i]!.kid, tokens: docs[i]!.tokens })));
+  }
   const zipf = new ZipfSampler(questions.length, o.zipfS);
   const pick = makeRng(o.seed, 'nq-questions');
   const arrivals = makeRng(o.seed, 'nq-arrivals');
@@ -176,9 +250,14 @@ export async function loadNq(dir: string, opts: Partial<NqOptions> = {}): Promis
   let t = 0;
   for (let i = 0; i < o.requests; i++) {
     if (i > 0) t += o.arrival === 'uniform' ? gapMs : exponential(arrivals, gapMs);
-    const q = questions[zipf.sample(pick)]!;
-    const knowledge = [{ kid: q.kid, tokens: q.docTokens }];
-    const inputTokens = o.chatTemplateTokens + q.docTokens + q.questionTokens;
+    const qi = zipf.sample(pick);
+    const q = questions[qi]!;
+    const knowledge = retrieved ? retrieved[qi]!.slice() : [{ kid: q.kid, tokens: q.docTokens }];
+    let docTokens = knowledge.reduce((a, d) => a + d.tokens, 0);
+    while (o.contextTokens > 0 && knowledge.length > 1 && o.chatTemplateTokens + docTokens + q.questionTokens + o.outputTokens > o.contextTokens) {
+      docTokens -= knowledge.pop()!.tokens;
+    }
+    const inputTokens = o.chatTemplateTokens + docTokens + q.questionTokens;
     requests.push(
       ragRequest({
         index: i,

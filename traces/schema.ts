@@ -13,6 +13,17 @@ export interface KnowledgeRef {
   tokens: number;
 }
 
+/**
+ * How a generated RAG prompt is laid out (NQ, synthetic): enough to rebuild its block ids for
+ * another document order ({@link reorderRequest} in traces/blocks.ts).
+ */
+export interface PromptLayout {
+  /** chat-template tokens before the first document (tokens). */
+  headTokens: number;
+  /** per-request salt of the blocks holding question tokens (`ragBlockIds` requestSalt). */
+  salt: string;
+}
+
 /** One inference request in kvlab's common schema. */
 export interface TraceRequest {
   /** Unique id within the trace (e.g. "r42"). Runs are joined on it by `kvlab diff`. */
@@ -41,10 +52,15 @@ export interface TraceRequest {
    * Ids are non-negative integers < 2^53.
    */
   blocks: number[];
-  /** Knowledge documents at the prompt prefix, in order (empty when the request has none). */
+  /**
+   * Knowledge documents at the prompt prefix, in prompt order (empty when the request has none):
+   * document i starts at `layout.headTokens` + the tokens of documents 0..i-1.
+   */
   knowledge: KnowledgeRef[];
   /** Sum of `knowledge[].tokens`: the prompt prefix that is external knowledge (tokens). */
   knowledgeTokens: number;
+  /** Prompt layout of a generated RAG request (absent for file traces). */
+  layout?: PromptLayout;
   /** Optional session/conversation id. */
   session?: string;
   /** Optional user text (question) for live replay; the knowledge text is fetched by kid. */

@@ -26,8 +26,20 @@ export interface SyntheticOptions {
   docSigma: number;
   docMinTokens: number;
   docMaxTokens: number;
-  /** Distinct documents per request, placed in the prompt prefix in sampled order. */
+  /**
+   * Distinct documents per request (retrieval top-k): uniform on [docsPerRequest,
+   * docsPerRequestMax] (docsPerRequestMax 0 = exactly docsPerRequest), each drawn by Zipf
+   * popularity, placed in the prompt prefix in `docOrder`.
+   */
   docsPerRequest: number;
+  /** Upper bound of the documents per request (0 = docsPerRequest). */
+  docsPerRequestMax: number;
+  /**
+   * Prompt order of a request's documents: `sampled` = the order they were drawn in (popular
+   * documents tend to come first), `shuffled` = a uniform random permutation (retrieval rank is
+   * query-specific: it does not follow global popularity).
+   */
+  docOrder: 'sampled' | 'shuffled';
   /** Lognormal question length (tokens). */
   questionMedianTokens: number;
   questionSigma: number;
@@ -43,8 +55,10 @@ export interface SyntheticOptions {
   /** Tokens per prefix block. */
   blockSize: number;
   /**
-   * Output tokens are clamped so prompt + output <= maxModelLen (0 = no clamp). Prompts alone
-   * longer than this (possible with docsPerRequest > 1) are kept; drivers reject them like vLLM.
+   * Context window (0 = none): trailing documents that would leave no room for one output token
+   * are dropped (at least one document is kept, as a RAG framework fills its context budget),
+   * and output tokens are clamped so prompt + output <= maxModelLen. A prompt still longer (one
+   * huge document) is kept; drivers reject it like vLLM.
    */
   maxModelLen: number;
   /** Multiplies arrival times (as for file traces). */
@@ -66,6 +80,8 @@ export const SYNTHETIC_DEFAULTS: Readonly<SyntheticOptions> = Object.freeze({
   docMinTokens: 128,
   docMaxTokens: 3500,
   docsPerRequest: 1,
+  docsPerRequestMax: 0,
+  docOrder: 'sampled',
   questionMedianTokens: 24,
   questionSigma: 0.5,
   questionMinTokens: 4,
@@ -79,6 +95,24 @@ export const SYNTHETIC_DEFAULTS: Readonly<SyntheticOptions> = Object.freeze({
   maxModelLen: 4096,
   timeScale: 1,
   seed: 1,
+});
+
+/**
+ * Defaults of the multi-document RAG workload (`--workload rag`): the synthetic generator with
+ * retrieval top-k 3–5 documents per request (Zipf 1.0 popularity per document) in
+ * query-specific (shuffled) order, and passage-sized documents (median 400 tokens, 64–1,500) so
+ * five of them fit Llama-3's 4,096-token window. Arrival rate 0.7 req/s.
+ */
+export const RAG_DEFAULTS: Readonly<SyntheticOptions> = Object.freeze({
+  ...SYNTHETIC_DEFAULTS,
+  rate: 0.7,
+  docMedianTokens: 400,
+  docSigma: 0.5,
+  docMinTokens: 64,
+  docMaxTokens: 1500,
+  docsPerRequest: 3,
+  docsPerRequestMax: 5,
+  docOrder: 'shuffled' as const,
 });
 
 /** One catalog document. */
@@ -120,6 +154,8 @@ function validate(o: SyntheticOptions): void {
   check(posInt(o.docs), 'docs must be a positive integer', o.docs);
   check(Number.isFinite(o.zipfS) && o.zipfS >= 0, 'zipfS must be >= 0', o.zipfS);
   check(posInt(o.docsPerRequest) && o.docsPerRequest <= o.docs, 'docsPerRequest must be in 1..docs', o.docsPerRequest);
+  check(Number.isSafeInteger(o.docsPerRequestMax) && (o.docsPerRequestMax === 0 || (o.docsPerRequestMax >= o.docsPerRequest && o.docsPerRequestMax <= o.docs)), 'docsPerRequestMax must be 0 or in docsPerRequest..docs', o.docsPerRequestMax);
+  check(o.docOrder === 'sampled' || o.docOrder === 'shuffled', 'docOrder must be sampled or shuffled', o.docOrder);
   check(posInt(o.blockSize), 'blockSize must be a positive integer', o.blockSize);
   check(Number.isSafeInteger(o.chatTemplateTokens) && o.chatTemplateTokens >= 0, 'chatTemplateTokens must be >= 0', o.chatTemplateTokens);
   check(Number.isSafeInteger(o.maxModelLen) && o.maxModelLen >= 0, 'maxModelLen must be an integer >= 0', o.maxModelLen);
@@ -149,19 +185,31 @@ function pickDocs(rng: Rng, zipf: ZipfSampler, k: number): number[] {
   return chosen;
 }
 
+/** Fisher–Yates shuffle in place with a seeded generator. */
+function shuffle(rng: Rng, a: number[]): void {
+  for (let i = a.length - 1; i > 0; i--) {
+    const j = Math.floor(rng() * (i + 1));
+    const t = a[i]!;
+    a[i] = a[j]!;
+    a[j] = t;
+  }
+}
+
 /**
  * Generates the synthetic RAG workload. Deterministic given the options (seed included).
  *
- * Request i: `id` r<i>, knowledge = docsPerRequest distinct catalog docs drawn by Zipf
- * popularity, `inputTokens = chatTemplateTokens + knowledge tokens + question tokens`, output
+ * Request i: `id` r<i>, knowledge = k distinct catalog docs drawn by Zipf popularity (k uniform
+ * on [docsPerRequest, docsPerRequestMax]) in `docOrder`, trailing ones dropped to fit maxModelLen, `inputTokens = chatTemplateTokens + knowledge tokens + question tokens`, output
  * tokens lognormal (clamped to fit maxModelLen), blocks from ragBlockIds via {@link ragRequest} (question blocks
  * unique per request), arrivals starting at 0 ms. Separate random streams are used for the
  * catalog, the per-request draws and the arrivals, so changing `rate` keeps the same requests.
  *
+ * @param defaults the defaults `opts` override ({@link SYNTHETIC_DEFAULTS}, or {@link RAG_DEFAULTS} for `rag`)
+ * @param name `meta.name` of the trace
  * @throws RangeError on invalid options.
  */
-export function generateSynthetic(opts: Partial<SyntheticOptions> = {}): LoadedTrace {
-  const o: SyntheticOptions = { ...SYNTHETIC_DEFAULTS, ...opts };
+export function generateSynthetic(opts: Partial<SyntheticOptions> = {}, defaults: Readonly<SyntheticOptions> = SYNTHETIC_DEFAULTS, name = 'synthetic'): LoadedTrace {
+  const o: SyntheticOptions = { ...defaults, ...opts };
   validate(o);
   const catalog = syntheticCatalog(o);
   const zipf = new ZipfSampler(o.docs, o.zipfS);
@@ -175,9 +223,16 @@ export function generateSynthetic(opts: Partial<SyntheticOptions> = {}): LoadedT
     if (i > 0) {
       t += o.arrival === 'poisson' ? exponential(arrivals, meanGapMs) : gammaGap(arrivals, meanGapMs, o.burstCv);
     }
-    const knowledge = pickDocs(rng, zipf, o.docsPerRequest).map((r) => ({ kid: catalog[r]!.kid, tokens: catalog[r]!.tokens }));
-    const knowledgeTokens = knowledge.reduce((a, k) => a + k.tokens, 0);
+    // the single-k path draws exactly what it always did (same requests for old seeds)
+    const k = o.docsPerRequestMax > o.docsPerRequest ? o.docsPerRequest + Math.floor(rng() * (o.docsPerRequestMax - o.docsPerRequest + 1)) : o.docsPerRequest;
+    const picked = pickDocs(rng, zipf, k);
+    if (o.docOrder === 'shuffled') shuffle(rng, picked);
+    const knowledge = picked.map((r) => ({ kid: catalog[r]!.kid, tokens: catalog[r]!.tokens }));
     const question = lognormalInt(rng, o.questionMedianTokens, o.questionSigma, o.questionMinTokens, o.questionMaxTokens);
+    let knowledgeTokens = knowledge.reduce((a, d) => a + d.tokens, 0);
+    while (o.maxModelLen > 0 && knowledge.length > 1 && o.chatTemplateTokens + knowledgeTokens + question + 1 > o.maxModelLen) {
+      knowledgeTokens -= knowledge.pop()!.tokens;
+    }
     const inputTokens = o.chatTemplateTokens + knowledgeTokens + question;
     let outputTokens = lognormalInt(rng, o.outputMedianTokens, o.outputSigma, o.outputMinTokens, o.outputMaxTokens);
     if (o.maxModelLen > 0) outputTokens = Math.max(1, Math.min(outputTokens, o.maxModelLen - inputTokens));
@@ -198,7 +253,7 @@ export function generateSynthetic(opts: Partial<SyntheticOptions> = {}): LoadedT
   return {
     requests,
     meta: {
-      name: 'synthetic',
+      name,
       file: '',
       format: 'synthetic',
       blockSize: o.blockSize,

@@ -75,8 +75,8 @@ export const ROUTER_NAMES = Object.keys(ROUTERS);
 
 function parseIntent(v: unknown, where: string): Intent {
   if (v === undefined) return 'text';
-  if (v === 'text' || v === 'kvcache' || v === 'hybrid') return v;
-  throw new Error(`${where}: intent must be text, kvcache or hybrid (got ${JSON.stringify(v)})`);
+  if (v === 'text' || v === 'kvcache' || v === 'hybrid' || v === 'blend' || v === 'overlap') return v;
+  throw new Error(`${where}: intent must be text, kvcache, hybrid, blend or overlap (got ${JSON.stringify(v)})`);
 }
 
 function routerFor(name: string, where: string): (intent: () => Intent) => Router {
@@ -102,7 +102,8 @@ class Baseline implements Strategy {
 /**
  * Builds a classic baseline.
  * @param name round-robin | random | least-inflight | least-load | text-only | kv-only | static-mix
- * @param params `intent` (text|kvcache|hybrid, routers only; default text), `router` (for
+ * @param params `intent` (text|kvcache|hybrid|blend|overlap, routers only; default text; blend and
+ *   overlap fall back to kvcache on instances that do not declare them), `router` (for
  *   text-only / kv-only / static-mix; default least-load), `pattern` [kv, text] for static-mix (default [1, 1])
  * @throws Error naming the bad parameter
  */

@@ -116,6 +116,8 @@ export const STRATEGY_PARAMS: Record<string, ParamSchema> = {
     rateAlpha: num('EWMA weight of each new inter-arrival gap', { min: 0, max: 1, minExclusive: true }),
     hybrid: { kind: 'boolean', doc: 'consider hybrid split points' },
     peer: { kind: 'boolean', doc: 'consider moving the longest cached prefix from another instance over the peer KV link' },
+    blend: { kind: 'boolean', doc: 'consider blend (CacheBlend) on instances that declare it' },
+    overlap: { kind: 'boolean', doc: 'consider overlapped hybrid (compute the head while the tail loads) on instances that declare it' },
     tieMs: num('absolute tie tolerance (ms)', { min: 0 }),
     tieFrac: num('relative tie tolerance (fraction of the cost)', { min: 0, max: 1 }),
     tieMaxMs: num('cap of the tie tolerance (ms)', { min: 0, allowInfinity: true }),

@@ -1,6 +1,8 @@
 /**
  * `kvlab` (ours): one continuous cost in milliseconds. For every up instance and every intent
- * (text, kvcache, and hybrid split points in 256-token chunks) the engine's predictor gives the
+ * (text, kvcache, hybrid split points in 256-token chunks, and where the instance declares them
+ * blend — every document's KV, CacheBlend — and overlap — the head computed while the tail's KV
+ * loads, split where the two meet) the engine's predictor gives the
  * request's TTFT from the booked load (prefill backlog, decoding requests, KV footprint), the
  * prefix hits on that instance and the KDN link state; the option with the lowest cost wins.
  *
@@ -58,6 +60,10 @@ export interface KvlabParams {
    * other option: link wait + transfer, then prefill of the rest.
    */
   peer: boolean;
+  /** consider `blend` (every document's KV, a share recomputed) on instances that support it. */
+  blend: boolean;
+  /** consider `overlap` (head computed while the tail's KV loads, split where they meet) on instances that support it. */
+  overlap: boolean;
   /** costs within min(tieMaxMs, max(tieMs, tieFrac × cost)) of each other count as ties (ms, fraction, ms). */
   tieMs: number;
   tieFrac: number;
@@ -71,8 +77,8 @@ export interface KvlabParams {
   tbtSloMs: number;
 }
 
-/** Defaults: predicted TTFT plus the queueing and arrival externalities (weights 3), hybrid splits on, no tie tolerance. */
-export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, arrivalWeight: 3, rateAlpha: 0.02, hybrid: true, peer: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity, ttftSloMs: 0, tbtSloMs: 0 };
+/** Defaults: predicted TTFT plus the queueing and arrival externalities (weights 3), hybrid splits, peer moves, blend and overlap on (where instances declare them), no tie tolerance. */
+export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, arrivalWeight: 3, rateAlpha: 0.02, hybrid: true, peer: true, blend: true, overlap: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity, ttftSloMs: 0, tbtSloMs: 0 };
 
 /** The `kvlab` strategy (module doc): minimum predicted cost over instances × intents × splits. */
 export class KvlabStrategy implements Strategy {
@@ -103,11 +109,16 @@ export class KvlabStrategy implements Strategy {
     let ties = 1;
     let bestPeer: { from: number; tokens: number } | undefined;
     let peerPick: { from: number; tokens: number } | undefined;
-    const consider = (i: number, intent: Intent, reuse: number, peer?: { from: number; tokens: number }) => {
+    const consider = (i: number, intent: Intent, reuse: number | undefined, peer?: { from: number; tokens: number }) => {
       const pred = ctx.predictInto(scratch, i, intent, reuse, peer);
+      if (intent === 'overlap') {
+        reuse = (ctx.kdnFor(i)?.reuseTokens ?? 0) - pred.transferTokens; // the split
+        // the meet point loads nothing (that is text) or everything (that is kvcache)
+        if (pred.transferTokens <= 0 || reuse <= ctx.cachedTokens(i)) return;
+      }
       const cost = pred.ttftMs + (this.p.workWeight + this.p.queueWeight * ctx.load(i).prefillReqs + aw * pred.workMs) * pred.workMs;
       const a: Alternative = { instance: i, intent, score: round3(cost), ttftMs: round3(pred.ttftMs) };
-      if (intent === 'hybrid') a.reusedTokens = reuse;
+      if (intent === 'hybrid' || intent === 'overlap') a.reusedTokens = reuse;
       alternatives.push(a);
       // costs closer than the tolerance are ties (prediction noise, wall-clock jitter in live mode):
       // the smaller booked KV footprint wins (like Dynamo's smallest-tree tie-break), then a seeded
@@ -126,7 +137,7 @@ export class KvlabStrategy implements Strategy {
       if (take) {
         bestI = i;
         bestIntent = intent;
-        bestReuse = reuse;
+        bestReuse = reuse ?? 0;
         bestCost = cost;
         peerPick = peer;
         copyPrediction(bestPred, pred);
@@ -148,14 +159,16 @@ export class KvlabStrategy implements Strategy {
         continue;
       }
       consider(i, 'text', 0);
+      const inst = ctx.spec(i);
+      if (this.p.blend && inst.blend && ctx.blendFor(i)) consider(i, 'blend', 0);
       const kc = ctx.kdnFor(i);
       if (!kc || kc.reuseTokens <= 0) continue;
       const hit = ctx.cachedTokens(i);
       if (kc.reuseTokens <= hit) continue; // nothing to transfer: text already reuses the local cache
       consider(i, 'kvcache', kc.reuseTokens);
+      if (this.p.overlap && inst.overlap) consider(i, 'overlap', undefined);
       if (!this.p.hybrid) continue;
       // hybrid candidates around the point where the transfer stops being hidden
-      const inst = ctx.spec(i);
       const kdn = ctx.cluster.kdns[kc.kdn]!;
       const link = ctx.cluster.links[kc.kdn]![i]!;
       const perToken = transferMs(kvWireBytes(1e6, inst.profile.model.kvBytesPerToken, kdn), { ...link, latencyMs: 0 }) / 1e6;

@@ -62,7 +62,7 @@ export class StrategyParamError extends Error {
 }
 
 /** The injection intents a fixed-intent strategy may be configured with. */
-export const FIXED_INTENTS = ['text', 'kvcache', 'hybrid'] as const;
+export const FIXED_INTENTS = ['text', 'kvcache', 'hybrid', 'blend', 'overlap'] as const;
 
 /** Shared descriptor of the `intent` parameter of fixed-intent routers. */
 export const INTENT_PARAM: EnumParam = { kind: 'enum', doc: 'injection intent used for every request', values: FIXED_INTENTS };
