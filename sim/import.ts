@@ -138,11 +138,12 @@ function traceJsonl(reqs: readonly ObservedRequest[], arrivals: readonly number[
 }
 
 /** The parallel layout of the run: instances (DP ranks), TP per instance, EP for MoE. */
-function layout(run: ObservedRun, opts: ImportOptions, model: ModelShape | null): { instances: number; tp: number; ep: number } {
+function layout(run: ObservedRun, opts: ImportOptions, model: ModelShape | null): { instances: number; tp: number; ep: number; dp: number } {
   const tp = opts.tp ?? run.engine.tensorParallel ?? run.gpus ?? 1;
   const dp = run.engine.dataParallel ?? 1;
-  const ep = model?.moe && run.engine.expertParallel ? dp * tp : 1;
-  return { instances: dp, tp, ep };
+  // MoE with expert parallelism across the DP ranks: the ranks step in lockstep = one instance
+  if (model?.moe && run.engine.expertParallel && dp > 1) return { instances: 1, tp, ep: dp * tp, dp };
+  return { instances: dp, tp, ep: 1, dp: 1 };
 }
 
 function sameGpu(p: Profile, gpu: GpuSpec): boolean {
@@ -179,8 +180,8 @@ export function importProfile(run: ObservedRun, opts: ImportOptions, warnings: s
       base = shipped;
       choice = `measured profile ${shipped.name} (same model shapes, GPU and TP)`;
     } else {
-      base = deriveProfileFromSpecs({ gpu, model, tp: lay.tp, ep: lay.ep, entry, engine: { maxModelLen: run.engine.maxModelLen ?? undefined } });
-      choice = `derived: kvlab profile derive --gpu ${gpu.id} --model ${model.hfId ?? model.name} --tp ${lay.tp}${lay.ep > 1 ? ` --ep ${lay.ep}` : ''}`;
+      base = deriveProfileFromSpecs({ gpu, model, tp: lay.tp, ep: lay.ep, dp: lay.dp, entry, engine: { maxModelLen: run.engine.maxModelLen ?? undefined } });
+      choice = `derived: kvlab profile derive --gpu ${gpu.id} --model ${model.hfId ?? model.name} --tp ${lay.tp}${lay.ep > 1 ? ` --ep ${lay.ep}` : ''}${lay.dp > 1 ? ` --dp ${lay.dp}` : ''}`;
     }
   }
   // engine settings: flags > the run's statement > (when the GPU is known) vLLM's defaults for it > the profile's
@@ -193,16 +194,20 @@ export function importProfile(run: ObservedRun, opts: ImportOptions, warnings: s
     else if (fromRun !== null && fromRun !== undefined) engine[k] = fromRun;
     else if (fromDefault !== undefined && !opts.profile) engine[k] = fromDefault;
   };
-  pick('maxNumSeqs', e.maxNumSeqs, def?.maxNumSeqs);
-  pick('maxNumBatchedTokens', e.maxNumBatchedTokens, def?.maxNumBatchedTokens);
+  // a lockstep DP group (one instance for dp ranks): per-rank settings × dp, chunks within one rank's budget
+  const g = lay.dp;
+  const times = (x: number | null | undefined): number | undefined => (x === null || x === undefined ? undefined : x * g);
+  pick('maxNumSeqs', times(e.maxNumSeqs) ?? null, times(def?.maxNumSeqs));
+  pick('maxNumBatchedTokens', times(e.maxNumBatchedTokens) ?? null, times(def?.maxNumBatchedTokens));
+  if (g > 1) engine.longPrefillTokenThreshold = engine.maxNumBatchedTokens / g;
   pick('maxModelLen', e.maxModelLen, model?.maxPositionEmbeddings);
   pick('blockSizeTokens', e.blockSize, undefined);
   if (opts.engine?.kvCapacityTokens !== undefined) engine.kvCapacityTokens = opts.engine.kvCapacityTokens;
-  else if (e.kvCapacityTokens !== null) engine.kvCapacityTokens = e.kvCapacityTokens;
+  else if (e.kvCapacityTokens !== null) engine.kvCapacityTokens = e.kvCapacityTokens * g;
   else if (gpu && model) {
     // re-derive from memory with the run's batch settings and utilisation
-    const cap = kvCapacityFromMemory(model, gpu, { tp: lay.tp, ep: lay.ep }, { maxNumBatchedTokens: engine.maxNumBatchedTokens, maxNumSeqs: engine.maxNumSeqs, blockSizeTokens: engine.blockSizeTokens }, e.gpuMemoryUtilization ?? 0.9);
-    if (cap.tokens > 0) engine.kvCapacityTokens = cap.tokens;
+    const cap = kvCapacityFromMemory(model, gpu, { tp: lay.tp, ep: lay.ep }, { maxNumBatchedTokens: engine.maxNumBatchedTokens / g, maxNumSeqs: engine.maxNumSeqs / g, blockSizeTokens: engine.blockSizeTokens }, e.gpuMemoryUtilization ?? 0.9);
+    if (cap.tokens > 0) engine.kvCapacityTokens = cap.tokens * g;
   }
   if (e.enablePrefixCaching === false) warnings.push('the run disabled prefix caching; the imported trace has no shared prefixes, so the replay has no hits either');
   if (engine.asyncScheduling === undefined) engine.asyncScheduling = true;
@@ -291,8 +296,9 @@ export function importRun(path: string, opts: ImportOptions): ImportResult {
   const traces: string[] = [];
   const seeds = exact ? [] : Array.from({ length: opts.seeds ?? 5 }, (_, i) => i + 1);
   if (exact) {
-    const arr = reqs.map((r) => r.arrivalMs ?? 0);
-    writeFileSync(join(outDir, 'trace.jsonl'), traceJsonl(reqs, arr));
+    // trace lines in arrival order (engine queue times need not follow the source's line order)
+    const sorted = [...reqs].sort((a, b) => (a.arrivalMs ?? 0) - (b.arrivalMs ?? 0));
+    writeFileSync(join(outDir, 'trace.jsonl'), traceJsonl(sorted, sorted.map((r) => r.arrivalMs ?? 0)));
     traces.push('trace.jsonl');
   } else {
     for (const s of seeds) {

@@ -35,6 +35,11 @@ export interface DeriveInput {
   tp?: number;
   /** expert-parallel size for MoE (default 1). */
   ep?: number;
+  /**
+   * data-parallel ranks of a MoE model with expert parallelism across them (vLLM DP + EP): they
+   * step in lockstep, so the instance is the whole DP group (settings × dp, see rooflineStep).
+   */
+  dp?: number;
   /** profile name (default `<gpu>x<tp>-<model>`, lower case). */
   name?: string;
   entry?: EntryPoint;
@@ -62,24 +67,25 @@ export function defaultProfileName(gpu: GpuSpec, model: ModelShape, tp: number):
  * The step model of (gpu, model, tp, ep) from the roofline.
  * @returns the StepModel (apiMs / frontendMsPerRequest of `entry`) and per-term provenance
  */
-export function rooflineStep(gpu: GpuSpec, model: ModelShape, tp: number, ep: number, entry: EntryPoint, c: RooflineCoefficients): { step: StepModel; provenance: Record<string, TermProvenance> } {
-  const lay = { tp, ep };
+export function rooflineStep(gpu: GpuSpec, model: ModelShape, tp: number, ep: number, entry: EntryPoint, c: RooflineCoefficients, dp = 1): { step: StepModel; provenance: Record<string, TermProvenance> } {
+  const lay = { tp, ep, dp };
   const values = DERIVE_KNOTS.map((T) => (T === 0 ? 0 : tokenCurveMs(model, gpu, lay, T, c)));
-  const { eff, learned } = gemmEfficiency(c, gpu);
+  const { eff, source: effKind } = gemmEfficiency(c, gpu);
   const p = paramCounts(model);
   const lmW = (model.vocab * model.hidden) / tp;
   const lmRead = gemmMs(lmW, 1, model.dtypeBytes, gpu, eff);
   const lmPerToken = ((2 * lmW) / (gpu.peakTflopsBf16 * 1e12 * eff.etaCompute)) * 1e3;
   const L = model.layers;
   const fixedMs = c.overhead.stepMs + (L * c.overhead.layerUs) / 1000 + lmRead;
-  const decodeSeqMs = lmPerToken + c.overhead.seqMs + (L * c.attention.seqUs) / 1000;
-  const prefillSeqMs = lmPerToken + c.overhead.seqMs + (L * c.attention.kernelUs) / 1000;
+  // lockstep data-parallel ranks share a step's sequences: per-sequence and attention work / dp
+  const decodeSeqMs = (lmPerToken + c.overhead.seqMs + (L * c.attention.seqUs) / 1000) / dp;
+  const prefillSeqMs = (lmPerToken + c.overhead.seqMs + (L * c.attention.kernelUs) / 1000) / dp;
   const n = DERIVE_KNOTS.length;
   const slopeLast = (values[n - 1]! - values[n - 2]!) / (DERIVE_KNOTS[n - 1]! - DERIVE_KNOTS[n - 2]!);
   const headsPerGpu = model.heads / tp;
-  const msPerUnit = ((L * 4 * headsPerGpu * model.headDim) / (gpu.peakTflopsBf16 * 1e12 * c.attention.prefillEta)) * 1e3;
+  const msPerUnit = ((L * 4 * headsPerGpu * model.headDim) / (gpu.peakTflopsBf16 * 1e12 * c.attention.prefillEta)) * 1e3 / dp;
   const kvHeadsPerGpu = Math.max(1, model.kvHeads / tp);
-  const kvRead = ((L * 2 * kvHeadsPerGpu * model.headDim * model.dtypeBytes) / (gpu.memBandwidthGBs * 1e9 * c.attention.decodeEtaMem)) * 1e3;
+  const kvRead = ((L * 2 * kvHeadsPerGpu * model.headDim * model.dtypeBytes) / (gpu.memBandwidthGBs * 1e9 * c.attention.decodeEtaMem)) * 1e3 / dp;
   const api = c.api[entry];
   const step: StepModel = {
     fixedMs: sig(fixedMs),
@@ -92,7 +98,12 @@ export function rooflineStep(gpu: GpuSpec, model: ModelShape, tp: number, ep: nu
     apiMs: api.apiMs,
     frontendMsPerRequest: api.frontendMsPerRequest,
   };
-  const effSrc = learned ? `GEMM efficiency fitted on Vidur's ${gpu.id} linear-layer tables` : `GEMM efficiency = mean of the A100 and H100 fits (no op-level data for ${gpu.id})`;
+  const effSrc =
+    effKind === 'learned'
+      ? `GEMM efficiency fitted on Vidur's ${gpu.id} linear-layer tables`
+      : effKind === 'spec'
+        ? `GEMM ηmem/ηcompute measured on this GPU: ${gpu.measuredGemm!.source}`
+        : `GEMM efficiency = mean of the A100 and H100 fits (no op-level data for ${gpu.id})`;
   const coll = collectiveModel(c, gpu);
   const provenance: Record<string, TermProvenance> = {
     'step.knots/values': {
@@ -122,6 +133,8 @@ export function rooflineStep(gpu: GpuSpec, model: ModelShape, tp: number, ep: nu
 export function deriveProfileFromSpecs(inp: DeriveInput): Profile {
   const tp = inp.tp ?? 1;
   const ep = inp.ep ?? 1;
+  const dp = inp.dp ?? 1;
+  if (dp > 1 && !inp.model.moe) throw new Error('profile derive: --dp is for MoE models with expert parallelism across the ranks (dense DP ranks are separate instances)');
   const entry = inp.entry ?? 'openai-server';
   const c = inp.coefficients ?? loadRoofline();
   const gpu = inp.gpu;
@@ -134,18 +147,20 @@ export function deriveProfileFromSpecs(inp: DeriveInput): Profile {
   const blockSizeTokens = inp.engine?.blockSizeTokens ?? 16;
   const util = inp.gpuMemoryUtilization ?? GPU_MEMORY_UTILIZATION;
   const cap = kvCapacityFromMemory(model, gpu, { tp, ep }, { maxNumBatchedTokens, maxNumSeqs, blockSizeTokens }, util);
-  const kvCapacityTokens = inp.engine?.kvCapacityTokens ?? cap.tokens;
+  const kvCapacityTokens = inp.engine?.kvCapacityTokens ?? cap.tokens * dp;
   if (!(kvCapacityTokens > 0)) throw new Error(`profile derive: ${model.name} does not fit on ${tp} × ${gpu.name} (${cap.text})`);
-  const { step, provenance } = rooflineStep(gpu, model, tp, ep, entry, c);
+  const { step, provenance } = rooflineStep(gpu, model, tp, ep, entry, c, dp);
   const name = inp.name ?? defaultProfileName(gpu, model, tp);
   const kvb = kvBytesPerToken(model);
+  // a lockstep DP group: each rank schedules its own budget and sequences; one request's chunk
+  // stays within one rank's budget
   const engine: EngineSettings = {
-    maxNumBatchedTokens,
-    maxNumSeqs,
+    maxNumBatchedTokens: maxNumBatchedTokens * dp,
+    maxNumSeqs: maxNumSeqs * dp,
     maxModelLen,
     kvCapacityTokens,
     blockSizeTokens,
-    longPrefillTokenThreshold: inp.engine?.longPrefillTokenThreshold ?? 0,
+    longPrefillTokenThreshold: inp.engine?.longPrefillTokenThreshold ?? (dp > 1 ? maxNumBatchedTokens : 0),
     asyncScheduling: inp.engine?.asyncScheduling ?? true,
   };
   provenance['engine.kvCapacityTokens'] =
@@ -159,18 +174,18 @@ export function deriveProfileFromSpecs(inp: DeriveInput): Profile {
     name,
     derived: true,
     description:
-      `DERIVED (roofline, not measured): ${model.name} ${model.dtypeBytes === 2 ? 'bf16' : `${model.dtypeBytes}-byte`} on ${tp}× ${gpu.name} (TP ${tp}${model.moe ? `, EP ${ep}` : ''}), ` +
+      `DERIVED (roofline, not measured): ${model.name} ${model.dtypeBytes === 2 ? 'bf16' : `${model.dtypeBytes}-byte`} on ${tp * dp}× ${gpu.name} (TP ${tp}${model.moe ? `, EP ${ep}` : ''}${dp > 1 ? `, DP ${dp} in lockstep as one instance: budget, sequences and KV × ${dp}` : ''}), ` +
       `vLLM V1 (${entry === 'engine' ? 'in-process engine' : 'OpenAI server'}, async scheduling). ${(fl.linear / 1e9).toFixed(2)} GFLOP per token of linear layers, ` +
       `${kvb.toLocaleString('en-US')} B of KV per token. Step model from kvlab profile derive (sim/profile/derive.ts) with the efficiencies of ` +
       `engine/profiles/roofline/coefficients.json; every term's source is in provenance. ${cap.text}`,
-    source: `kvlab profile derive --gpu ${gpu.id} --model ${model.hfId ?? model.name} --tp ${tp}${ep > 1 ? ` --ep ${ep}` : ''}; GPU: ${gpu.source}; model: ${model.source}`,
+    source: `kvlab profile derive --gpu ${gpu.id} --model ${model.hfId ?? model.name} --tp ${tp}${ep > 1 ? ` --ep ${ep}` : ''}${dp > 1 ? ` --dp ${dp}` : ''}; GPU: ${gpu.source}; model: ${model.source}`,
     model: modelSpecOf(model),
-    hardware: { gpu: gpu.name, gpus: model.moe && ep > 1 ? Math.max(tp, 1) : tp, peakTflops: gpu.peakTflopsBf16, memBandwidthGBs: gpu.memBandwidthGBs, memGiB: gpu.memGiB },
+    hardware: { gpu: gpu.name, gpus: tp * dp, peakTflops: gpu.peakTflopsBf16, memBandwidthGBs: gpu.memBandwidthGBs, memGiB: gpu.memGiB },
     engine,
     step,
     kvLoad: { fixedMs: 12.46, msPerGB: 2764.34, bytesPerToken: Math.round(kvb / tp) },
     coldStartMs: 0,
-    fit: { derived: true, gpu: gpu.id, tp, ep, entry },
+    fit: { derived: true, gpu: gpu.id, tp, ep, dp, entry },
     provenance,
   };
 }

@@ -245,7 +245,18 @@ export function learnRoofline(dir: string): LearnResult {
     etaBus: etaHost,
     alphaUs: alphaHost,
   };
-  base.collectives['pcie-p2p'] = { alphaUs: r4(2 * nvlink.alphaUs), etaBus: nvlink.etaBus };
+  // PCIe with P2P (professional cards): LLMServingSim's cluster config of its RTX PRO 6000 TP2 runs
+  // states the inter-GPU link its simulator uses (link_bw GB/s, link_latency ns)
+  const lssCfg = join(dir, 'llmservingsim_bench_vllm019_rtx', 'RTXPRO6000_Qwen3-32B', 'config.json');
+  if (existsSync(lssCfg)) {
+    const cfg = JSON.parse(readFileSync(lssCfg, 'utf8')) as { link_bw?: number; link_latency?: number };
+    if (typeof cfg.link_bw !== 'number' || typeof cfg.link_latency !== 'number') throw new Error(`${lssCfg}: link_bw / link_latency: expected numbers`);
+    const pro = loadGpu('rtx-pro-6000');
+    base.collectives['pcie-p2p'] = { alphaUs: r4(cfg.link_latency / 1000), etaBus: r4(cfg.link_bw / pro.interconnect.linkGBs) };
+    report['allReduce.pcie-p2p'] = { from: `${lssCfg}: link_bw ${cfg.link_bw} GB/s, link_latency ${cfg.link_latency} ns (LLMServingSim's model of the PCIe link of these runs)`, ...base.collectives['pcie-p2p'] };
+  } else {
+    base.collectives['pcie-p2p'] = { alphaUs: r4(2 * nvlink.alphaUs), etaBus: nvlink.etaBus };
+  }
   // vLLM's custom all-reduce: vllm PR #2192 ("Custom all reduce kernels", merged 2023-12) measured
   // Llama-70B on 4x A100-80G, batch 64, 256 in / 256 out: 16.37 s -> 14.57 s, i.e. 1.8 s / 256 steps /
   // (2 x 80 all-reduces of 64 x 8192 x 2 B = 1 MiB) = 44 us less per all-reduce than NCCL.
@@ -262,7 +273,7 @@ export function learnRoofline(dir: string): LearnResult {
     elementwise: 'measured: fitted on Vidur norm/rope/activation/residual tables',
     'collectives.nvlink': 'measured: fitted on Vidur NCCL all-reduce (DGX A100/H100), per GPU and their mean',
     'collectives.pcie-host': 'derived from the measured RTX 5090 TP8 profile (see report allReduce.pcie-host)',
-    'collectives.pcie-p2p': 'assumed: NVLink bus efficiency on the PCIe link bandwidth, 2x the NVLink latency (no measurement)',
+    'collectives.pcie-p2p': 'assumed: the inter-GPU link LLMServingSim configured for its RTX PRO 6000 TP2 validation runs (see report allReduce.pcie-p2p); no measurement of ours',
     'collectives.infinity-fabric': 'assumed: NVLink model (no measurement)',
     customAllReduce: 'derived: NVLink messages <= 8 MiB use vLLM\'s custom all-reduce; its latency from the end-to-end gain reported in vllm PR #2192 (see report.customAllReduce), floored at 3 us',
     'attention.prefillEta': 'assumed: 0.5 of dense BF16 peak (FlashAttention-2/3 papers report 50-75 %); the LLMServingSim table is too small-scale to fit it',

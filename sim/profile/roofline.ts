@@ -10,7 +10,7 @@
  *   elementwise (norms, rope, activation, residual): ewKernelUs + T·bytes_ew / (BW·ηew),
  *     bytes_ew = (10·d + 3·I/TP + 2·(H + Hkv)·dh/TP)·dtype per token
  *   all-reduce (TP > 1; two per layer of T·d·dtype bytes): αUs + 2(n−1)/n · bytes / (link·ηbus)
- *   MoE all-to-all (EP > 1; dispatch + combine): 2·αUs + 2·T·topK·d·dtype·(EP−1)/EP / (link·ηbus)
+ *   MoE expert parallelism (EP > 1; vLLM's allgather_reducescatter all2all): 2·αUs + 2·T·d·dtype·(EP−1)/EP / (link·ηbus)
  * Per step: lm_head (a GEMM on the S sampled tokens), attention (prefill FLOPs 4·H/TP·dh per unit
  * of Σ c·(s + c/2), at P·ηattn; decode KV reads at BW·ηkv plus attnSeqUs per sequence and layer),
  * and the engine's per-step overhead.
@@ -106,10 +106,17 @@ export function collectiveModel(c: RooflineCoefficients, gpu: GpuSpec): Collecti
   return (c.collectives as Record<string, CollectiveModel>)[gpu.id] ?? c.collectives[collectiveClass(gpu)];
 }
 
-/** GEMM efficiency for a GPU: its own learned entry, else `default`. */
-export function gemmEfficiency(c: RooflineCoefficients, gpu: GpuSpec): { eff: GemmEfficiency; learned: boolean } {
+/**
+ * GEMM efficiency for a GPU: its own entry learned from the shared op-level tables; else the
+ * GPU spec's cited measurement (ηmem, ηcompute) with the default corner and kernel cost; else
+ * `default` (mean of the learned GPUs).
+ */
+export function gemmEfficiency(c: RooflineCoefficients, gpu: GpuSpec): { eff: GemmEfficiency; learned: boolean; source: 'learned' | 'spec' | 'default' } {
   const own = c.gemm[gpu.id];
-  return own ? { eff: own, learned: true } : { eff: c.gemm.default!, learned: false };
+  if (own) return { eff: own, learned: true, source: 'learned' };
+  const d = c.gemm.default!;
+  if (gpu.measuredGemm) return { eff: { ...d, etaMem: gpu.measuredGemm.etaMem, etaCompute: gpu.measuredGemm.etaCompute }, learned: true, source: 'spec' };
+  return { eff: d, learned: false, source: 'default' };
 }
 
 /** smax_p(a, b) = (a^p + b^p)^(1/p). */
@@ -132,6 +139,12 @@ export interface RooflineLayout {
   tp: number;
   /** expert-parallel size (MoE only; 1 = experts replicated per TP group). */
   ep: number;
+  /**
+   * data-parallel ranks stepping in lockstep (vLLM DP + EP for MoE: every forward pass runs on all
+   * ranks at once, the experts see the tokens of every rank): the step's T tokens are split evenly
+   * over the ranks for the dense layers, the experts process all T. Default 1.
+   */
+  dp?: number;
 }
 
 /** Per-layer linear GEMM shapes per GPU: [weights per GPU] of QKV, O, gate_up, down (dense MLP). */
@@ -146,8 +159,9 @@ export function denseGemms(m: ModelShape, tp: number): number[] {
 /** Linear + elementwise + collective time of one layer for T tokens on one GPU, ms. */
 export function layerMs(m: ModelShape, gpu: GpuSpec, lay: RooflineLayout, T: number, c: RooflineCoefficients): { gemm: number; moe: number; elementwise: number; collective: number } {
   const { eff } = gemmEfficiency(c, gpu);
+  const Tr = T / (lay.dp ?? 1); // tokens per data-parallel rank (dense layers)
   let gemm = 0;
-  for (const w of denseGemms(m, lay.tp)) gemm += gemmMs(w, T, m.dtypeBytes, gpu, eff);
+  for (const w of denseGemms(m, lay.tp)) gemm += gemmMs(w, Tr, m.dtypeBytes, gpu, eff);
   let moe = 0;
   let collective = 0;
   const coll = collectiveModel(c, gpu);
@@ -163,14 +177,16 @@ export function layerMs(m: ModelShape, gpu: GpuSpec, lay: RooflineLayout, T: num
     moe = (3 * eff.kernelUs * 1e-6 + smax(mem, comp, eff.p)) * 1e3 + gemmMs((m.hidden * m.moe.experts) / lay.tp, T, m.dtypeBytes, gpu, eff);
     if (is > 0) moe += gemmMs((2 * m.hidden * is) / lay.tp, T, m.dtypeBytes, gpu, eff) + gemmMs((is * m.hidden) / lay.tp, T, m.dtypeBytes, gpu, eff);
     if (lay.ep > 1) {
-      const bytes = (2 * T * topK * m.hidden * m.dtypeBytes * (lay.ep - 1)) / lay.ep;
+      // vLLM's default all2all backend (allgather_reducescatter): all-gather the hidden states of the
+      // step's tokens before the experts and reduce-scatter the results after, once per token
+      const bytes = (2 * T * m.hidden * m.dtypeBytes * (lay.ep - 1)) / lay.ep;
       collective += (2 * coll.alphaUs * 1e-6 + bytes / link) * 1e3;
     }
   }
   const mlpI = m.moe ? m.moe.topK * m.moe.expertIntermediate : m.intermediate;
-  const ewBytes = (10 * m.hidden + (3 * mlpI) / lay.tp + (2 * (m.heads + m.kvHeads) * m.headDim) / lay.tp) * m.dtypeBytes * T;
+  const ewBytes = (10 * m.hidden + (3 * mlpI) / lay.tp + (2 * (m.heads + m.kvHeads) * m.headDim) / lay.tp) * m.dtypeBytes * Tr;
   const elementwise = (c.elementwise.kernelUs * 1e-6 + ewBytes / (gpu.memBandwidthGBs * 1e9 * c.elementwise.etaMem)) * 1e3;
-  if (lay.tp > 1) collective += 2 * allReduceMs(T * m.hidden * m.dtypeBytes, lay.tp, gpu, c);
+  if (lay.tp > 1) collective += 2 * allReduceMs(Tr * m.hidden * m.dtypeBytes, lay.tp, gpu, c);
   return { gemm, moe, elementwise, collective };
 }
 

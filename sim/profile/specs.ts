@@ -36,6 +36,12 @@ export interface GpuSpec {
   interconnect: InterconnectSpec;
   /** datasheet reference for every figure. */
   source: string;
+  /**
+   * GEMM efficiencies measured on this GPU by another profiler (cited, not in ../shared): the
+   * fraction of HBM bandwidth at 1 token and of the dense peak at 2,048 tokens of a model's
+   * linear layers. Used when engine/profiles/roofline/coefficients.json has no fit for the GPU.
+   */
+  measuredGemm?: { etaMem: number; etaCompute: number; source: string };
 }
 
 /** Mixture-of-experts shape (Qwen3-MoE / Mixtral config fields). */
@@ -127,7 +133,19 @@ export function parseGpuSpec(o: Record<string, unknown>, file: string): GpuSpec 
     peakTflopsBf16: posNum(o, 'peakTflopsBf16', file),
     interconnect: { kind, linkGBs: posNum(ic, 'linkGBs', `${file}: interconnect`), p2p: ic.p2p },
     source: typeof o.source === 'string' ? o.source : '',
+    ...(o.measuredGemm ? { measuredGemm: parseMeasuredGemm(o.measuredGemm, file) } : {}),
   };
+}
+
+function parseMeasuredGemm(v: unknown, file: string): { etaMem: number; etaCompute: number; source: string } {
+  const o = v as Record<string, unknown>;
+  if (!o || typeof o !== 'object') throw new SpecError(`${file}: measuredGemm: expected {etaMem, etaCompute, source}`);
+  const eta = (k: string) => {
+    const x = o[k];
+    if (typeof x !== 'number' || !(x > 0 && x <= 1.2)) throw new SpecError(`${file}: measuredGemm.${k}: expected a fraction in (0, 1.2], got ${JSON.stringify(x)}`);
+    return x;
+  };
+  return { etaMem: eta('etaMem'), etaCompute: eta('etaCompute'), source: String(o.source ?? '') };
 }
 
 /** Every shipped GPU spec, sorted by id. */
