@@ -26,9 +26,9 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Profile } from '../../engine/types.js';
 import { repoRoot } from '../profiles.js';
-import { readLlmServingSimLayers, readVidurAllReduce, readVidurMlp, vidurMlpFiles } from './public-data.js';
+import { readCsv, readLlmServingSimLayers, readVidurAllReduce, readVidurMlp, vidurMlpFiles } from './public-data.js';
 import { gemmMs, setRoofline, tokenCurveMs, type CollectiveModel, type GemmEfficiency, type RooflineCoefficients } from './roofline.js';
-import { loadGpu, loadModel, type GpuSpec } from './specs.js';
+import { flopsPerToken, loadGpu, loadModel, type GpuSpec } from './specs.js';
 
 /** Nelder–Mead minimisation of f over a box (parameters clamped to [lo, hi]). */
 export function nelderMead(f: (x: number[]) => number, x0: number[], lo: number[], hi: number[], iters = 400): number[] {
@@ -253,7 +253,7 @@ export function learnRoofline(dir: string): LearnResult {
     if (typeof cfg.link_bw !== 'number' || typeof cfg.link_latency !== 'number') throw new Error(`${lssCfg}: link_bw / link_latency: expected numbers`);
     const pro = loadGpu('rtx-pro-6000');
     base.collectives['pcie-p2p'] = { alphaUs: r4(cfg.link_latency / 1000), etaBus: r4(cfg.link_bw / pro.interconnect.linkGBs) };
-    report['allReduce.pcie-p2p'] = { from: `${lssCfg}: link_bw ${cfg.link_bw} GB/s, link_latency ${cfg.link_latency} ns (LLMServingSim's model of the PCIe link of these runs)`, ...base.collectives['pcie-p2p'] };
+    report['allReduce.pcie-p2p'] = { from: `llmservingsim_bench_vllm019_rtx/RTXPRO6000_Qwen3-32B/config.json: link_bw ${cfg.link_bw} GB/s, link_latency ${cfg.link_latency} ns (LLMServingSim's model of the PCIe link of these runs)`, ...base.collectives['pcie-p2p'] };
   } else {
     base.collectives['pcie-p2p'] = { alphaUs: r4(2 * nvlink.alphaUs), etaBus: nvlink.etaBus };
   }
@@ -293,8 +293,51 @@ export function learnRoofline(dir: string): LearnResult {
     base.attention.seqUs = att.seqUs;
     report.attention = att.report;
   }
+  report.endToEndToOpLevel = endToEndToOpLevel(dir, gemm);
   setRoofline(null);
   return { coefficients: base, report };
+}
+
+/**
+ * The reverse direction of the cross-source check: the compute efficiency implied by an end-to-end
+ * measurement (Argonne's prefill-only TTFT of 16 × 1,024 tokens of Llama-3-8B, vLLM mid-2024, on
+ * A100 and H100) used to predict Vidur's op-level linear-layer times at >= 1,024 tokens per step.
+ */
+function endToEndToOpLevel(dir: string, gemm: Record<string, GemmEfficiency>): Record<string, unknown> {
+  const f = join(dir, 'argonne_llm_inference_bench_static', 'all_results_TTFT_ITL.csv');
+  if (!existsSync(f)) return { skipped: `${f} not found` };
+  const rows = readCsv(f, true);
+  const m = loadModel('Llama-3-8B');
+  const fl = flopsPerToken(m);
+  const out: Record<string, unknown> = {};
+  for (const [hw, id, vidurGpu] of [
+    ['Nvidia A100 GPU', 'a100-sxm-40gb', 'a100'],
+    ['Nvidia H100 GPU', 'h100-sxm', 'h100'],
+  ] as const) {
+    const r = rows.find((x) => x.Hardware === hw && x.Framework === 'vLLM' && x.Model === 'meta-llama/Meta-Llama-3-8B' && x['Batch Size'] === '16' && x['Input Length'] === '1024');
+    if (!r) continue;
+    const ttftS = Number(r['TTFT Latency']);
+    const tokens = 16 * 1024;
+    const flops = tokens * fl.linear + 16 * fl.attentionPerContextToken * (1024 * 1024) / 2;
+    const gpu = loadGpu(id);
+    const etaE2e = flops / (ttftS * gpu.peakTflopsBf16 * 1e12);
+    const vgpu = loadGpu(vidurGpu === 'a100' ? 'a100-sxm-80gb' : 'h100-sxm');
+    const eff = { ...gemm[vgpu.id]!, etaCompute: etaE2e };
+    const pairs: [number, number][] = [];
+    for (const vf of vidurMlpFiles(dir).filter((x) => x.gpu === vidurGpu)) {
+      for (const o of gemmObsFromVidur(vf.file).gemm) if (o.tokens >= 1024) pairs.push([predictGemm(o, vgpu, eff), o.ms]);
+    }
+    out[id] = {
+      fitOn: `Argonne all_results_TTFT_ITL.csv ${hw} vLLM Meta-Llama-3-8B, 16 × 1,024 tokens: TTFT ${ttftS.toFixed(3)} s`,
+      impliedEtaCompute: r4(etaE2e),
+      opLevelFitEtaCompute: gemm[vgpu.id]!.etaCompute,
+      checkOn: `Vidur ${vidurGpu} linear layers at >= 1,024 tokens per step`,
+      rows: pairs.length,
+      mapePct: r4(mape(pairs)),
+      biasPct: r4((100 * pairs.reduce((s2, [p2, m2]) => s2 + (p2 - m2) / m2, 0)) / Math.max(1, pairs.length)),
+    };
+  }
+  return out;
 }
 
 /** Prefill attention efficiency (fraction of dense BF16 peak), from the FlashAttention papers (see fitAttention). */

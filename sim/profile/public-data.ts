@@ -24,8 +24,12 @@ export function publicDataDir(): string | null {
   return existsSync(d) ? d : null;
 }
 
-/** Reads a CSV file into records (header row = keys). @throws Error naming the file. */
-export function readCsv(file: string): Record<string, string>[] {
+/**
+ * Reads a CSV file into records (header row = keys). `relax`: accept rows with fewer or more
+ * columns than the header (Argonne's TTFT file has some).
+ * @throws Error naming the file.
+ */
+export function readCsv(file: string, relax = false): Record<string, string>[] {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -33,7 +37,7 @@ export function readCsv(file: string): Record<string, string>[] {
     throw new Error(`${file}: ${(e as Error).message}`);
   }
   try {
-    return parse(text, { columns: true, skip_empty_lines: true, trim: true }) as Record<string, string>[];
+    return parse(text, { columns: true, skip_empty_lines: true, trim: true, relax_column_count: relax }) as Record<string, string>[];
   } catch (e) {
     throw new Error(`${file}: not valid CSV: ${(e as Error).message}`);
   }
