@@ -57,7 +57,7 @@ export function cellLabel(d: Pick<CellData, 'strategy' | 'params' | 'seed'>): st
 
 /**
  * Connects to the queue and starts processing cells.
- * @throws Error for a bad URL or when no compiled sweep worker file exists (run `npm run build`).
+ * @throws Error for a bad URL, an unreachable Redis, or when no compiled sweep worker file exists (run `npm run build`).
  */
 export async function startQueueWorker(o: QueueWorkerOptions): Promise<QueueWorkerHandle> {
   const target = parseQueueUrl(o.queue);
@@ -66,7 +66,17 @@ export async function startQueueWorker(o: QueueWorkerOptions): Promise<QueueWork
   const concurrency = Math.max(1, o.concurrency ?? 1);
   const name = `${hostname()}:${process.pid}`;
   const log = o.log ?? (() => {});
-  const redis = new Redis({ host: target.host, port: target.port, db: target.db, username: target.username, password: target.password, maxRetriesPerRequest: null });
+  const redis = new Redis({ host: target.host, port: target.port, db: target.db, username: target.username, password: target.password, maxRetriesPerRequest: null, lazyConnect: true });
+  // outages after start: ioredis reconnects by itself; say so in one line instead of a stack trace
+  let connected = false;
+  redis.on('error', (e: Error) => connected && log(`worker: Redis: ${e.message} (reconnecting)`));
+  try {
+    await redis.connect();
+    connected = true;
+  } catch (e) {
+    redis.disconnect();
+    throw new Error(`--queue ${target.url}: cannot connect to Redis: ${(e as Error).message}`);
+  }
   const pool = new Piscina({ filename: workerFile, minThreads: 1, maxThreads: concurrency, idleTimeout: 60_000 });
   const stats = { done: 0, failed: 0 };
 
