@@ -6,7 +6,8 @@
  * {o: origin replica, s: sequence number (1, 2, ... per origin), k: kind, b: JSON body}:
  * `d` dispatch (the request, the decision and what it booked: engine `dispatchOp`), `x` KV
  * transfer done, `f` first token, `c` completion (output tokens), `a` abort, `kv` a KV event it
- * consumed and mapped to engine block ids, `h` heartbeat. Every replica reads the stream and
+ * consumed and mapped to engine block ids, `h` heartbeat, `r` restart (a replica that starts
+ * again under the same id continues its sequence numbers and voids its earlier bookings). Every replica reads the stream and
  * applies the other origins' entries, in order per origin and exactly once (an entry whose
  * sequence number is not above the origin's last applied one is skipped), to its own engine:
  * `applyRemoteDispatch` and the ordinary hooks, with request ids namespaced by origin
@@ -144,7 +145,8 @@ export class PeerSync {
     this.expire();
     this.running = true;
     this.readLoop = this.follow();
-    this.publish('h', '');
+    // a restart: whatever an earlier life of this replica id booked on the peers is void
+    this.publish('r', '');
     this.hbTimer = setInterval(() => {
       this.publish('h', '');
       this.expire();
@@ -237,7 +239,12 @@ export class PeerSync {
     const origin = fields['o'];
     const seq = Number(fields['s']);
     const kind = fields['k'];
-    if (!origin || origin === this.replicaId || !Number.isSafeInteger(seq) || !kind) return;
+    if (!origin || !Number.isSafeInteger(seq) || !kind) return;
+    if (origin === this.replicaId) {
+      // our own earlier life (a restart with the same --replica-id): continue its numbering
+      if (seq > this.seq) this.seq = seq;
+      return;
+    }
     const atMs = Number(id.slice(0, id.indexOf('-')));
     let p = this.peers.get(origin);
     if (!p) {
@@ -257,6 +264,10 @@ export class PeerSync {
       this.log(`peers: replica ${origin} is back`);
     }
     if (kind === 'h') return;
+    if (kind === 'r') {
+      this.release(origin, p, 'restarted');
+      return;
+    }
     let b: Record<string, unknown>;
     try {
       b = JSON.parse(fields['b'] ?? '') as Record<string, unknown>;
@@ -310,13 +321,18 @@ export class PeerSync {
     for (const [id, p] of this.peers) {
       if (!p.alive || nowMs - p.lastHeardMs <= this.timeoutMs) continue;
       p.alive = false;
-      const t = this.o.now();
-      for (const rid of p.booked) this.o.engine.onAbort(rid, t);
-      p.expired += p.booked.size;
-      this.counts.expired += p.booked.size;
-      if (p.booked.size) this.log(`peers: replica ${id} silent for ${nowMs - p.lastHeardMs} ms: released its ${p.booked.size} booking(s)`);
-      p.booked.clear();
+      this.release(id, p, `silent for ${nowMs - p.lastHeardMs} ms`);
     }
+  }
+
+  /** Releases every booking of peer `id` (it died or restarted). */
+  private release(id: string, p: PeerState, why: string): void {
+    const t = this.o.now();
+    for (const rid of p.booked) this.o.engine.onAbort(rid, t);
+    p.expired += p.booked.size;
+    this.counts.expired += p.booked.size;
+    if (p.booked.size) this.log(`peers: replica ${id} ${why}: released its ${p.booked.size} booking(s)`);
+    p.booked.clear();
   }
 
   private registerMetrics(registry: client.Registry): void {
