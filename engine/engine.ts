@@ -343,7 +343,9 @@ export class Engine {
       }
       if (kc && intent !== 'text') {
         kdn = kc.kdn;
-        reuse = intent === 'overlap' ? kc.reuseTokens : Math.min(c.reuseTokens ?? kc.reuseTokens, kc.reuseTokens);
+        if (intent === 'overlap') reuse = kc.reuseTokens;
+        else if (intent === 'hybrid' && c.reuseTokens === undefined) reuse = bestHybridSplit(ctx, c.instance, kc.reuseTokens, this.cluster.chunkTokens);
+        else reuse = Math.min(c.reuseTokens ?? kc.reuseTokens, kc.reuseTokens);
       }
       if (intent === 'hybrid' && reuse >= (kc?.reuseTokens ?? 0)) intent = 'kvcache';
       if (intent !== 'text' && reuse <= 0) intent = 'text';
@@ -830,6 +832,27 @@ class EngineContext implements DecideContext {
     }
     return predictInto(out, pi);
   }
+}
+
+/**
+ * The sequential hybrid split (load [0, x), compute the rest) with the smallest predicted TTFT
+ * on instance i, over the chunk multiples strictly between the local hit and the KDN coverage;
+ * `coverage` (i.e. kvcache) when there is none. Used when a fixed-intent strategy asks for
+ * `hybrid` without a split.
+ */
+export function bestHybridSplit(ctx: DecideContext, i: number, coverage: number, chunk: number): number {
+  const hit = ctx.cachedTokens(i);
+  let best = coverage;
+  let bestT = Infinity;
+  const scratch = emptyPrediction();
+  for (let x = (Math.floor(hit / chunk) + 1) * chunk; x < coverage; x += chunk) {
+    const t = ctx.predictInto(scratch, i, 'hybrid', x).ttftMs;
+    if (t < bestT - 1e-9) {
+      bestT = t;
+      best = x;
+    }
+  }
+  return best;
 }
 
 /** Picks the index of the minimum of `score` over up instances; ties by lower load then rng. */

@@ -19,6 +19,8 @@ import { ragRequest, reorderRequest } from '../traces/blocks.js';
 import { retrieveDocuments, contentWords } from '../traces/nq.js';
 import { RAG_DEFAULTS, generateSynthetic } from '../traces/synthetic.js';
 import { testCluster, testProfile } from './helpers/sim.js';
+import { payoffCells, winnersMarkdown } from '../notebooks/analyses/kv-payoff.js';
+import type { SweepEntry } from '../notebooks/types.js';
 
 const kid = (s: string): string => createHash('sha256').update(s).digest('hex');
 const doc = (name: string, tokens: number): KnowledgeRef => ({ kid: kid(name), tokens });
@@ -288,5 +290,38 @@ describe('multi-document workloads', () => {
     expect(retrieveDocuments('What is the Arjuna Award given to athletes?', docs, 2)).toEqual([0, 2]);
     // a tie (both share "arjuna award") goes to the smaller kid
     expect(retrieveDocuments('Arjuna award', docs, 3)).toEqual([2, 0, 1]);
+  });
+});
+
+describe('fixed hybrid and the kv-payoff winner map', () => {
+  it('a fixed hybrid intent gets the sequential split with the smallest predicted TTFT', () => {
+    const c = testCluster(1);
+    const long = doc('L', 2048);
+    const r = rag(0, [long], 40);
+    const e = new Engine(c, createStrategy('round-robin', { intent: 'hybrid' }));
+    const d = e.decide(r, 0);
+    // an interior chunk multiple strictly below the KDN's 2048-token coverage
+    expect(d.intent).toBe('hybrid');
+    expect(d.reusedTokens % 256).toBe(0);
+    expect(d.reusedTokens).toBeGreaterThan(0);
+    expect(d.reusedTokens).toBeLessThan(2048);
+    const ctx = e.context(r, 0);
+    for (let x = 256; x < 2048; x += 256) expect(ctx.predict(0, 'hybrid', x).ttftMs).toBeGreaterThanOrEqual(d.predicted.ttftMs - 1e-9);
+  });
+
+  it('payoffCells: the lowest mean TTFT per cell, its margin, kvlab beside it', () => {
+    const entry = (strategy: string, seed: number, ttft: number, mix: Record<string, number> = {}): SweepEntry => ({
+      params: { kdn_gbps: 10, 'workload.docsPerRequest': 4, 'workload.docMedianTokens': 512 },
+      strategy,
+      seed,
+      summary: { strategy, seed, requests: 10, completed: 10, rejected: 0, failed: 0, prefix_hit_ratio: 0, ttft_ms: { mean: ttft, p50: ttft, p90: ttft, p99: ttft }, tpot_ms: { mean: 1, p50: 1, p90: 1, p99: 1 }, e2e_ms: { mean: 1, p50: 1, p90: 1, p99: 1 }, throughput_rps: 1, duration_ms: 1, intent_mix: mix },
+    });
+    const cells = payoffCells([entry('text', 1, 3000), entry('text', 2, 3200), entry('blend', 1, 1000), entry('blend', 2, 1200), entry('kvcache', 1, 2000), entry('kvcache', 2, 2400), entry('kvlab', 1, 900, { blend: 8, text: 2 }), entry('kvlab', 2, 950, { blend: 9, text: 1 })]);
+    expect(cells).toHaveLength(1);
+    const c = cells[0]!;
+    expect(c).toMatchObject({ bandwidth: 10, docs: 4, length: 512, winner: 'blend', ttft: 1100, second: 'kvcache', kvlab: 925 });
+    expect(c.margin).toBeCloseTo((100 * (2200 - 1100)) / 2200, 9);
+    expect(c.kvlabMix).toEqual({ blend: 17, text: 3 });
+    expect(winnersMarkdown(cells)).toContain('**blend** 1100 ms (−50 % vs kvcache; kvlab 925)');
   });
 });
