@@ -13,9 +13,11 @@ import { Calibrator, scaleProfile, type CalibrationOptions, type StepFactors } f
 import { curveMs } from './costmodel.js';
 import { OutputLengthPredictor, type OutputLengthOptions } from './output-length.js';
 import { emptyPrediction, overlapMeetSplit, predictInto, type PredictInput, type Prediction } from './predict.js';
+import { hasRoles, leastLoadedDecode, PD_DEFAULTS, pdBytes, pdExposedMs, pdTransferMs, prefillCapable, roleOf } from './pd.js';
+import { tbtEstimateMs } from './predict.js';
 import { PrefixIndex } from './prefix-index.js';
 import { blendRecomputeTokens, blendSpans, kdnCoverage, spanTokensFrom } from './knowledge.js';
-import { intentRecord, type Alternative, type CausalRequest, type ClusterSpec, type Decision, type EngineRequest, type InstanceMetrics, type InstanceSpec, type Intent, type KvEvent, type LinkSpec, type Profile } from './types.js';
+import { intentRecord, type Alternative, type CausalRequest, type ClusterSpec, type Decision, type EngineRequest, type InstanceMetrics, type InstanceRole, type InstanceSpec, type Intent, type KvEvent, type LinkSpec, type PdSpec, type Profile } from './types.js';
 
 export { kdnCoverage } from './knowledge.js';
 
@@ -66,7 +68,19 @@ export interface DecideContext {
   load(i: number): InstanceLoad;
   /** predicted prefill backlog of instance i now (ms). */
   backlogMs(i: number): number;
+  /**
+   * Instance i is up and takes prefills (role prefill or mixed). Strategies that route only the
+   * prefill pick among these; on a `prefill` instance the engine then picks the decode instance.
+   */
   isUp(i: number): boolean;
+  /** instance i is up, whatever its role (P/D-aware strategies read `role` too). */
+  alive(i: number): boolean;
+  /** P/D role of instance i (mixed when the cluster has none). */
+  role(i: number): InstanceRole;
+  /** the cluster's P -> D hand-off settings (defaults when it has no roles). */
+  readonly pd: PdSpec;
+  /** predicted wait (ms) for the P -> D link from -> to for a transfer ready at `at` (ms). */
+  pdLinkWaitMs(from: number, to: number, at: number): number;
   /** seeded uniform [0, 1). */
   rng(): number;
   /** best KDN for instance i (max coverage, then least link wait); null when none or no knowledge. */
@@ -115,6 +129,12 @@ export interface StrategyChoice {
   reject?: string;
   /** move `tokens` of prefix KV from instance `from` to the chosen instance before prefill. */
   peer?: { from: number; tokens: number };
+  /**
+   * Disaggregate: decode on this instance (role decode or mixed, not `instance`). Undefined: the
+   * request is colocated on `instance`, unless `instance` has role prefill, in which case the
+   * engine picks the decode instance (`leastLoadedDecode`, engine/pd.ts).
+   */
+  decode?: number;
 }
 
 /** A named router + intent policy. Strategies may keep private state (affinity, trees). */
@@ -186,6 +206,8 @@ export const PEER_LINK_DEFAULT: LinkSpec = { bandwidthGbps: 200, latencyMs: 0.01
 
 interface Dispatched {
   instance: number;
+  /** decode instance (= instance when colocated). */
+  decode: number;
   kdn: number;
   transferTokens: number;
   inputTokens: number;
@@ -212,6 +234,10 @@ export class Engine {
   readonly links: LinkBook;
   /** instance -> instance KV link reservations (links[from][to]). */
   readonly peers: LinkBook;
+  /** P -> D hand-off link reservations of disaggregated requests (links[P][D]). */
+  readonly pdLinks: LinkBook;
+  /** decisions that disaggregated / colocated a request on a cluster with P/D roles. */
+  readonly pdCounts = { disaggregated: 0, colocated: 0 };
   readonly up: boolean[];
   /** learns output lengths from completions (used when a request has no max_tokens). */
   readonly outputs: OutputLengthPredictor;
@@ -220,6 +246,8 @@ export class Engine {
   private readonly rngFn: () => number;
   private readonly matchBuf: Int32Array;
   private readonly predictOnRoute: boolean;
+  /** the cluster has instances with a P/D role (prefill or decode). */
+  private readonly roles: boolean;
   private readonly dispatched = new Map<string, Dispatched>();
   /** requests forwarded to each instance and not finished (proxy slots in use). */
   private readonly forwarded: Int32Array;
@@ -262,6 +290,8 @@ export class Engine {
     this.loads = new LoadBook(n);
     this.links = new LinkBook(cluster.kdns.length, n);
     this.peers = new LinkBook(n, n);
+    this.pdLinks = new LinkBook(n, n);
+    this.roles = hasRoles(cluster.instances);
     this.up = new Array<boolean>(n).fill(true);
     this.outputs = new OutputLengthPredictor(opts.outputLength);
     this.metrics = new Array<InstanceMetrics | null>(n).fill(null);
@@ -350,6 +380,7 @@ export class Engine {
       if (intent === 'hybrid' && reuse >= (kc?.reuseTokens ?? 0)) intent = 'kvcache';
       if (intent !== 'text' && reuse <= 0) intent = 'text';
     }
+    if (c.instance < 0 || c.instance >= ctx.n || !this.up[c.instance]) throw new Error(c.instance < 0 ? 'no instance is up to take the prefill' : `strategy ${this.strategy.name} chose instance ${c.instance}, which is not up`);
     const peer = c.peer && c.peer.from !== c.instance && c.peer.tokens > ctx.cachedTokens(c.instance) && (intent === 'none' || intent === 'text') ? c.peer : undefined;
     let pred: Prediction;
     if (c.prediction !== undefined && intent === c.intent) pred = c.prediction;
@@ -366,6 +397,8 @@ export class Engine {
       kdn = -1;
       reuse = 0;
     }
+    const decode = this.decodeFor(ctx, c);
+    if (decode === -2) reason += ';no-decode-up';
     const d: Decision = {
       requestId: req.id,
       strategy: this.strategy.name,
@@ -388,6 +421,18 @@ export class Engine {
       expectedOutputTokens: ctx.expectedOutputTokens,
     };
     if (peer) d.peer = { from: peer.from, tokens: Math.min(peer.tokens, req.inputTokens - 1) };
+    if (decode >= 0) {
+      // the hand-off: the prompt's KV P -> D after (or, layer-wise, during) the prefill
+      const pd = ctx.pd;
+      const bytes = pdBytes(ctx.spec(c.instance), req.inputTokens);
+      const exposed = pdExposedMs(bytes, pd, pred.prefillMs, ctx.spec(c.instance).profile.model.layers);
+      const wait = ctx.pdLinkWaitMs(c.instance, decode, now + pred.ttftMs);
+      const tbt = tbtEstimateMs(ctx.spec(decode), ctx.load(decode));
+      d.decode = decode;
+      d.pdPredicted = { linkWaitMs: wait, transferMs: exposed, tbtMs: tbt };
+      // vLLM's proxy streams D's tokens: the first one comes after the hand-off and a step on D
+      if (pd.firstToken === 'decode') d.predicted.ttftMs += wait + exposed + tbt;
+    }
     if (c.reject) {
       d.rejected = c.reject;
       this.rejections++;
@@ -395,6 +440,27 @@ export class Engine {
     if (intent === 'overlap') d.overlapSplit = reuse - pred.transferTokens;
     this.last = { req, now, ctx, d, pred };
     return d;
+  }
+
+  /**
+   * The decode instance of a strategy's choice: the strategy's own (checked), the default
+   * selection when it chose a prefill-only instance, or -1 (colocated). -2: the chosen instance is
+   * prefill-only and no decode instance is up (the request then runs colocated on it).
+   * @throws Error when the strategy's decode instance cannot decode or is not up
+   */
+  private decodeFor(ctx: DecideContext, c: StrategyChoice): number {
+    if (!this.roles) return -1;
+    const P = c.instance;
+    if (c.decode !== undefined && c.decode !== P) {
+      const D = c.decode;
+      if (D < 0 || D >= ctx.n || !this.up[D]) throw new Error(`strategy ${this.strategy.name} chose decode instance ${D}, which is not up`);
+      if (roleOf(this.cluster.instances[D]!) === 'prefill') throw new Error(`strategy ${this.strategy.name} chose decode instance ${this.cluster.instances[D]!.id}, which has role prefill`);
+      if (!prefillCapable(this.cluster.instances[P]!)) throw new Error(`strategy ${this.strategy.name} disaggregated a request with instance ${this.cluster.instances[P]!.id} (role decode) as its prefill instance`);
+      return D;
+    }
+    if (roleOf(this.cluster.instances[P]!) !== 'prefill') return -1;
+    const D = leastLoadedDecode(ctx.n, P, (i) => this.cluster.instances[i]!, (i) => this.up[i]!, (i) => this.loads.loads[i]!, this.rngFn);
+    return D < 0 ? -2 : D;
   }
 
   /**
@@ -410,7 +476,12 @@ export class Engine {
     const reuse = last !== null && last.req === req && last.now === now && last.d === d;
     const ctx = reuse ? last.ctx : this.context(req, now);
     const pred = reuse ? last.pred : ctx.predictInto(emptyPrediction(), d.instance, d.intent, d.intent === 'overlap' ? d.overlapSplit : d.reusedTokens, d.peer);
-    this.loads.book(req.id, d.instance, now, pred.computeTokens, req.inputTokens + d.expectedOutputTokens, req.inputTokens, pred.workMs);
+    const D = d.decode ?? d.instance;
+    this.loads.book(req.id, d.instance, now, pred.computeTokens, req.inputTokens + d.expectedOutputTokens, req.inputTokens, pred.workMs, D);
+    if (D !== d.instance) {
+      this.pdLinks.reserve(req.id, d.instance, D, now + pred.ttftMs, pdTransferMs(pdBytes(this.cluster.instances[d.instance]!, req.inputTokens), ctx.pd));
+      this.pdCounts.disaggregated++;
+    } else if (this.roles) this.pdCounts.colocated++;
     let start = -1;
     if (d.kdn >= 0 && pred.transferTokens > 0) {
       start = this.links.reserve(req.id, d.kdn, d.instance, now, pred.transferMs);
@@ -421,6 +492,7 @@ export class Engine {
     const engineMade = pred.engineMade && f !== undefined;
     this.dispatched.set(req.id, {
       instance: d.instance,
+      decode: D,
       kdn: d.kdn,
       transferTokens: pred.transferTokens,
       inputTokens: req.inputTokens,
@@ -436,7 +508,11 @@ export class Engine {
       slotBound: this.loads.loads[d.instance]!.inflight > this.cluster.instances[d.instance]!.engine.maxNumSeqs,
     });
     this.intentCounts[d.intent]++;
-    if (this.predictOnRoute && req.blocks.length) this.index.add(d.instance, req.blocks);
+    if (this.predictOnRoute && req.blocks.length) {
+      this.index.add(d.instance, req.blocks);
+      // D caches the prompt blocks it receives
+      if (D !== d.instance) this.index.add(D, req.blocks);
+    }
     this.knowledgeTree?.observe(req.knowledge);
     this.strategy.onDispatch?.(ctx, d);
     const b = this.booked;
@@ -468,12 +544,17 @@ export class Engine {
   applyRemoteDispatch(op: DispatchOp, now: number): void {
     const { req, decision: d } = op;
     if (this.dispatched.has(req.id) || d.instance < 0 || d.instance >= this.up.length) return;
-    this.loads.book(req.id, d.instance, now, op.computeTokens, req.inputTokens + d.expectedOutputTokens, req.inputTokens, op.workMs);
+    const D = d.decode !== undefined && d.decode >= 0 && d.decode < this.up.length ? d.decode : d.instance;
+    this.loads.book(req.id, d.instance, now, op.computeTokens, req.inputTokens + d.expectedOutputTokens, req.inputTokens, op.workMs, D);
+    if (D !== d.instance) this.pdLinks.reserve(req.id, d.instance, D, now + d.predicted.ttftMs, pdTransferMs(pdBytes(this.cluster.instances[d.instance]!, req.inputTokens), this.cluster.pd ?? PD_DEFAULTS));
     if (d.kdn >= 0 && op.transferTokens > 0) this.links.reserve(req.id, d.kdn, d.instance, now, op.transferMs);
     else if (d.peer && op.transferTokens > 0) this.peers.reserve(req.id, d.peer.from, d.instance, now, op.transferMs);
     // another replica's request: booked alike, but this replica does not calibrate on it
-    this.dispatched.set(req.id, { instance: d.instance, kdn: d.kdn, transferTokens: op.transferTokens, inputTokens: req.inputTokens, fwd: 0, pBase: -1, dBase: -1, kvLoadMs: 0, readyAt: now, firstAt: -1, cumPAtFirst: 0, batch: 0, batchCtx: 0, slotBound: false });
-    if (this.predictOnRoute && req.blocks.length) this.index.add(d.instance, req.blocks);
+    this.dispatched.set(req.id, { instance: d.instance, decode: D, kdn: d.kdn, transferTokens: op.transferTokens, inputTokens: req.inputTokens, fwd: 0, pBase: -1, dBase: -1, kvLoadMs: 0, readyAt: now, firstAt: -1, cumPAtFirst: 0, batch: 0, batchCtx: 0, slotBound: false });
+    if (this.predictOnRoute && req.blocks.length) {
+      this.index.add(d.instance, req.blocks);
+      if (D !== d.instance) this.index.add(D, req.blocks);
+    }
     if (this.strategy.onDispatch) this.strategy.onDispatch(this.context(req, now), d);
   }
 
@@ -527,6 +608,24 @@ export class Engine {
     if (!this.links.done(id, now)) this.peers.done(id, now);
   }
 
+  /** The P -> D hand-off of disaggregated request `id` finished at `now`: the P -> D link chain is corrected. */
+  onPdTransferDone(id: string, now: number): void {
+    this.pdLinks.done(id, now);
+  }
+
+  /**
+   * Disaggregated request `id` falls back to colocated execution on its prefill instance (its
+   * decode instance died or refused it, the gateway's fallback): its decode booking moves to P
+   * and its P -> D reservation is dropped. No-op for unknown or colocated requests.
+   */
+  colocate(id: string, now: number): void {
+    const e = this.dispatched.get(id);
+    if (!e || e.decode === e.instance) return;
+    this.loads.colocate(id, now);
+    this.pdLinks.done(id, now);
+    e.decode = e.instance;
+  }
+
   /** First token of `id` observed at `now`: its prefill load is released. */
   onFirstToken(id: string, now: number): void {
     this.loads.firstToken(id, now);
@@ -559,6 +658,7 @@ export class Engine {
     const e = this.dispatched.get(id);
     this.loads.release(id, now);
     if (!this.links.done(id, now)) this.peers.done(id, now);
+    if (e && e.decode !== e.instance) this.pdLinks.done(id, now);
     this.dispatched.delete(id);
     if (e) {
       if (outputTokens !== undefined) this.outputs.observe(e.inputTokens, outputTokens, now);
@@ -616,6 +716,7 @@ export class Engine {
     this.up[i] = false;
     this.index.clear(i);
     this.links.dropInstance(i, now);
+    if (this.roles) this.pdLinks.dropInstance(i, now);
     const ids = this.loads.releaseInstance(i, now);
     for (const id of ids) this.dispatched.delete(id);
     this.forwarded[i] = 0;
@@ -675,7 +776,7 @@ export class Engine {
    * (decisions are not re-entrant): a strategy must not keep it past decide / onDispatch.
    */
   context(req: EngineRequest, now: number): DecideContext {
-    const c = (this.ctxObj ??= new EngineContext(this.cluster, this.view, this.index, this.loads, this.links, this.peers, this.up, this.metrics, this.rngFn, this.scratch, this.matchBuf));
+    const c = (this.ctxObj ??= new EngineContext(this.cluster, this.view, this.index, this.loads, this.links, this.peers, this.pdLinks, this.up, this.metrics, this.rngFn, this.scratch, this.matchBuf));
     c.reset(req, now, req.maxTokens !== undefined && req.maxTokens > 0 ? req.maxTokens : this.outputs.predict(req.inputTokens, now));
     return c;
   }
@@ -695,6 +796,9 @@ class EngineContext implements DecideContext {
   /** blend spans per KDN for the current request (computed on first use). */
   private spans: Array<Array<[number, number]>> | null = null;
   private readonly meetScratch = emptyPrediction();
+  readonly pd: PdSpec;
+  /** per instance: may take a prefill (role prefill or mixed). */
+  private readonly prefillOk: boolean[];
 
   constructor(
     readonly cluster: ClusterSpec,
@@ -703,6 +807,7 @@ class EngineContext implements DecideContext {
     private readonly loads: LoadBook,
     private readonly links: LinkBook,
     private readonly peers: LinkBook,
+    private readonly pdLinks: LinkBook,
     private readonly up: boolean[],
     private readonly scraped: (InstanceMetrics | null)[],
     readonly rng: () => number,
@@ -711,6 +816,8 @@ class EngineContext implements DecideContext {
   ) {
     this.n = cluster.instances.length;
     this.peerLink = cluster.peerLink ?? PEER_LINK_DEFAULT;
+    this.pd = cluster.pd ?? PD_DEFAULTS;
+    this.prefillOk = cluster.instances.map(prefillCapable);
   }
 
   reset(req: CausalRequest, now: number, expectedOut: number): void {
@@ -755,7 +862,19 @@ class EngineContext implements DecideContext {
   }
 
   isUp(i: number): boolean {
+    return this.up[i]! && this.prefillOk[i]!;
+  }
+
+  alive(i: number): boolean {
     return this.up[i]!;
+  }
+
+  role(i: number): InstanceRole {
+    return roleOf(this.cluster.instances[i]!);
+  }
+
+  pdLinkWaitMs(from: number, to: number, at: number): number {
+    return this.pdLinks.waitMs(from, to, at);
   }
 
   metrics(i: number): InstanceMetrics | null {

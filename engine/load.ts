@@ -7,6 +7,11 @@
  * Predicted prefill work drains FIFO at 1 ms per ms of wall/virtual time (a fluid model of the
  * instance's prefill lane, like CacheRoute's reservation timeline §4.5); a first token removes
  * whatever is left of that request's share.
+ *
+ * A disaggregated request (prefill on P, decode on D != P) books its prefill (tokens, work, the
+ * prompt's KV and one in-flight slot) on P until its first token, and its decode (the KV of
+ * prompt + output and one in-flight slot from dispatch, one decoding request from the first
+ * token) on D until completion.
  */
 
 /** Booked load of one instance (read-only view for strategies). */
@@ -32,6 +37,8 @@ export interface InstanceLoad {
 
 interface Booking {
   instance: number;
+  /** decode instance (= instance when colocated). */
+  decode: number;
   prefillTokens: number;
   kvTokens: number;
   ctxTokens: number;
@@ -75,19 +82,26 @@ export class LoadBook {
    * @param prefillTokens uncached prompt tokens the instance will compute
    * @param kvTokens KV footprint (prompt + output tokens)
    * @param workMs predicted prefill work (ms) added to the instance's lane
+   * @param decode decode instance of a disaggregated request (default: `instance`, colocated)
    */
-  book(id: string, instance: number, now: number, prefillTokens: number, kvTokens: number, ctxTokens: number, workMs: number): void {
+  book(id: string, instance: number, now: number, prefillTokens: number, kvTokens: number, ctxTokens: number, workMs: number, decode = instance): void {
     if (this.bookings.has(id)) throw new Error(`LoadBook: request ${id} is already booked`);
     this.drain(instance, now);
-    const b: Booking = { instance, prefillTokens, kvTokens, ctxTokens, work: workMs, firstToken: false };
+    const b: Booking = { instance, decode, prefillTokens, kvTokens, ctxTokens, work: workMs, firstToken: false };
     this.bookings.set(id, b);
     const l = this.loads[instance]!;
     l.inflight++;
     l.dispatched++;
     l.prefillReqs++;
     l.prefillTokens += prefillTokens;
-    l.kvTokens += kvTokens;
     l.workMs += workMs;
+    if (decode === instance) l.kvTokens += kvTokens;
+    else {
+      l.kvTokens += ctxTokens;
+      const d = this.loads[decode]!;
+      d.inflight++;
+      d.kvTokens += kvTokens;
+    }
     this.queues[instance]!.push(b);
   }
 
@@ -103,8 +117,14 @@ export class LoadBook {
     l.workMs -= b.work;
     if (l.workMs < 1e-9) l.workMs = 0;
     b.work = 0;
-    l.decodeReqs++;
-    l.decodeCtxTokens += b.ctxTokens;
+    const d = this.loads[b.decode]!;
+    if (b.decode !== b.instance) {
+      // the prefill instance is done with it: its slot and the prompt's KV move to D
+      l.inflight--;
+      l.kvTokens -= b.ctxTokens;
+    }
+    d.decodeReqs++;
+    d.decodeCtxTokens += b.ctxTokens;
   }
 
   /** Completion or abort: everything the request booked is released. Returns false if unknown. */
@@ -114,12 +134,17 @@ export class LoadBook {
     this.drain(b.instance, now);
     this.bookings.delete(id);
     const l = this.loads[b.instance]!;
-    l.inflight--;
-    l.kvTokens -= b.kvTokens;
+    const d = this.loads[b.decode]!;
+    d.inflight--;
+    d.kvTokens -= b.kvTokens;
     if (b.firstToken) {
-      l.decodeReqs--;
-      l.decodeCtxTokens -= b.ctxTokens;
+      d.decodeReqs--;
+      d.decodeCtxTokens -= b.ctxTokens;
     } else {
+      if (b.decode !== b.instance) {
+        l.inflight--;
+        l.kvTokens -= b.ctxTokens;
+      }
       l.prefillReqs--;
       l.prefillTokens -= b.prefillTokens;
       l.workMs -= b.work;
@@ -129,10 +154,10 @@ export class LoadBook {
     return true;
   }
 
-  /** Releases every booking on `instance` (instance down). Returns the released ids. */
+  /** Releases every booking on `instance` as prefill or decode instance (instance down). Returns the released ids. */
   releaseInstance(instance: number, now: number): string[] {
     const ids: string[] = [];
-    for (const [id, b] of this.bookings) if (b.instance === instance) ids.push(id);
+    for (const [id, b] of this.bookings) if (b.instance === instance || b.decode === instance) ids.push(id);
     for (const id of ids) this.release(id, now);
     this.queues[instance] = [];
     this.heads[instance] = 0;
@@ -142,6 +167,34 @@ export class LoadBook {
   /** Instance of a booked request, or -1. */
   instanceOf(id: string): number {
     return this.bookings.get(id)?.instance ?? -1;
+  }
+
+  /** Decode instance of a booked request (= its instance when colocated), or -1. */
+  decodeOf(id: string): number {
+    return this.bookings.get(id)?.decode ?? -1;
+  }
+
+  /**
+   * Moves a disaggregated booking's decode to its prefill instance (colocated from now on: a
+   * dead decode instance, the gateway's fallback). No-op for unknown or colocated bookings.
+   */
+  colocate(id: string, now: number): void {
+    const b = this.bookings.get(id);
+    if (!b || b.decode === b.instance) return;
+    this.drain(b.instance, now);
+    const l = this.loads[b.instance]!;
+    const d = this.loads[b.decode]!;
+    d.inflight--;
+    d.kvTokens -= b.kvTokens;
+    if (b.firstToken) {
+      d.decodeReqs--;
+      d.decodeCtxTokens -= b.ctxTokens;
+      l.decodeReqs++;
+      l.decodeCtxTokens += b.ctxTokens;
+      l.inflight++;
+      l.kvTokens += b.kvTokens;
+    } else l.kvTokens += b.kvTokens - b.ctxTokens;
+    b.decode = b.instance;
   }
 
   /** Number of booked requests. */

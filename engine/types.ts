@@ -189,6 +189,35 @@ export interface KdnSpec {
   sequences?: boolean;
 }
 
+/**
+ * What an instance serves in a disaggregated (P/D) deployment: `prefill` = prompts only (its KV
+ * moves to a decode instance after the first token), `decode` = decodes requests prefilled
+ * elsewhere and may also run a whole request itself (a local prefill, as Dynamo's conditional
+ * disaggregation and llm-d's P/D decider send short or cached prompts to the decode worker),
+ * `mixed` = both (a vLLM instance without a P/D role; the default).
+ */
+export type InstanceRole = 'prefill' | 'decode' | 'mixed';
+
+/**
+ * KV tiers below the GPU of one instance (LMCache `local_cpu` / vLLM's CPU offloading): blocks the
+ * GPU evicts are demoted to CPU memory; a CPU hit is loaded back over the host link instead of
+ * being recomputed.
+ */
+export interface TierSpec {
+  /** CPU tier capacity in tokens (LMCache `max_local_cpu_size` GB × 1e9 / KV bytes per token); 0 = no CPU tier. */
+  cpuTokens: number;
+  /** host-to-device bandwidth used to load CPU hits, GB/s (10^9 B/s). */
+  hostLinkGBps: number;
+  /** fixed cost of one CPU-tier load (retrieve call), ms. */
+  hostLoadFixedMs: number;
+  /**
+   * `demote` (default): a block enters the CPU tier when the GPU evicts it (exclusive-ish, the
+   * brief's model and vLLM's OffloadingConnector on eviction); `write-through`: every block the GPU
+   * computes is also stored to CPU (LMCache's store path).
+   */
+  cpuPolicy: 'demote' | 'write-through';
+}
+
 /** One serving instance as the engine sees it. */
 export interface InstanceSpec {
   /** stable index 0..n-1 (used in arrays). */
@@ -200,6 +229,33 @@ export interface InstanceSpec {
   blend?: BlendSpec;
   /** the instance overlaps computing the head of the knowledge with loading the KV of its tail (`overlap` intent). */
   overlap?: boolean;
+  /** P/D role; absent = `mixed`. */
+  role?: InstanceRole;
+  /** KV tiers below the GPU; absent = GPU only. */
+  tiers?: TierSpec;
+}
+
+/**
+ * Prefill -> decode KV hand-off of a disaggregated cluster. The prompt's raw KV
+ * (prompt tokens × `kvBytesPerToken` bytes) moves P -> D on `link`, FIFO per (P, D) pair.
+ */
+export interface PdSpec {
+  /** the P -> D KV link (RDMA NICs between nodes). */
+  link: LinkSpec;
+  /**
+   * Stream the KV layer by layer while P computes (Mooncake §3.1 step 3, vLLM's NIXL/LMCache
+   * layer-wise pipelines): the transfer may start when P starts the prefill and ends at
+   * max(start + transfer, prefill end + transfer / layers). false = it starts when the prefill ends.
+   */
+  layerwise: boolean;
+  /**
+   * Which instance emits the token the client sees first. `prefill` (Mooncake, Dynamo): P's first
+   * token is streamed at once, the second comes from D after the transfer, so the first token gap
+   * includes the transfer. `decode` (vLLM's disaggregated-serving proxy): P's token is discarded,
+   * D recomputes the last prompt token after the transfer and streams every token, so TTFT
+   * includes the transfer.
+   */
+  firstToken: 'prefill' | 'decode';
 }
 
 /** The whole cluster: instances, KDNs and the link matrix links[kdn][instance]. */
@@ -214,6 +270,8 @@ export interface ClusterSpec {
   peerLink?: LinkSpec;
   /** delay between a KV event on an instance and the engine seeing it, ms. */
   kvEventDelayMs: number;
+  /** P/D hand-off settings; absent = no instance has a P/D role (every instance is mixed). */
+  pd?: PdSpec;
   /** LMCache chunk size for KV injection, tokens (256). */
   chunkTokens: number;
 }
@@ -285,6 +343,13 @@ export interface Decision {
   rejected?: string;
   /** KV of `tokens` prompt-prefix tokens moved from instance `from` to the chosen one before prefill. */
   peer?: { from: number; tokens: number };
+  /**
+   * Disaggregated execution: the decode instance (`instance` is then the prefill instance). Absent
+   * = colocated: `instance` runs prefill and decode.
+   */
+  decode?: number;
+  /** predicted P -> D hand-off of a disaggregated decision: link wait and transfer (ms), TBT on D (ms). */
+  pdPredicted?: { linkWaitMs: number; transferMs: number; tbtMs: number };
 }
 
 /**
@@ -306,12 +371,20 @@ export interface InstanceMetrics {
  */
 export type CausalRequest = Omit<TraceRequest, 'outputTokens'>;
 
+/** Storage tier of a KV event (vLLM's `medium` field of BlockStored/BlockRemoved). */
+export type KvMedium = 'GPU' | 'CPU';
+
 /** A KV cache event from an instance (vLLM BlockStored/BlockRemoved/AllBlocksCleared). */
 export interface KvEvent {
   instance: number;
   kind: 'stored' | 'removed' | 'cleared';
   /** chained block hashes (trace block ids) concerned; empty for `cleared`. */
   blocks: number[];
+  /**
+   * Tier the event is about (vLLM `medium`: "GPU" for the device cache, "CPU" for its offloading
+   * connector's host tier); absent = GPU. `cleared` without a medium clears every tier.
+   */
+  medium?: KvMedium;
 }
 
 /** Per-request scalar summary the engine needs; derived once from a TraceRequest. */

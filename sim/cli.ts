@@ -4,6 +4,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { intArg, keyValueArg, numberArg, outDirArg, seedArg } from '../bin/options.js';
 import { checkStrategyParams, STRATEGY_NAMES } from '../engine/strategies/index.js';
+import { parseRoles } from '../engine/pd.js';
 import { checkWorkloadOptions, WORKLOAD_NAMES, type WorkloadName } from '../traces/load.js';
 import type { StepFactors } from '../engine/calibration.js';
 import { DEFAULT_SLO, type Slo } from './metrics.js';
@@ -105,6 +106,7 @@ function addCommon(c: Command): Command {
     .addOption(new Option('--workload <name>', `built-in workload when no --trace (${WORKLOAD_NAMES.join('|')})`).argParser(workloadArg))
     .option('--workload-opt <key=value>', 'workload generator option, repeatable (e.g. rate=2 requests=500; kvlab trace defaults lists them)', keyValueArg('--workload-opt'))
     .option('--instances <n>', `number of instances (default 16 for Mooncake traces, else 4; at most ${MAX_INSTANCES})`, intArg('--instances', { min: 1, max: MAX_INSTANCES, maxWhy: 'a resource bound: every instance keeps its own KV-cache model and prefix index' }))
+    .option('--roles <PxDy>', 'P/D roles, e.g. 6P10D = 6 prefill then 10 decode instances (optionally then a mixed count: 4P4D8M); sets the instance count', rolesArg)
     .option('--profile <name|file>', 'instance profile (default h100x8-llama3-70b for Mooncake, else rtx5090x8-llama3-70b)')
     .option('--kv-capacity-tokens <n|inf>', 'KV capacity per instance in tokens (default: from the profile)', capacityArg)
     .option('--kdn-gbps <x>', 'KDN->instance link bandwidth, Gbit/s (default 10)', positive('--kdn-gbps'))
@@ -129,6 +131,17 @@ function addCommon(c: Command): Command {
     .option('--quiet', 'no progress on stderr');
 }
 
+/** `--roles 6P10D`: checked here (engine/pd.ts `parseRoles`), kept as the string. */
+function rolesArg(v: string): string {
+  try {
+    const r = parseRoles(v, '--roles');
+    if (r.length > MAX_INSTANCES) throw new Error(`--roles ${v} names ${r.length} instances (at most ${MAX_INSTANCES})`);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+  return v;
+}
+
 /** `--replica-sync-ms`: a delay >= 0 ms, or "none" (kept as the string: replicas never sync). */
 function replicaSyncArg(v: string): number | 'none' {
   if (v.trim().toLowerCase() === 'none') return 'none';
@@ -142,6 +155,7 @@ function inputAndCluster(o: Record<string, any>): Omit<RunOptions, 'strategy'> {
     workload: o.workload,
     workloadOptions: o.workloadOpt,
     instances: o.instances,
+    roles: o.roles,
     profile: o.profile,
     kvCapacityTokens: o.kvCapacityTokens,
     kdnGbps: o.kdnGbps,

@@ -14,6 +14,8 @@
  *   default: { bandwidthGbps: 10, latencyMs: 0.5, efficiency: 0.825 }
  *   overrides: [ { kdn: kdn0, instance: i0, bandwidthGbps: 1 } ]
  * peerLink: { bandwidthGbps: 200, latencyMs: 0.01 }   # instance -> instance KV (peer transfers)
+ * roles: 6P10D                       # P/D roles of a counted cluster (or `role:` per listed instance)
+ * pd: { link: { bandwidthGbps: 800 }, layerwise: true, firstToken: prefill }   # P -> D hand-off (engine/pd.ts)
  * kvEventDelayMs: 500                # default DEFAULT_KV_EVENT_DELAY_MS
  * chunkTokens: 256
  * strategyParams: { kvlab: { workWeight: 0 } }
@@ -27,7 +29,8 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { createRequire } from 'node:module';
 import { checkStrategyParams } from '../engine/strategies/index.js';
 import { PEER_LINK_DEFAULT } from '../engine/engine.js';
-import { BLEND_DEFAULTS, type BlendSpec, type ClusterSpec, type EngineSettings, type KdnSpec, type LinkSpec } from '../engine/types.js';
+import { hasRoles, parseRoles, PD_DEFAULTS } from '../engine/pd.js';
+import { BLEND_DEFAULTS, type BlendSpec, type ClusterSpec, type EngineSettings, type InstanceRole, type KdnSpec, type LinkSpec } from '../engine/types.js';
 import { instanceSpecFromProfile, isProfilePath, loadProfile, loadSchemas } from './profiles.js';
 
 import type { ClusterFile } from './schemas.js';
@@ -101,6 +104,8 @@ export interface ClusterOptions {
   kvCapacityTokens?: number;
   kdnGbps?: number;
   kvEventDelayMs?: number;
+  /** P/D roles, e.g. "6P10D" (sets the instance count; overrides the file's roles). */
+  roles?: string;
   /** CacheBlend on every instance (true = LMCache's example settings; an object overrides them; false = off). */
   blend?: boolean | Partial<BlendSpec>;
   /** overlapped hybrid on every instance. */
@@ -136,10 +141,19 @@ export function resolveCluster(file: ClusterFile | null, opts: ClusterOptions, d
   const profileName = opts.profile ?? f.profile ?? defaultProfile;
   const baseEngine: Partial<EngineSettings> = normEngine(f.engine ?? {});
   if (opts.kvCapacityTokens !== undefined) baseEngine.kvCapacityTokens = opts.kvCapacityTokens;
-  let list: { id?: string; profile?: string; over: Partial<EngineSettings>; caps?: Capabilities }[];
+  let list: { id?: string; profile?: string; role?: InstanceRole; over: Partial<EngineSettings>; caps?: Capabilities }[];
+  const roleSpec = opts.roles ?? f.roles;
+  const roles = roleSpec !== undefined ? parseRoles(roleSpec, opts.roles !== undefined ? '--roles' : 'cluster: roles') : null;
+  if (roles && opts.instances !== undefined && opts.instances !== roles.length) throw new Error(`--instances ${opts.instances} disagrees with roles ${roleSpec} (${roles.length} instances)`);
+  if (roles && typeof f.instances === 'number' && opts.instances === undefined && opts.roles === undefined && f.instances !== roles.length) throw new Error(`cluster: roles ${roleSpec} names ${roles.length} instances, the cluster has ${f.instances}`);
+  if (roles && Array.isArray(f.instances) && opts.instances === undefined) {
+    if (f.instances.length !== roles.length) throw new Error(`cluster: roles ${roleSpec} names ${roles.length} instances, the instances list has ${f.instances.length}`);
+    if (f.instances.some((x) => x.role !== undefined) && opts.roles === undefined) throw new Error('cluster: give roles either per instance (role:) or as roles:, not both');
+  }
   if (opts.instances !== undefined) list = Array.from({ length: opts.instances }, () => ({ over: {} }));
-  else if (Array.isArray(f.instances)) list = f.instances.map((x) => ({ id: x.id, profile: x.profile, over: normEngine(x), caps: x.capabilities }));
-  else list = Array.from({ length: typeof f.instances === 'number' ? f.instances : 4 }, () => ({ over: {} }));
+  else if (Array.isArray(f.instances)) list = f.instances.map((x) => ({ id: x.id, profile: x.profile, role: x.role, over: normEngine(x), caps: x.capabilities }));
+  else list = Array.from({ length: roles ? roles.length : typeof f.instances === 'number' ? f.instances : 4 }, () => ({ over: {} }));
+  if (roles && list.length !== roles.length) throw new Error(`cluster: roles ${roleSpec} names ${roles.length} instances, the cluster has ${list.length}`);
   const instances = list.map((x, i) => {
     const prof = loadProfile(x.profile ?? profileName);
     const over = { ...baseEngine, ...x.over };
@@ -152,8 +166,14 @@ export function resolveCluster(file: ClusterFile | null, opts: ClusterOptions, d
     const blend = blendOf(caps.blend);
     if (blend) spec.blend = blend;
     if (caps.overlap) spec.overlap = true;
+    const role = roles ? roles[i]! : x.role;
+    if (role !== undefined && role !== 'mixed') spec.role = role;
     return spec;
   });
+  if (hasRoles(instances)) {
+    if (!instances.some((s) => s.role !== 'prefill')) throw new Error('cluster: every instance has role prefill: no instance can decode');
+    if (!instances.some((s) => s.role !== 'decode')) throw new Error('cluster: every instance has role decode: no instance can take a prefill (give some role prefill or mixed)');
+  }
   const ids = new Set<string>();
   for (const s of instances) {
     if (ids.has(s.id)) throw new Error(`cluster: duplicate instance id "${s.id}"`);
@@ -186,6 +206,7 @@ export function resolveCluster(file: ClusterFile | null, opts: ClusterOptions, d
       peerLink: { ...PEER_LINK_DEFAULT, ...(f.peerLink ?? {}) },
       kvEventDelayMs: opts.kvEventDelayMs ?? f.kvEventDelayMs ?? DEFAULT_KV_EVENT_DELAY_MS,
       chunkTokens: f.chunkTokens ?? 256,
+      ...(hasRoles(instances) || f.pd ? { pd: { link: { ...PD_DEFAULTS.link, ...(f.pd?.link ?? {}) }, layerwise: f.pd?.layerwise ?? PD_DEFAULTS.layerwise, firstToken: f.pd?.firstToken ?? PD_DEFAULTS.firstToken } } : {}),
     },
     strategyParams: f.strategyParams ?? {},
     stepNoiseCv: f.sim?.stepNoiseCv ?? 0.02,

@@ -22,6 +22,10 @@ export class DecisionStore {
   /** peer transfer (Mooncake): source instance (-1 = none) and tokens. */
   readonly peerFrom: Int32Array;
   readonly peerTokens: Float64Array;
+  /** disaggregated decisions: decode instance (-1 = colocated). */
+  readonly decode: Int32Array;
+  /** predicted hand-off per request (link wait, exposed transfer, TBT on D; ms), allocated at the first disaggregated decision. */
+  private pdPred: Float64Array | null = null;
   /** admission-control rejection reason, when rejected. */
   private readonly rejected = new Map<number, string>();
   /** overlap split point (tokens), -1 when the decision has none. */
@@ -51,6 +55,7 @@ export class DecisionStore {
     this.peerFrom = new Int32Array(n).fill(-1);
     this.peerTokens = new Float64Array(n);
     this.split = new Float64Array(n).fill(-1);
+    this.decode = new Int32Array(n).fill(-1);
     this.pred = new Float64Array(n * PRED);
     this.reason = new Array<string>(n);
     this.strategy = new Array<string>(n);
@@ -83,6 +88,14 @@ export class DecisionStore {
     }
     if (d.rejected) this.rejected.set(r, d.rejected);
     this.split[r] = d.overlapSplit ?? -1;
+    if (d.decode !== undefined) {
+      this.decode[r] = d.decode;
+      const pp = (this.pdPred ??= new Float64Array(this.n * 3));
+      const q = d.pdPredicted;
+      pp[r * 3] = q?.linkWaitMs ?? 0;
+      pp[r * 3 + 1] = q?.transferMs ?? 0;
+      pp[r * 3 + 2] = q?.tbtMs ?? 0;
+    }
     const p = d.predicted;
     const o = r * PRED;
     const pr = this.pred;
@@ -136,6 +149,7 @@ export class DecisionStore {
       reason: this.reason[r]!,
       expectedOutputTokens: this.expectedOut[r]!,
       ...(this.peerFrom[r]! >= 0 ? { peer: { from: this.peerFrom[r]!, tokens: this.peerTokens[r]! } } : {}),
+      ...(this.decode[r]! >= 0 ? { decode: this.decode[r]!, pdPredicted: { linkWaitMs: this.pdPred![r * 3]!, transferMs: this.pdPred![r * 3 + 1]!, tbtMs: this.pdPred![r * 3 + 2]! } } : {}),
       ...(this.rejected.has(r) ? { rejected: this.rejected.get(r)! } : {}),
     };
     if (this.split[r]! >= 0) d.overlapSplit = this.split[r]!;
@@ -151,7 +165,8 @@ export class DecisionStore {
   predictedJson(r: number): string {
     const o = r * PRED;
     const p = this.pred;
-    return `{"prepare_ms":${j3(p[o]!)},"link_wait_ms":${j3(p[o + 1]!)},"transfer_ms":${j3(p[o + 2]!)},"kv_load_ms":${j3(p[o + 3]!)},"queue_ms":${j3(p[o + 4]!)},"prefill_ms":${j3(p[o + 5]!)},"ttft_ms":${j3(p[o + 6]!)},"output_tokens":${this.expectedOut[r]!}}`;
+    const pd = this.decode[r]! >= 0 ? `,"pd":{"link_wait_ms":${j3(this.pdPred![r * 3]!)},"transfer_ms":${j3(this.pdPred![r * 3 + 1]!)},"tbt_ms":${j3(this.pdPred![r * 3 + 2]!)}}` : '';
+    return `{"prepare_ms":${j3(p[o]!)},"link_wait_ms":${j3(p[o + 1]!)},"transfer_ms":${j3(p[o + 2]!)},"kv_load_ms":${j3(p[o + 3]!)},"queue_ms":${j3(p[o + 4]!)},"prefill_ms":${j3(p[o + 5]!)},"ttft_ms":${j3(p[o + 6]!)},"output_tokens":${this.expectedOut[r]!}${pd}}`;
   }
 
   /**
@@ -185,7 +200,8 @@ export class DecisionStore {
     const alts = `{"instance":[${inst}],"intent":[${intent}],"score":[${score}]` + (hasTtft ? `,"ttft_ms":[${ttft}]` : '') + (hasReused ? `,"reused_tokens":[${reused}]` : '') + '}';
     const peer = this.peerFrom[r]! >= 0 ? `,"peer":{"from":${quotedIds[this.peerFrom[r]!]},"tokens":${this.peerTokens[r]}}` : '';
     const split = this.split[r]! >= 0 ? `,"overlap_split":${this.split[r]}` : '';
-    return `{"strategy":${JSON.stringify(this.strategy[r])},"reason":${JSON.stringify(this.reason[r])},"reused_tokens":${this.reused[r]},"cached_tokens":${this.cached[r]}${peer}${split},"alternatives":${alts}}`;
+    const dec = this.decode[r]! >= 0 ? `,"decode":${quotedIds[this.decode[r]!]}` : '';
+    return `{"strategy":${JSON.stringify(this.strategy[r])},"reason":${JSON.stringify(this.reason[r])},"reused_tokens":${this.reused[r]},"cached_tokens":${this.cached[r]}${peer}${split}${dec},"alternatives":${alts}}`;
   }
 
   private grow(min: number): void {

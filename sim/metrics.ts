@@ -63,12 +63,15 @@ export function observed(o: SimOutcome): Observed {
   const ttft = new Float64Array(N).fill(-1);
   const tpot = new Float64Array(N).fill(-1);
   const e2e = new Float64Array(N).fill(-1);
+  const pd = o.pd;
   for (let r = 0; r < N; r++) {
     if (o.status[r] !== ST_OK) continue;
     const req = o.requests[r]!;
     const api = o.apiMs[o.decisions.instance[r]!]!;
-    ttft[r] = o.firstTokenAt[r]! + api - req.arrivalMs;
-    e2e[r] = o.doneAt[r]! + api - req.arrivalMs;
+    // a disaggregated request ends on its decode instance (and starts there with vLLM's proxy)
+    const dApi = pd && pd.decode[r]! >= 0 ? o.apiMs[pd.decode[r]!]! : api;
+    ttft[r] = o.firstTokenAt[r]! + (pd && pd.firstToken === 'decode' ? dApi : api) - req.arrivalMs;
+    e2e[r] = o.doneAt[r]! + dApi - req.arrivalMs;
     if (req.outputTokens > 1) tpot[r] = (o.doneAt[r]! - o.firstTokenAt[r]!) / (req.outputTokens - 1);
   }
   return { ttft, tpot, e2e, tbt: o.tbtMs };
@@ -108,6 +111,13 @@ export interface SummaryCore {
   kv_bytes_moved: number;
   preemptions: number;
   per_instance: { id: string; requests: number; prompt_tokens: number; hit_tokens: number; computed_tokens: number; busy_ms: number; evictions: number; preemptions: number }[];
+  /**
+   * P/D disaggregation (only when the cluster has instance roles): requests disaggregated and
+   * colocated, P -> D bytes, and over completed disaggregated requests the hand-off time
+   * (transfer start to end, ms) and the wait the client saw after P's prefill (prefill end to the
+   * end of the hand-off, ms).
+   */
+  pd?: { first_token: 'prefill' | 'decode'; disaggregated: number; colocated: number; transfer_bytes: number; transfer_ms: Dist; exposed_ms: Dist; per_instance: { id: string; role: string; decoded: number }[] };
 }
 
 /** Requests of a run that completed within the SLO (TTFT and TBT), out of all requests. */
@@ -158,7 +168,7 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o), slo: Slo =
   const sd = Math.sqrt(comp.reduce((a, b) => a + (b - m) * (b - m), 0) / Math.max(1, comp.length));
   const duration = completed ? lastDone - firstArrival : 0;
   const good = goodCount(o, obs, slo);
-  return {
+  const core: SummaryCore = {
     requests: N,
     completed,
     rejected,
@@ -181,6 +191,38 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o), slo: Slo =
     preemptions,
     per_instance: per,
   };
+  if (o.pd) core.pd = pdSummary(o);
+  return core;
+}
+
+/** The `pd` block of summary.json (SummaryCore.pd). */
+function pdSummary(o: SimOutcome): NonNullable<SummaryCore['pd']> {
+  const pd = o.pd!;
+  const N = o.requests.length;
+  let dis = 0;
+  const xfer: number[] = [];
+  const exposed: number[] = [];
+  const decoded = new Array<number>(o.instances.length).fill(0);
+  for (let r = 0; r < N; r++) {
+    if (o.decisions.decode[r]! < 0 || o.decisions.rejectedReason(r) !== undefined) {
+      if (o.decisions.rejectedReason(r) === undefined) decoded[o.decisions.instance[r]!]!++;
+      continue;
+    }
+    dis++;
+    decoded[o.decisions.decode[r]!]!++;
+    if (o.status[r] !== ST_OK || pd.end[r]! < 0) continue;
+    xfer.push(pd.end[r]! - pd.start[r]!);
+    exposed.push(pd.end[r]! - pd.prefillDoneAt[r]!);
+  }
+  return {
+    first_token: pd.firstToken,
+    disaggregated: dis,
+    colocated: N - dis - o.admissionRejected,
+    transfer_bytes: Math.round(pd.bytesMoved),
+    transfer_ms: dist(xfer),
+    exposed_ms: dist(exposed),
+    per_instance: o.instances.map((s, i) => ({ id: s.id, role: o.roles?.[i] ?? 'mixed', decoded: decoded[i]! })),
+  };
 }
 
 function rejectionJson(admission: string | undefined): string {
@@ -196,21 +238,29 @@ function recordLine(o: SimOutcome, obs: Observed, r: number, quotedIds: string[]
   const st = o.status[r] === ST_OK ? 'ok' : o.status[r] === ST_REJECTED ? 'rejected' : 'failed';
   const pred = ds.predictedJson(r);
   let obsJ = 'null';
+  const pd = o.pd;
+  const dec = pd ? ds.decode[r]! : -1;
   if (o.status[r] === ST_OK) {
     const api = o.apiMs[inst]!;
     const ready = o.readyAt[r]!;
     const queue = o.firstSchedAt[r]! - ready;
-    const prefill = o.firstTokenAt[r]! + api - o.firstSchedAt[r]! - o.kvLoadMs[r]!;
+    // P's first token ends the prefill (with vLLM's proxy the client's first token comes from D later)
+    const pEnd = dec >= 0 && pd!.prefillDoneAt[r]! >= 0 ? pd!.prefillDoneAt[r]! : o.firstTokenAt[r]!;
+    const prefill = pEnd + api - o.firstSchedAt[r]! - o.kvLoadMs[r]!;
+    const dApi = dec >= 0 ? o.apiMs[dec]! : api;
+    const firstAt = o.firstTokenAt[r]! + (dec >= 0 && pd!.firstToken === 'decode' ? dApi : api);
+    const doneAt = o.doneAt[r]! + dApi;
+    const pdJ = dec >= 0 && pd!.end[r]! >= 0 ? `,"pd":{"decode_instance":${quotedIds[dec]},"transfer_bytes":${Math.round(pd!.bytes[r]!)},"prefill_done_ms":${j3(pd!.prefillDoneAt[r]!)},"link_wait_ms":${j3(pd!.start[r]! - pd!.readyAt[r]!)},"transfer_start_ms":${j3(pd!.start[r]!)},"transfer_end_ms":${j3(pd!.end[r]!)},"transfer_ms":${j3(pd!.end[r]! - pd!.start[r]!)}}` : '';
     obsJ =
       `{"prepare_ms":${j3(o.prepareMs[r]!)},"link_wait_ms":${j3(o.linkWaitMs[r]!)},"transfer_ms":${j3(o.transferMs[r]!)},"kv_load_ms":${j3(o.kvLoadMs[r]!)},` +
       `"queue_ms":${j3(queue)},"prefill_ms":${j3(prefill)},"ttft_ms":${j3(obs.ttft[r]!)},"tpot_ms":${obs.tpot[r]! >= 0 ? r3(obs.tpot[r]!) : 'null'},"tbt_ms":${obs.tbt[r]! >= 0 ? r3(obs.tbt[r]!) : 'null'},"e2e_ms":${j3(obs.e2e[r]!)},` +
       `"cached_tokens":${o.hitTokens[r]!},"loaded_tokens":${o.loadTokens[r]!},"transfer_tokens":${o.transferTokens[r]!},"preemptions":${o.preemptions[r]!},` +
-      `"first_token_at_ms":${j3(o.firstTokenAt[r]! + api)},"done_at_ms":${j3(o.doneAt[r]! + api)}}`;
+      `"first_token_at_ms":${j3(firstAt)},"done_at_ms":${j3(doneAt)}${pdJ}}`;
   }
   return (
     `{"id":${JSON.stringify(q.id)},"arrival_ms":${j3(q.arrivalMs)},"status":"${st}","error":${st === 'rejected' ? rejectionJson(ds.rejectedReason(r)) : 'null'},` +
     `"input_tokens":${q.inputTokens},"output_tokens":${q.outputTokens},"knowledge_tokens":${q.knowledgeTokens},` +
-    `"instance":${quotedIds[inst]},"kdn":${kdn >= 0 ? quotedKdns[kdn] : 'null'},"intent":"${ds.intent(r)}",` +
+    `"instance":${quotedIds[inst]},${dec >= 0 ? `"decode_instance":${quotedIds[dec]},` : ''}"kdn":${kdn >= 0 ? quotedKdns[kdn] : 'null'},"intent":"${ds.intent(r)}",` +
     `"decision":${ds.decisionJson(r, quotedIds)},"predicted":${pred},"observed":${obsJ},"source":"sim"}`
   );
 }

@@ -119,7 +119,8 @@ export function clusterFor(t: LoadedTrace, opts: RunOptions): ResolvedCluster {
   const def = defaultsFor(t);
   const o: ClusterOptions = {
     profile: opts.profile,
-    instances: opts.instances ?? (file?.instances === undefined ? def.instances : undefined),
+    instances: opts.instances ?? (file?.instances === undefined && opts.roles === undefined && file?.roles === undefined ? def.instances : undefined),
+    roles: opts.roles,
     kvCapacityTokens: opts.kvCapacityTokens,
     kdnGbps: opts.kdnGbps ?? (typeof opts.overrides?.kdn_gbps === 'number' ? (opts.overrides.kdn_gbps as number) : undefined),
     kvEventDelayMs: opts.kvEventDelayMs,
@@ -251,12 +252,14 @@ function configJson(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster, param
       instances: rc.spec.instances.map((s) => ({
         id: s.id,
         profile: s.profile.name,
+        ...(s.role ? { role: s.role } : {}),
         engine: { ...s.engine, kvCapacityTokens: Number.isFinite(s.engine.kvCapacityTokens) ? s.engine.kvCapacityTokens : 'inf' },
         capabilities: { blend: s.blend ?? false, overlap: s.overlap ?? false },
       })),
       kdns: rc.spec.kdns.map((k) => ({ id: k.id, compression: k.compression, text_fetch_ms: k.textFetchMs, knowledge: k.knowledge ? [...k.knowledge] : 'all', sequences: k.sequences ?? false })),
       links: rc.spec.links,
       peer_link: rc.spec.peerLink ?? null,
+      ...(rc.spec.pd ? { pd: rc.spec.pd } : {}),
       kv_event_delay_ms: rc.spec.kvEventDelayMs,
       chunk_tokens: rc.spec.chunkTokens,
     },

@@ -4,6 +4,7 @@
  * runs that read a user-provided file pay for it. Errors name the file and the field path.
  */
 import { z } from 'zod';
+import { ROLES_PATTERN } from '../engine/pd.js';
 
 const num = z.number().finite();
 const pos = num.positive();
@@ -87,6 +88,7 @@ const capabilitiesSchema = z.object({ blend: blendSchema, overlap: z.boolean() }
 
 const linkSchema = z.object({ bandwidthGbps: pos, latencyMs: nonneg, efficiency: z.number().gt(0).lte(1) }).strict();
 
+
 /** Schema of a cluster file. */
 export const clusterFileSchema = z
   .object({
@@ -94,7 +96,7 @@ export const clusterFileSchema = z
     instances: z
       .union([
         pos.int(),
-        z.array(engineOverrides.extend({ id: z.string().min(1).optional(), profile: z.string().min(1).optional(), capabilities: capabilitiesSchema.optional() }).strict()).min(1),
+        z.array(engineOverrides.extend({ id: z.string().min(1).optional(), profile: z.string().min(1).optional(), capabilities: capabilitiesSchema.optional(), role: z.enum(['prefill', 'decode', 'mixed']).optional() }).strict()).min(1),
       ])
       .optional(),
     engine: engineOverrides.optional(),
@@ -121,6 +123,13 @@ export const clusterFileSchema = z
       .optional(),
     /** instance -> instance KV link (peer transfers, e.g. Mooncake's cache load balancing). */
     peerLink: linkSchema.partial().optional(),
+    /** P/D roles of a counted cluster: "6P10D" = 6 prefill then 10 decode instances (+ "2M" mixed). */
+    roles: z.string().regex(ROLES_PATTERN, { message: 'must look like 6P10D (prefill count P decode count D, optionally then a mixed count M)' }).optional(),
+    /** P -> D hand-off of disaggregated requests (engine/pd.ts). */
+    pd: z
+      .object({ link: linkSchema.partial().optional(), layerwise: z.boolean().optional(), firstToken: z.enum(['prefill', 'decode']).optional() })
+      .strict()
+      .optional(),
     kvEventDelayMs: nonneg.optional(),
     chunkTokens: pos.int().optional(),
     strategyParams: z.record(z.string(), z.record(z.string(), z.unknown())).optional(),

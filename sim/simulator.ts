@@ -6,6 +6,16 @@
  * KV transfer on the FIFO link KDN->instance) -> API frontend (FIFO, `frontendMsPerRequest`) ->
  * engine core (vLLM V1 scheduling) -> first token / completion, fed back to the engine.
  * KV events (stored/removed) reach the engine after `kvEventDelayMs`.
+ *
+ * Disaggregated requests (the decision names a decode instance D, engine/pd.ts): the prefill
+ * runs on P as a request of one output token; when it ends, the prompt's KV moves P -> D on the
+ * P/D link (FIFO per pair; after the prefill, or layer-wise during it: `ClusterSpec.pd`), then
+ * the request joins D's engine core with the transferred prompt as loaded KV (no LMCache load: it
+ * lands in GPU memory) and decodes there. With `pd.firstToken` = `prefill` the client sees P's
+ * token first and D generates the rest (D's first step computes the first token's KV, so the
+ * first token gap = hand-off + D's queue + one step); with `decode` (vLLM's proxy) P's token is
+ * dropped, the request reaches D through its API frontend after P's response, and D recomputes
+ * the last prompt token and streams every token (TTFT includes the hand-off).
  * Output is a function of (cluster, requests, strategy, seed): no wall clock is read.
  */
 import { Engine, PEER_LINK_DEFAULT, type DispatchOp, type Strategy } from '../engine/engine.js';
@@ -13,6 +23,7 @@ import { kvLoadMs, kvWireBytes, transferMs } from '../engine/costmodel.js';
 import { BLEND_DEFAULTS, INTENTS, type ClusterSpec, type Intent, type TraceRequest } from '../engine/types.js';
 import { reorderRequest } from '../traces/blocks.js';
 import { blendSpans, spanTokensFrom } from '../engine/knowledge.js';
+import { hasRoles, PD_DEFAULTS, pdBytes, pdTransferWindow } from '../engine/pd.js';
 import { DecisionStore } from './decision-store.js';
 import { EventQueue } from './events.js';
 import { InstanceCore, type CoreRequest } from './instance.js';
@@ -26,6 +37,7 @@ const EV_XFER = 4; // KV transfer ACK (a = request)
 const EV_SCRAPE = 5; // engine metrics scrape of every instance (for strategies that read metrics)
 const EV_SEND = 6; // the client has seen a request end: its concurrency slot frees (maxConcurrency)
 const EV_OP = 7; // a router replica's op-log entry reaches the other replicas (a = op id)
+const EV_PD = 9; // P -> D hand-off done: the request joins its decode instance (a = request)
 
 // op-log entry kinds (router replicas)
 const OP_DISPATCH = 0;
@@ -34,6 +46,7 @@ const OP_FIRST = 2;
 const OP_DONE = 3;
 const OP_ABORT = 4;
 const EV_TAIL = 8; // overlap: the tail's KV is retrieved into the instance (a = request)
+const OP_PD = 5;
 
 /** Status codes of a simulated request. */
 export const ST_PENDING = 0;
@@ -142,6 +155,27 @@ export interface SimOutcome {
   apiMs: number[];
   /** the engine's calibrated step factors at the end (1, 1 without calibration). */
   stepFactors: { prefill: number; decode: number };
+  /** P/D hand-offs (only when the cluster has instance roles). */
+  pd?: PdOutcome;
+  /** instance roles (only when the cluster has some). */
+  roles?: string[];
+}
+
+/**
+ * Per-request P/D hand-off results (request order; decode -1 = colocated). Times are absolute
+ * virtual ms; `prefillDoneAt` is P's first token.
+ */
+export interface PdOutcome {
+  firstToken: 'prefill' | 'decode';
+  decode: Int32Array;
+  prefillDoneAt: Float64Array;
+  /** the transfer could start (prefill end, or layer-wise prefill start; + P's response and D's frontend with firstToken decode). */
+  readyAt: Float64Array;
+  start: Float64Array;
+  end: Float64Array;
+  bytes: Float64Array;
+  /** P -> D bytes in total. */
+  bytesMoved: number;
 }
 
 /**
@@ -194,6 +228,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     else if (kind === OP_XFER) e.onKvTransferDone(id, t);
     else if (kind === OP_FIRST) e.onFirstToken(id, t);
     else if (kind === OP_DONE) e.onComplete(id, t, requests[r]!.outputTokens);
+    else if (kind === OP_PD) e.onPdTransferDone(id, t);
     else e.onAbort(id, t);
   };
   /** Replica bookkeeping of request r: its owner at once, the others after syncMs (or never). */
@@ -282,6 +317,48 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
   const instOf = new Int32Array(N).fill(-1);
   /** overlap tail per request: 0 none, 1 on the link, 2 arrived. */
   const tailState = new Uint8Array(N);
+  // P/D: decode instance per request (-1 colocated), hand-off times; P -> D link FIFO per pair
+  const roles = hasRoles(cluster.instances);
+  const pdSpec = cluster.pd ?? PD_DEFAULTS;
+  const decOf = new Int32Array(roles ? N : 0).fill(-1);
+  const pdFree = new Map<number, number>();
+  if (roles) {
+    out.roles = cluster.instances.map((s) => s.role ?? 'mixed');
+    out.pd = {
+      firstToken: pdSpec.firstToken,
+      decode: decOf,
+      prefillDoneAt: new Float64Array(N).fill(-1),
+      readyAt: new Float64Array(N).fill(-1),
+      start: new Float64Array(N).fill(-1),
+      end: new Float64Array(N).fill(-1),
+      bytes: new Float64Array(N),
+      bytesMoved: 0,
+    };
+  }
+  const pdOut = out.pd;
+  /** true when request r is disaggregated and `i` is its prefill instance. */
+  const onPrefill = (r: number, i: number) => roles && decOf[r]! >= 0 && instOf[r] === i;
+  /** P finished the prefill of disaggregated request r at t: reserve the P -> D link, schedule the hand-off. */
+  const handOff = (r: number, t: number, prefillStart: number) => {
+    const req = requests[r]!;
+    const P = instOf[r]!;
+    const D = decOf[r]!;
+    const pi = cluster.instances[P]!;
+    const bytes = pdBytes(pi, req.inputTokens);
+    // vLLM's proxy: P answers the gateway, which sends the request to D's API server; D pulls the KV
+    const ready = pdSpec.firstToken === 'decode' ? t + pi.profile.step.apiMs + cluster.instances[D]!.profile.step.frontendMsPerRequest : t;
+    const key = P * nI + D;
+    const free = pdFree.get(key) ?? -Infinity;
+    const [start, end] = pdSpec.firstToken === 'decode' ? pdTransferWindow(bytes, { ...pdSpec, layerwise: false }, pi.profile.model.layers, ready, ready, free) : pdTransferWindow(bytes, pdSpec, pi.profile.model.layers, prefillStart, t, free);
+    pdFree.set(key, end - (bytes > 0 ? pdSpec.link.latencyMs : 0));
+    pdOut!.prefillDoneAt[r] = t;
+    pdOut!.readyAt[r] = pdSpec.layerwise && pdSpec.firstToken === 'prefill' ? prefillStart : ready;
+    pdOut!.start[r] = start;
+    pdOut!.end[r] = end;
+    pdOut!.bytes[r] = bytes;
+    pdOut!.bytesMoved += bytes;
+    q.push(end, EV_PD, r, 0);
+  };
 
   const startRun = (i: number, t: number) => {
     const core = cores[i]!;
@@ -343,6 +420,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     out.decisions.set(r, d);
     const i = d.instance;
     instOf[r] = i;
+    if (roles && d.decode !== undefined && !d.rejected) decOf[r] = d.decode;
     if (d.rejected) {
       // admission control (Mooncake-style early rejection): never dispatched
       out.status[r] = ST_REJECTED;
@@ -472,13 +550,16 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
         const ds = out.decisions;
         out.coreAt[r] = t;
         const code = ds.intentCode[r]!;
+        const pdP = roles && decOf[r]! >= 0;
         const cr: CoreRequest = {
           id: req.id,
           promptTokens: req.inputTokens,
-          outputTokens: req.outputTokens,
+          // a disaggregated request's prefill: one token (vLLM's P gets max_tokens 1)
+          outputTokens: pdP ? 1 : req.outputTokens,
           blocks: req.blocks,
           blockSize: req.blockSize,
-          tag: r,
+          // P's token is the client's first only when P streams it
+          tag: pdP && pdSpec.firstToken === 'decode' ? -1 : r,
           loadedTokens: code === 2 || code === 3 ? ds.reused[r]! : peerHeld[r]! >= 0 ? peerHeld[r]! : 0,
         };
         if (loadOverride[r]! >= 0) cr.kvLoadMs = loadOverride[r]!;
@@ -513,7 +594,12 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
         const ev = core.finishStep(t);
         for (const id of ev.firstToken) {
           const r = idToIdx.get(id)!;
-          out.firstTokenAt[r] = t;
+          if (roles && decOf[r]! >= 0 && instOf[r] !== i) {
+            // the decode instance's first token: the client's first only with vLLM's proxy
+            if (pdSpec.firstToken === 'decode') out.firstTokenAt[r] = t;
+            continue;
+          }
+          if (!roles || decOf[r]! < 0 || pdSpec.firstToken === 'prefill') out.firstTokenAt[r] = t;
           const s = core.get(id);
           if (s) {
             out.firstSchedAt[r] = s.firstScheduledAt;
@@ -526,6 +612,13 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
         }
         for (const id of ev.done) {
           const r = idToIdx.get(id)!;
+          if (onPrefill(r, i) && (pdSpec.firstToken === 'decode' || requests[r]!.outputTokens > 1)) {
+            // the prefill is done on P: hand the KV off to D
+            const s = core.get(id);
+            handOff(r, t, s ? s.firstScheduledAt : t);
+            core.forget(id);
+            continue;
+          }
           out.doneAt[r] = t;
           out.status[r] = ST_OK;
           if (out.firstTokenAt[r]! < 0) out.firstTokenAt[r] = t;
@@ -542,6 +635,43 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
         }
         flushKv(i, t);
         startRun(i, t);
+        break;
+      }
+      case EV_PD: {
+        // the hand-off is done: the request joins D's engine core with its prompt's KV loaded
+        const r = q.argA;
+        const req = requests[r]!;
+        const D = decOf[r]!;
+        ownerEngine(r).onPdTransferDone(req.id, t);
+        if (ownerOf !== null) book(OP_PD, r, t);
+        const cr: CoreRequest = {
+          id: req.id,
+          promptTokens: req.inputTokens,
+          // first token from P: D computes the first token's KV and generates the others
+          outputTokens: pdSpec.firstToken === 'prefill' ? req.outputTokens - 1 : req.outputTokens,
+          blocks: req.blocks,
+          blockSize: req.blockSize,
+          tag: r,
+          loadedTokens: req.inputTokens,
+          kvLoadMs: 0,
+        };
+        const core = cores[D]!;
+        if (!core.add(cr, t)) {
+          out.status[r] = ST_REJECTED;
+          ownerEngine(r).onAbort(req.id, t);
+          if (ownerOf !== null) book(OP_ABORT, r, t);
+          sendReleased(t);
+          if (maxConc < Infinity) q.push(t, EV_SEND, r, 0);
+          break;
+        }
+        if (!core.busy) startRun(D, t);
+        else {
+          const end = core.truncateRun(t);
+          if (end >= 0) {
+            gen[D]!++;
+            q.push(end, EV_STEP, D, gen[D]!);
+          }
+        }
         break;
       }
       case EV_SEND:
