@@ -35,7 +35,7 @@
  * (31 lengths × 8 batch sizes; cells above 2× their row median — the bs 3, L 839 spike — dropped).
  */
 import type { Profile, StepModel } from '../../engine/types.js';
-import { slopeLast, stepMs, type StepComposition } from '../../engine/costmodel.js';
+import { curveMs, slopeLast, stepMs, type StepComposition } from '../../engine/costmodel.js';
 import { argsort, coldExcess, replayBurst, burstConforms, type BurstReplay } from './burst.js';
 import { checkBursts, type CheckedRequest } from './check.js';
 import { nnls } from './nnls.js';
@@ -59,6 +59,16 @@ export interface FitConfig {
   smoothing: number;
   /** outer iterations (compositions / conformance / attention slope) at most. */
   maxIter: number;
+  /**
+   * the server was warmed up before the logs (kvlab profile collect): every file's first burst is
+   * a fit row and no cold start is estimated (default false: the first burst may carry it).
+   */
+  warm?: boolean;
+  /**
+   * start the iterations from the base profile's step model (projected on the knots) instead of
+   * the generic guess: the first conformance pass then groups the bursts as the base would.
+   */
+  startFromBase?: boolean;
 }
 
 /** Defaults; see the module docstring for the reasons. */
@@ -194,8 +204,16 @@ export function fitStepModel(base: Profile, data: FitData, cfg: FitConfig = DEFA
   theta[COL_FIXED] = 20;
   for (let j = 0; j < nSeg; j++) theta[COL_SLOPE0 + j] = 1.4;
   theta[nCols - 1] = 10;
+  if (cfg.startFromBase) {
+    const b = base.step;
+    theta[COL_FIXED] = b.fixedMs;
+    theta[COL_PREFILL] = b.prefillSeqMs;
+    theta[COL_DECODE] = b.decodeSeqMs;
+    for (let j = 0; j < nSeg; j++) theta[COL_SLOPE0 + j] = Math.max(0, (curveMs(b, knots[j + 1]!) - curveMs(b, knots[j]!)) / (knots[j + 1]! - knots[j]!));
+    theta[nCols - 1] = b.apiMs;
+  }
   let step = stepFromTheta(theta, knots, base.step);
-  const first = firstBurstKeys(data.bursts);
+  const first = cfg.warm ? new Set<string>() : firstBurstKeys(data.bursts);
   let prevConforming = '';
   let iterations = 0;
   let converged = false;
@@ -241,7 +259,7 @@ export function fitStepModel(base: Profile, data: FitData, cfg: FitConfig = DEFA
       const sOrder = argsort(r.ttftMs);
       for (let rank = 0; rank < b.bs; rank++) {
         const q = b.requests[mOrder[rank]!]!;
-        if (q.fileFirst) continue;
+        if (q.fileFirst && !cfg.warm) continue;
         const { x, offsetMs } = requestFeatures(r, sOrder[rank]!, step, knots, nCols);
         const w = 1 / q.ttftMs;
         A.push(x.map((v) => v * w));
@@ -287,7 +305,7 @@ export function fitStepModel(base: Profile, data: FitData, cfg: FitConfig = DEFA
         y.push(0);
       }
     }
-    if (A.length < nCols) throw new Error(`fit: ${A.length} rows for ${nCols} unknowns`);
+    if (A.length < nCols) throw new Error(`fit: ${A.length} rows for ${nCols} unknowns (${counts.ttft} TTFT, ${counts.anchors} anchor, ${counts.tpot} TPOT rows; excluded ${JSON.stringify(excluded)}): measure more batch sizes or prompt lengths`);
     const next = nnls(A, y);
     const change = Math.max(...next.map((v, i) => Math.abs(v - theta[i]!) / Math.max(1, Math.abs(v))));
     const conf = conforming.join(',');
