@@ -3,7 +3,7 @@
  *
  *   kvlab emulate --port P [--profile NAME] [--redis URL] [--model NAME] [--bytes-per-token N]
  *                 [--kv-events tcp://127.0.0.1:PORT] [--time-scale X] ...
- *   kvlab kdn --port 9101 --redis URL --model PATH [--link HOST:PORT=GBPS,LAT_MS,EFF] ...
+ *   kvlab kdn --port 9101 --redis URL --model PATH (--builder URL | --synthetic-kv) [--link HOST:PORT=GBPS,LAT_MS,EFF] ...
  *
  * Each command lives in its own `register*` function; add gateway / replay / diff / live demo
  * the same way (server modules are imported inside the actions, so registering the commands
@@ -171,6 +171,11 @@ interface KdnFlags {
   timeScale: number;
   maxDocumentBytes: number;
   maxDocumentTokens: number;
+  builder?: string;
+  builderModel?: string;
+  builderTimeoutMs: number;
+  syntheticKv?: boolean;
+  dtype: string;
   log: boolean;
 }
 
@@ -183,7 +188,11 @@ function registerKdn(program: Command): void {
     .requiredOption('--redis <url>', "the KDN's own Redis URL, e.g. redis://127.0.0.1:6390/0")
     .requiredOption('--model <path>', 'LMCache model_name of the target instances (their vLLM --model path)')
     .option('--model-alias <name>', 'another accepted inject_ready_kv model name (repeatable)', collect, [])
-    .option('--bytes-per-token <n>', 'synthesised KV bytes per token (summed over ranks)', intArg('--bytes-per-token', { min: 1 }), 64)
+    .option('--builder <url>', "compute each registered document's KV on this vLLM / emulator (OpenAI API) whose LMCache stores into this KDN's Redis; its model path, world size, dtype and chunk hashing must match (refused naming the field)")
+    .option('--builder-model <name>', 'served model name for the build requests (default: the builder\'s first /v1/models entry)')
+    .option('--builder-timeout-ms <ms>', 'wait this long for LMCache to store a document\'s chunks', intArg('--builder-timeout-ms', { min: 1 }), 30_000)
+    .option('--synthetic-kv', 'synthesise KV bytes (valid keys and metadata, garbage values): GPU-less tests with emulators only')
+    .option('--bytes-per-token <n>', 'synthesised KV bytes per token, summed over ranks (--synthetic-kv)', intArg('--bytes-per-token', { min: 1 }), 64)
     .option('--wire-bytes-per-token <n>', 'bytes per token charged by the link model (default: --bytes-per-token)', numberArg('--wire-bytes-per-token', { min: 0 }))
     .option('--format <f>', 'knowledge prefix layout: chat-system | completion', choiceArg('--format', ['chat-system', 'completion'] as const), 'chat-system')
     .option('--tokenize-url <url>', 'tokenise via this instance /tokenize instead of the local Llama-3 tokenizer')
@@ -194,6 +203,7 @@ function registerKdn(program: Command): void {
     .option('--world-size <n>', 'target TP world size (one key per rank)', intArg('--world-size', { min: 1, max: 1024 }), 1)
     .option('--hash-variant <v>', 'LMCache chunk-hash recipe: cacheroute | upstream', choiceArg('--hash-variant', ['cacheroute', 'upstream'] as const), 'cacheroute')
     .option('--hash-seed <s>', 'PYTHONHASHSEED of the target vLLM', '0')
+    .option('--dtype <d>', 'KV dtype in the LMCache keys (bfloat16, half, float, ...)', 'bfloat16')
     .option('--time-scale <x>', 'divide link durations by x', numberArg('--time-scale', { min: 1e-6 }), 1)
     .option('--max-document-bytes <n>', 'largest document (UTF-8 bytes of its text); larger ones are refused with 413 before tokenising', intArg('--max-document-bytes', { min: 1 }), 2 * 1024 * 1024)
     .option('--max-document-tokens <n>', 'largest document in tokens (422 above)', intArg('--max-document-tokens', { min: 1 }), 131_072)
@@ -212,13 +222,15 @@ function registerKdn(program: Command): void {
         tokenizeUrl: f.tokenizeUrl,
         link: { bandwidthGbps: f.bandwidthGbps, latencyMs: f.latencyMs, efficiency: f.efficiency },
         links: Object.fromEntries(f.link.map(parseLinkOverride)),
-        lmcache: { worldSize: f.worldSize, variant: f.hashVariant, hashSeed: f.hashSeed },
+        lmcache: { worldSize: f.worldSize, variant: f.hashVariant, hashSeed: f.hashSeed, dtype: f.dtype },
+        ...(f.builder ? { builder: { url: f.builder, model: f.builderModel, timeoutMs: f.builderTimeoutMs } } : {}),
+        syntheticKv: !!f.syntheticKv,
         timeScale: f.timeScale,
         maxDocumentBytes: f.maxDocumentBytes,
         maxDocumentTokens: f.maxDocumentTokens,
         logger: f.log,
       });
-      process.stderr.write(`kdn: model ${f.model}, store ${f.redis}, link ${f.bandwidthGbps} Gbit/s ${f.latencyMs} ms x${f.efficiency}\n`);
+      process.stderr.write(`kdn: model ${f.model}, store ${f.redis}, link ${f.bandwidthGbps} Gbit/s ${f.latencyMs} ms x${f.efficiency}, KV ${kdn.kvSource === 'builder' ? `built on ${f.builder}` : kdn.kvSource === 'synthetic' ? 'synthesised (--synthetic-kv: emulators only)' : 'none: text only (give --builder URL for real KV)'}\n`);
       (await import('./tokenize-pool.js')).warmTokenizePool();
       process.stdout.write(`ready ${kdn.url}\n`);
       await untilSignal('kdn', () => kdn.close());

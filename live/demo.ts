@@ -4,13 +4,16 @@
  *
  *  1. starts one `redis-server` (live/redis-launcher.ts; db 0 = the KDN's store, db 1..n = each
  *     instance's LMCache Redis), n emulators (live/emulator.ts, the profile's timing on the wall
- *     clock × `timeScale`, cold start off, like the simulator), a KDN (live/kdn.ts) whose links
+ *     clock × `timeScale`, cold start off, like the simulator), a builder emulator whose LMCache
+ *     stores into the KDN's db 0 (fast-forwarded: its timing is not measured), a KDN
+ *     (live/kdn.ts, `builder` = that emulator: real KV, no synthesised bytes) whose links
  *     charge exactly what the simulator charges (`wireBytesPerToken` = the profile's KV bytes per
  *     token / the KDN compression, the cluster's link bandwidth/latency/efficiency, paced ×
  *     `timeScale`) and the gateway (live/gateway.ts) with the same cluster;
- *  2. registers the knowledge: the NQ documents (../shared/data/workloads/cacheroute-nq, via
- *     traces/nq.ts) when present, else the synthetic catalogue's documents the workload uses,
- *     synthesised to their token lengths (live/replay.ts `synthesizeDocument`);
+ *  2. registers the knowledge through the builder: the NQ documents
+ *     (../shared/data/workloads/cacheroute-nq, via traces/nq.ts) when present, else the synthetic
+ *     catalogue's documents the workload uses, synthesised to their token lengths
+ *     (live/replay.ts `synthesizeDocument`); each document's KV is what the builder computed;
  *  3. replays the workload through the gateway (live/replay.ts; DIR/replay = client view,
  *     DIR/live = the gateway's records);
  *  4. simulates **the requests the gateway actually routed** (same ids, arrivals, prompt tokens,
@@ -93,11 +96,15 @@ export interface DemoResult {
   simOwnVsObservedMape: number | null;
   requests: number;
   completed: number;
+  /** documents registered in the KDN, and those whose KV the builder computed (kv_source builder). */
+  documents: { registered: number; builtKv: number };
   wallMs: number;
   text: string;
 }
 
 const MODEL = 'llama3-70b';
+/** The builder emulator runs this many times faster than real time (its timing is not measured). */
+const BUILDER_TIME_SCALE = 50;
 const MODEL_PATH = '/models/Meta-Llama-3-70B-Instruct';
 
 /** Builds the demo workload (NQ or synthetic) with the demo's sizes and its documents. */
@@ -166,11 +173,15 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
       stops.push(() => em.close());
       ems.push(em);
     }
+    // the builder: an emulator whose LMCache stores into the KDN's store (db 0), fast-forwarded
+    const builder = await startEmulator({ profile, model: MODEL, modelPath: MODEL_PATH, redisUrl: `${redis.url}/0`, timeScale: Math.max(ts, BUILDER_TIME_SCALE), coldStart: false });
+    stops.push(() => builder.close());
     const kdn: KdnHandle = await startKdn({
       port: 0,
       redisUrl: `${redis.url}/0`,
       model: MODEL_PATH,
       modelAliases: [MODEL],
+      builder: { url: builder.url },
       wireBytesPerToken: profile.model.kvBytesPerToken / kdnSpec.compression,
       link,
       timeScale: ts,
@@ -201,8 +212,11 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     // ---- knowledge (synthetic kids hash the document name: the requests get the KDN's kids)
     const kidMap = await registerDocuments(kdn.url, docs);
     const requests = renameKnowledge(trace.requests, kidMap);
+    const snap = (await (await fetch(`${kdn.url}/knowledge/snapshot`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ need_fields: ['kv_source'] }) })).json()) as { items: Array<{ kid: string; kv_source?: string }> };
+    const ours = new Set(kidMap.values());
+    const documents = { registered: ours.size, builtKv: snap.items.filter((i) => ours.has(i.kid) && i.kv_source === 'builder').length };
     await gw.prefetchKnowledge([...kidMap.values()]);
-    log(`live demo: registered ${docs.length} documents in the KDN (gateway cache warmed)`);
+    log(`live demo: registered ${docs.length} documents in the KDN, their KV built on ${builder.url} (gateway cache warmed)`);
     await warmUp(kdn.url, ems, redis.url);
 
     // ---- replay through the gateway
@@ -251,6 +265,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
       simOwnVsObservedMape: own.fields.ttft_ms!.mape,
       requests: live.length,
       completed,
+      documents,
       wallMs: performance.now() - t0,
       text,
     };

@@ -6,8 +6,8 @@
  *
  * | route | body | answer |
  * |---|---|---|
- * | `POST /knowledge/register_text` | `{content, meta?, build_kv?=true}` | `{kid, status: created\|exists, length, tokens, kv_ready, kv_keys, kv_bytes}` |
- * | `POST /knowledge/build_kv` | `{kid}` | item status (synthesises the KV if missing) |
+ * | `POST /knowledge/register_text` | `{content, meta?, build_kv?=true}` | `{kid, status: created\|exists, length, tokens, kv_ready, kv_keys, kv_bytes, kv_source, kv_error?}` |
+ * | `POST /knowledge/build_kv` | `{kid}` | item status (builds the KV; 409 naming the field on a builder mismatch) |
  * | `POST /knowledge/search/text` | `{knowledge_ids, need_fields?}` | `{items: [{id, kid, content, length, tokens, kv_ready, meta, created_at}], miss}` |
  * | `POST /knowledge/snapshot` | `{need_fields?, limit?=1e6, offset?=0}` | `{items: [{kid, length, tokens, kv_ready, kv_updated_at, kv_dumped_keys, created_at}], count, limit, offset}` |
  * | `POST /knowledge/inject_ready_kv` | `{request_id?, model?, knowledge_ids, redis_host?, redis_port?, redis_db?, redis_password?, tokens?}` | ACK (see {@link InjectAck}) |
@@ -24,8 +24,16 @@
  * - `completion`: `<|begin_of_text|>` + the text; a completion prompt that starts with the text
  *   hits its full chunks (the last text token is left out of the keyed span, so a BPE merge
  *   with whatever follows cannot break the match).
- * KV bytes are synthesised (`bytesPerToken`, summed over ranks) under the LMCache keys of the
- * target model (live/lmcache.ts); only full 256-token chunks are keyed, one key pair per rank.
+ * Where the KV comes from (`kv_source`):
+ * - `builder` (`--builder URL`): computed by a serving instance whose LMCache stores into this
+ *   KDN's Redis, from the document sent in the gateway's prefix format (live/kv-builder.ts); the
+ *   chunk keys are the ones this KDN computes for its target (model path, world size, dtype,
+ *   chunk hashing), and a builder whose keys differ is refused naming the field;
+ * - `synthetic` (`--synthetic-kv`, GPU-less tests only): bytes synthesised (`bytesPerToken`,
+ *   summed over ranks) under the same keys, valid metadata — what the emulator accepts, garbage
+ *   for a real vLLM;
+ * - neither: the KDN holds text only (`kv_ready` 0): kvcache requests fall back to text.
+ * Only full 256-token chunks are keyed, one key pair per rank.
  *
  * KDN Redis layout: `kdn:item:<kid>` hash (content, length, tokens, meta, created_at, kv_ready,
  * kv_keys, kv_bytes, kv_updated_at, format), `kdn:kids` sorted set (score = created ms),
@@ -39,6 +47,7 @@ import { request } from 'undici';
 import { z } from 'zod';
 import type { LinkSpec } from '../engine/types.js';
 import { LinkTable, type LinkTiming } from './link.js';
+import { BuilderMismatch, KvBuilder, type KvBuilderOptions } from './kv-builder.js';
 import { kvBytesKey, lmcacheChunks, lmcacheConfig, metadataKey, rankChunkBytes, syntheticKvBytes, syntheticMetadata, type LmcacheConfig } from './lmcache.js';
 import { acceptAnyJson, refuseUnreadBody } from './openai.js';
 import { encodePromptAsync, encodeSystemPrefixAsync, holdTokenizePool } from './tokenize-pool.js';
@@ -78,6 +87,10 @@ export interface KdnOptions {
   maxDocumentBytes?: number;
   /** largest document, tokens of its knowledge prefix (default 131,072, Llama-3.1's context; 422 above). */
   maxDocumentTokens?: number;
+  /** compute every document's KV on this serving instance (its LMCache remote = this KDN's Redis). */
+  builder?: KvBuilderOptions;
+  /** synthesise KV bytes instead (GPU-less tests: garbage for a real vLLM). Exclusive with `builder`. */
+  syntheticKv?: boolean;
   logger?: boolean | object;
 }
 
@@ -121,6 +134,8 @@ export interface KdnHandle {
   redis: Redis;
   lmcache: LmcacheConfig;
   links: LinkTable;
+  /** where document KV comes from: `builder`, `synthetic`, or `none` (text only). */
+  kvSource: 'builder' | 'synthetic' | 'none';
   /** Stops accepting connections, lets running requests finish (10 s at most), quits Redis. */
   close(): Promise<void>;
 }
@@ -192,8 +207,19 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
   const modelNames = new Set([opts.model, ...(opts.modelAliases ?? [])]);
   const links = new LinkTable(opts.link ?? { bandwidthGbps: 1, latencyMs: 10, efficiency: 0.8 }, opts.links ?? {}, opts.timeScale ?? 1);
 
+  if (opts.builder && opts.syntheticKv) throw new Error('kdn: --builder and --synthetic-kv exclude each other (real KV from a builder, or synthesised bytes for GPU-less tests)');
   const redis = await connectRedis(opts.redisUrl, 'kdn', 'its Redis store', { maxRetriesPerRequest: 2 });
   redis.on('error', () => undefined); // failures surface on the commands (HTTP 500 with the reason)
+  let builder: KvBuilder | null = null;
+  if (opts.builder) {
+    try {
+      builder = await KvBuilder.connect(opts.builder, redis, lm);
+    } catch (e) {
+      redis.disconnect();
+      throw e;
+    }
+  }
+  const kvSource: KdnHandle['kvSource'] = builder ? 'builder' : opts.syntheticKv ? 'synthetic' : 'none';
   const targets = new Map<string, Redis>();
   const target = (host: string, port: number, db: number, password?: string | null): Redis => {
     const key = `${host}:${port}/${db}`;
@@ -220,10 +246,27 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     return { ids, keyed: format === 'chat-system' ? ids : ids.slice(0, -1) };
   };
 
-  /** Synthesises and stores the KV chunks of an item. Returns keys (pairs) and bytes. */
+  /**
+   * Builds and stores the KV chunks of an item: from the builder (the document in the gateway's
+   * prefix format, max_tokens 1), or synthesised with `syntheticKv`. Returns keys (pairs) and bytes.
+   * @throws KdnError 409 without a KV source, or naming the field of a builder mismatch
+   */
   const buildKv = async (kid: string, text: string, format: KnowledgeFormat): Promise<{ keys: number; bytes: number; tokens: number }> => {
+    if (kvSource === 'none') throw new KdnError(409, 'build_kv: this KDN has no KV source: start it with --builder URL (a vLLM + LMCache or emulator whose LMCache stores into this KDN\'s Redis), or --synthetic-kv for GPU-less tests');
     const { ids, keyed } = await tokenize(text, format);
     const chunks = lmcacheChunks(keyed, lm);
+    let built: Map<string, [Buffer, Buffer]> | null = null;
+    let buildMs = 0;
+    if (builder && chunks.length > 0) {
+      try {
+        const r = await builder.build(format === 'chat-system' ? { kind: 'chat', messages: [{ role: 'system', content: text }] } : { kind: 'completion', prompt: text }, chunks);
+        built = r.values;
+        buildMs = r.ms;
+      } catch (e) {
+        if (e instanceof BuilderMismatch) throw new KdnError(409, `build_kv: ${e.field}: ${e.message}`);
+        throw new KdnError(502, `build_kv: ${(e as Error).message}`);
+      }
+    }
     const m = redis.multi();
     m.del(KVKEYS(kid));
     let bytes = 0;
@@ -231,14 +274,17 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     for (const c of chunks) {
       const size = rankChunkBytes(c.tokens, bpt, lm.worldSize);
       for (const k of c.keys) {
-        m.set(KV(kvBytesKey(k)), syntheticKvBytes(k, size));
-        m.set(KV(metadataKey(k)), syntheticMetadata(size));
+        // the builder's bytes verbatim; synthesised ones only with --synthetic-kv
+        const [kv, md] = built ? built.get(k)! : [syntheticKvBytes(k, size), syntheticMetadata(size)];
+        m.set(KV(kvBytesKey(k)), kv);
+        m.set(KV(metadataKey(k)), md);
         m.rpush(KVKEYS(kid), k);
-        bytes += size + 28;
+        bytes += kv.length + md.length;
         keys += 2;
       }
     }
-    m.hset(ITEM(kid), { kv_ready: chunks.length > 0 ? 1 : 0, kv_keys: keys, kv_bytes: bytes, kv_chunks: chunks.length, kv_tokens: chunks.length * lm.chunkSize, kv_updated_at: Date.now(), tokens: ids.length, format });
+    m.hset(ITEM(kid), { kv_ready: chunks.length > 0 ? 1 : 0, kv_keys: keys, kv_bytes: bytes, kv_chunks: chunks.length, kv_tokens: chunks.length * lm.chunkSize, kv_updated_at: Date.now(), tokens: ids.length, format, kv_source: chunks.length > 0 ? kvSource : 'none', kv_build_ms: Math.round(buildMs) });
+    m.hdel(ITEM(kid), 'kv_error');
     await m.exec();
     return { keys, bytes, tokens: ids.length };
   };
@@ -257,6 +303,8 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     kv_updated_at: h.kv_updated_at ? Number(h.kv_updated_at) : null,
     kv_dumped_keys: Number(h.kv_keys ?? 0),
     kv_tokens: Number(h.kv_tokens ?? 0),
+    kv_source: h.kv_source ?? (Number(h.kv_ready ?? 0) === 1 ? 'synthetic' : 'none'),
+    ...(h.kv_error ? { kv_error: h.kv_error } : {}),
     format: h.format,
     meta: h.meta ? JSON.parse(h.meta) : null,
     created_at: Number(h.created_at),
@@ -306,15 +354,25 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     }
     await redis.multi().hset(ITEM(kid), { length: text.length, created_at: now, meta: JSON.stringify(b.meta ?? {}), kv_ready: 0, format }).zadd(KIDS, now, kid).exec();
     let kv = { keys: 0, bytes: 0, tokens: 0 };
+    let kvError: string | undefined;
     try {
-      if (b.build_kv ?? true) kv = await buildKv(kid, text, format);
-      else kv.tokens = (await tokenize(text, format)).ids.length;
+      kv.tokens = (await tokenize(text, format)).ids.length;
+      if ((b.build_kv ?? true) && kvSource !== 'none') {
+        try {
+          kv = await buildKv(kid, text, format);
+        } catch (e) {
+          // the text is registered; its KV is refused (builder mismatch / down): it serves as text
+          if (!(e instanceof KdnError) || e.status < 409) throw e;
+          kvError = e.message;
+          await redis.hset(ITEM(kid), { kv_error: kvError });
+        }
+      }
       await redis.hset(ITEM(kid), { tokens: kv.tokens });
     } catch (e) {
       await redis.multi().del(ITEM(kid)).zrem(KIDS, kid).exec();
       throw e;
     }
-    return { kid, status: 'created', length: text.length, tokens: kv.tokens, kv_ready: kv.keys > 0 ? 1 : 0, kv_keys: kv.keys, kv_bytes: kv.bytes };
+    return { kid, status: 'created', length: text.length, tokens: kv.tokens, kv_ready: kv.keys > 0 ? 1 : 0, kv_keys: kv.keys, kv_bytes: kv.bytes, kv_source: kv.keys > 0 ? kvSource : 'none', ...(kvError ? { kv_error: kvError } : {}) };
   });
 
   app.post('/knowledge/build_kv', async (req) => {
@@ -541,6 +599,7 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     redis,
     lmcache: lm,
     links,
+    kvSource,
     close: () =>
       (closing ??= (async () => {
         // stop listening; running requests (injections) finish, idle keep-alive sockets close

@@ -21,6 +21,9 @@ describeRedis('live demo', () => {
     const r = await runDemo({ out, requests: 10, rate: 2, timeScale: 4, workload: 'synthetic', outputTokens: 8, log: (l) => lines.push(l) });
     expect(r.requests).toBe(10);
     expect(r.completed).toBe(10);
+    // the documents' KV was computed by the builder instance, not synthesised by the KDN
+    expect(r.documents.registered).toBeGreaterThan(0);
+    expect(r.documents.builtKv).toBe(r.documents.registered);
     for (const d of ['live', 'replay', 'sim', 'sim-own']) {
       expect(existsSync(join(out, d, 'records.jsonl'))).toBe(true);
       expect(existsSync(join(out, d, 'summary.json'))).toBe(true);

@@ -210,7 +210,7 @@ describeRedis('KDN or Redis down', () => {
   beforeAll(async () => {
     redis = [await startTestRedis(), await startTestRedis()];
     em = await startEmulator({ profile: testProfile(), model: MODEL, redisUrl: `${redis[1]!.url}/0`, bytesPerToken: 16, coldStart: false });
-    kdn = await startKdn({ port: 0, redisUrl: redis[0]!.url, model: MODEL, bytesPerToken: 16, link: { bandwidthGbps: 10, latencyMs: 1, efficiency: 1 } });
+    kdn = await startKdn({ port: 0, syntheticKv: true, redisUrl: redis[0]!.url, model: MODEL, bytesPerToken: 16, link: { bandwidthGbps: 10, latencyMs: 1, efficiency: 1 } });
     kid = (await postJson(`${kdn.url}/knowledge/register_text`, { content: DOC })).json.kid;
   });
   afterAll(async () => {
@@ -238,7 +238,7 @@ describeRedis('KDN or Redis down', () => {
 
   it('KDN down: cached knowledge is still served, as text, with the reason recorded; uncached knowledge is a 503', async () => {
     const out = join(tmp, 'kdn-down');
-    const kdn2 = await startKdn({ port: 0, redisUrl: `${redis[0]!.url}/0`, model: MODEL, bytesPerToken: 16 });
+    const kdn2 = await startKdn({ port: 0, syntheticKv: true, redisUrl: `${redis[0]!.url}/0`, model: MODEL, bytesPerToken: 16 });
     const gw = await startGateway({ port: 0, backends: backendSpecs([em.url], [`${redis[1]!.url}/0`]), kdnUrl: kdn2.url, strategy: 'kv-only', cluster: cluster(1, testProfile()), out });
     await gw.prefetchKnowledge([kid]);
     await kdn2.close();

@@ -35,7 +35,7 @@ beforeAll(async () => {
   for (let i = 0; i < 3; i++) redis.push(await startTestRedis());
   const profile = testProfile();
   for (let i = 0; i < 2; i++) ems.push(await startEmulator({ profile, model: MODEL, modelPath: MODEL, redisUrl: `${redis[i]!.url}/0`, bytesPerToken: 16, coldStart: false }));
-  kdn = await startKdn({ port: 0, redisUrl: redis[2]!.url, model: MODEL, bytesPerToken: 16, link: { bandwidthGbps: 10, latencyMs: 1, efficiency: 1 } });
+  kdn = await startKdn({ port: 0, syntheticKv: true, redisUrl: redis[2]!.url, model: MODEL, bytesPerToken: 16, link: { bandwidthGbps: 10, latencyMs: 1, efficiency: 1 } });
   for (const d of DOCS) kids.push((await postJson(`${kdn.url}/knowledge/register_text`, { content: d })).json.kid);
   out = mkdtempSync(join(tmpdir(), 'kvlab-gw-'));
   const cluster = resolveCluster({ instances: 2, kdns: [{ id: 'kdn0', compression: 1 }], links: { default: { bandwidthGbps: 10, latencyMs: 1, efficiency: 1 } } }, {}, 'rtx5090x8-llama3-70b');

@@ -21,8 +21,8 @@ let small: KdnHandle;
 
 beforeAll(async () => {
   redis = await startTestRedis();
-  kdn = await startKdn({ port: 0, redisUrl: `${redis.url}/0`, model: 'm', bytesPerToken: 64 });
-  small = await startKdn({ port: 0, redisUrl: `${redis.url}/1`, model: 'm', maxDocumentBytes: 100_000, maxDocumentTokens: 2000 });
+  kdn = await startKdn({ port: 0, syntheticKv: true, redisUrl: `${redis.url}/0`, model: 'm', bytesPerToken: 64 });
+  small = await startKdn({ port: 0, syntheticKv: true, redisUrl: `${redis.url}/1`, model: 'm', maxDocumentBytes: 100_000, maxDocumentTokens: 2000 });
 });
 afterAll(async () => {
   await kdn?.close();

@@ -24,7 +24,7 @@ const DOC = `Paris is the capital and most populous city of France. ${'It hosts 
 
 beforeAll(async () => {
   [kdnRedis, instRedis] = await Promise.all([startTestRedis(), startTestRedis()]);
-  kdn = await startKdn({ port: 0, redisUrl: kdnRedis.url, model: MODEL_PATH, modelAliases: ['llama3-70b'], bytesPerToken: 32, link: { bandwidthGbps: 100, latencyMs: 0, efficiency: 1 } });
+  kdn = await startKdn({ port: 0, syntheticKv: true, redisUrl: kdnRedis.url, model: MODEL_PATH, modelAliases: ['llama3-70b'], bytesPerToken: 32, link: { bandwidthGbps: 100, latencyMs: 0, efficiency: 1 } });
 });
 afterAll(async () => {
   for (const c of closers.reverse()) await c();
@@ -179,6 +179,7 @@ describeRedis('link pacing', () => {
     // 256 KB charged per 256-token chunk at 0.02 Gbit/s (2.5 MB/s) -> ~100 ms per chunk
     const paced = await startKdn({
       port: 0,
+      syntheticKv: true,
       redisUrl: kdnRedis.url,
       model: MODEL_PATH,
       bytesPerToken: 32,
@@ -215,7 +216,7 @@ describeRedis('link pacing', () => {
 describeRedis('tokenisation through an instance and housekeeping', () => {
   it('tokenizeUrl uses the instance /tokenize (same ids as the local tokenizer)', async () => {
     const em = await emulator(instRedis.url);
-    const viaInst = await startKdn({ port: 0, redisUrl: kdnRedis.url, model: MODEL_PATH, tokenizeUrl: em.url });
+    const viaInst = await startKdn({ port: 0, syntheticKv: true, redisUrl: kdnRedis.url, model: MODEL_PATH, tokenizeUrl: em.url });
     closers.push(() => viaInst.close());
     await postJson(`${viaInst.url}/knowledge/purge_all`, {});
     const r = await postJson(`${viaInst.url}/knowledge/register_text`, { content: DOC });

@@ -102,7 +102,7 @@ describeRedis('replay against servers', () => {
     redis.push(await startTestRedis(), await startTestRedis());
     const profile = testProfile();
     const em2 = await startEmulator({ profile, model: 'm', redisUrl: `${redis[1]!.url}/0`, bytesPerToken: 16, coldStart: false });
-    const kdn = await startKdn({ port: 0, redisUrl: redis[0]!.url, model: 'm', bytesPerToken: 16, link: { bandwidthGbps: 10, latencyMs: 1, efficiency: 1 } });
+    const kdn = await startKdn({ port: 0, syntheticKv: true, redisUrl: redis[0]!.url, model: 'm', bytesPerToken: 16, link: { bandwidthGbps: 10, latencyMs: 1, efficiency: 1 } });
     const doc = synthesizeDocument('replay-doc', 700);
     const kid = (await postJson(`${kdn.url}/knowledge/register_text`, { content: doc })).json.kid;
     const rc = resolveCluster({ instances: 1, kdns: [{ id: 'kdn0', compression: 1 }] }, {}, 'rtx5090x8-llama3-70b');

@@ -47,7 +47,7 @@ export async function startStack(o: { instances?: number; kdn?: boolean; profile
   const redis = await startTestRedis();
   const ems: EmulatorHandle[] = [];
   for (let i = 0; i < n; i++) ems.push(await startEmulator({ profile, model: MODEL, modelPath: MODEL, redisUrl: `${redis.url}/${i + 1}`, bytesPerToken: 16, coldStart: false, ...o.emulator }));
-  const kdn = o.kdn === false ? null : await startKdn({ port: 0, redisUrl: `${redis.url}/0`, model: MODEL, bytesPerToken: 16, link: { bandwidthGbps: 10, latencyMs: 1, efficiency: 1 } });
+  const kdn = o.kdn === false ? null : await startKdn({ port: 0, syntheticKv: true, redisUrl: `${redis.url}/0`, model: MODEL, bytesPerToken: 16, link: { bandwidthGbps: 10, latencyMs: 1, efficiency: 1 } });
   const gateways: GatewayHandle[] = [];
   const gateway = async (over: Partial<GatewayOptions> = {}): Promise<GatewayHandle> => {
     const g = await startGateway({
