@@ -154,3 +154,15 @@ export function kvLoadMs(m: KvLoadModel, tokens: number): number {
   if (tokens <= 0) return 0;
   return m.fixedMs + (m.msPerGB * tokens * m.bytesPerToken) / 1073741824;
 }
+
+/**
+ * Load time (ms) of `tokens` tokens from an instance's CPU tier (LMCache `local_cpu`, vLLM's CPU
+ * offloading) over the host link: fixedMs + raw KV bytes / host-link bandwidth.
+ * @param kvBytesPerToken raw KV bytes per token of the model (the CPU tier holds raw KV)
+ * @param hostLinkGBps host -> device bandwidth of the instance, GB/s (10^9 B/s; Mooncake Table 1:
+ *   128 GB/s per 8×A800 node)
+ */
+export function tierLoadMs(tokens: number, kvBytesPerToken: number, hostLinkGBps: number, fixedMs: number): number {
+  if (tokens <= 0) return 0;
+  return fixedMs + (tokens * kvBytesPerToken) / (hostLinkGBps * 1e6);
+}

@@ -60,6 +60,13 @@ export interface DecideContext {
   /** local prefix-cache hit tokens of instance i (capped at prompt - 1). */
   cachedTokens(i: number): number;
   /**
+   * KV tiers: prompt tokens right after instance i's local (GPU) hit that its CPU tier holds, as
+   * the engine's tier-tagged index knows them (KV events with medium "CPU"); 0 without tiers.
+   */
+  cpuTokens(i: number): number;
+  /** … and then its remote tier (LMCache's Redis; medium "REMOTE"); 0 without one. */
+  remoteTokens(i: number): number;
+  /**
    * The engine's current model of instance i: its profile as the engine believes it, with the
    * online calibration applied (the predictor's view). `cluster.instances[i]` is the belief
    * before calibration (what a peer's offline fit is built from).
@@ -230,6 +237,9 @@ interface Dispatched {
 /** The policy engine. */
 export class Engine {
   readonly index: PrefixIndex;
+  /** the tier-tagged parts of the prefix index (KV events with medium CPU / REMOTE); null when no instance has that tier. */
+  readonly cpuIndex: PrefixIndex | null;
+  readonly remoteIndex: PrefixIndex | null;
   readonly loads: LoadBook;
   readonly links: LinkBook;
   /** instance -> instance KV link reservations (links[from][to]). */
@@ -287,6 +297,9 @@ export class Engine {
       n,
       caps.map((c) => (Number.isFinite(c) ? Math.ceil(c / 16) : Infinity)),
     );
+    const tierCaps = (tokens: (s: InstanceSpec) => number) => (cluster.instances.some((s) => tokens(s) > 0) ? new PrefixIndex(n, cluster.instances.map((s) => (Number.isFinite(tokens(s)) ? Math.ceil(tokens(s) / 16) : Infinity))) : null);
+    this.cpuIndex = tierCaps((s) => s.tiers?.cpuTokens ?? 0);
+    this.remoteIndex = tierCaps((s) => s.tiers?.remoteTokens ?? 0);
     this.loads = new LoadBook(n);
     this.links = new LinkBook(cluster.kdns.length, n);
     this.peers = new LinkBook(n, n);
@@ -690,9 +703,18 @@ export class Engine {
   /** A KV event from an instance (stored / removed / cleared blocks). */
   onKvEvent(ev: KvEvent): void {
     if (ev.instance < 0 || ev.instance >= this.up.length) return;
-    if (ev.kind === 'stored') this.index.add(ev.instance, ev.blocks);
-    else if (ev.kind === 'removed') this.index.remove(ev.instance, ev.blocks);
-    else this.index.clear(ev.instance);
+    // the tier it is about (vLLM `medium`); an unknown tier's events are ignored
+    const idx = ev.medium === undefined || ev.medium === 'GPU' ? this.index : ev.medium === 'CPU' ? this.cpuIndex : ev.medium === 'REMOTE' ? this.remoteIndex : null;
+    if (ev.kind === 'cleared' && ev.medium === undefined) {
+      this.index.clear(ev.instance);
+      this.cpuIndex?.clear(ev.instance);
+      this.remoteIndex?.clear(ev.instance);
+      return;
+    }
+    if (!idx) return;
+    if (ev.kind === 'stored') idx.add(ev.instance, ev.blocks);
+    else if (ev.kind === 'removed') idx.remove(ev.instance, ev.blocks);
+    else idx.clear(ev.instance);
   }
 
   /** Scraped engine metrics of instance i (for strategies with `metricsIntervalMs`). Non-finite values are ignored. */
@@ -715,6 +737,8 @@ export class Engine {
   onInstanceDown(i: number, now: number): string[] {
     this.up[i] = false;
     this.index.clear(i);
+    this.cpuIndex?.clear(i);
+    this.remoteIndex?.clear(i);
     this.links.dropInstance(i, now);
     if (this.roles) this.pdLinks.dropInstance(i, now);
     const ids = this.loads.releaseInstance(i, now);
@@ -776,7 +800,7 @@ export class Engine {
    * (decisions are not re-entrant): a strategy must not keep it past decide / onDispatch.
    */
   context(req: EngineRequest, now: number): DecideContext {
-    const c = (this.ctxObj ??= new EngineContext(this.cluster, this.view, this.index, this.loads, this.links, this.peers, this.pdLinks, this.up, this.metrics, this.rngFn, this.scratch, this.matchBuf));
+    const c = (this.ctxObj ??= new EngineContext(this.cluster, this.view, this.index, this.loads, this.links, this.peers, this.pdLinks, this.up, this.metrics, this.rngFn, this.scratch, this.matchBuf, this.cpuIndex, this.remoteIndex));
     c.reset(req, now, req.maxTokens !== undefined && req.maxTokens > 0 ? req.maxTokens : this.outputs.predict(req.inputTokens, now));
     return c;
   }
@@ -799,6 +823,10 @@ class EngineContext implements DecideContext {
   readonly pd: PdSpec;
   /** per instance: may take a prefill (role prefill or mixed). */
   private readonly prefillOk: boolean[];
+  /** per instance, CPU-tier and remote-tier blocks after the GPU match (valid when `tierReady`). */
+  private readonly tierCpu: Int32Array;
+  private readonly tierRemote: Int32Array;
+  private tierReady = false;
 
   constructor(
     readonly cluster: ClusterSpec,
@@ -813,8 +841,12 @@ class EngineContext implements DecideContext {
     readonly rng: () => number,
     private readonly scratch: PredictInput,
     readonly match: Int32Array,
+    private readonly cpuIndex: PrefixIndex | null = null,
+    private readonly remoteIndex: PrefixIndex | null = null,
   ) {
     this.n = cluster.instances.length;
+    this.tierCpu = new Int32Array(this.n);
+    this.tierRemote = new Int32Array(this.n);
     this.peerLink = cluster.peerLink ?? PEER_LINK_DEFAULT;
     this.pd = cluster.pd ?? PD_DEFAULTS;
     this.prefillOk = cluster.instances.map(prefillCapable);
@@ -828,6 +860,41 @@ class EngineContext implements DecideContext {
     this.bestMatch = req.blocks.length ? this.index.match(req.blocks, this.match) : 0;
     this.coverage = kdnCoverage(this.cluster, req);
     this.spans = null;
+    this.tierReady = false;
+  }
+
+  /** Walks, per instance, the blocks after its GPU match through its CPU then remote tier index. */
+  private walkTiers(): void {
+    this.tierReady = true;
+    const blocks = this.req.blocks;
+    const cpu = this.cpuIndex;
+    const rem = this.remoteIndex;
+    for (let i = 0; i < this.n; i++) {
+      let c = 0;
+      let r = 0;
+      if (cpu || rem) {
+        for (let k = this.match[i]!; k < blocks.length; k++) {
+          const b = blocks[k]!;
+          if (cpu && cpu.has(i, b)) c++;
+          else if (rem && rem.has(i, b)) r++;
+          else break;
+        }
+      }
+      this.tierCpu[i] = c;
+      this.tierRemote[i] = r;
+    }
+  }
+
+  cpuTokens(i: number): number {
+    if (!this.cpuIndex) return 0;
+    if (!this.tierReady) this.walkTiers();
+    return Math.max(0, Math.min(this.tierCpu[i]! * this.req.blockSize, this.req.inputTokens - 1 - this.cachedTokens(i)));
+  }
+
+  remoteTokens(i: number): number {
+    if (!this.remoteIndex) return 0;
+    if (!this.tierReady) this.walkTiers();
+    return Math.max(0, Math.min(this.tierRemote[i]! * this.req.blockSize, this.req.inputTokens - 1 - this.cachedTokens(i) - this.cpuTokens(i)));
   }
 
   blendFor(i: number): BlendChoice | null {
@@ -920,6 +987,8 @@ class EngineContext implements DecideContext {
     pi.outputTokens = this.expectedOutputTokens;
     pi.knowledgeTokens = req.knowledgeTokens;
     pi.cachedTokens = this.cachedTokens(i);
+    pi.cpuTokens = this.cpuTokens(i);
+    pi.remoteTokens = this.remoteTokens(i);
     pi.intent = intent;
     pi.blendTokens = 0;
     pi.blendRecompute = 0;

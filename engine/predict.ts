@@ -4,7 +4,7 @@
  * (instance, intent, reused tokens). Used by every strategy for its `predicted` record and by
  * the `kvlab` strategy as its cost.
  */
-import { curveMs, kvLoadMs, kvWireBytes, prefillAloneMs, slopeLast, transferMs } from './costmodel.js';
+import { curveMs, kvLoadMs, kvWireBytes, prefillAloneMs, slopeLast, tierLoadMs, transferMs } from './costmodel.js';
 import type { InstanceLoad } from './load.js';
 import type { Breakdown, Intent, InstanceSpec, KdnSpec, LinkSpec, Profile } from './types.js';
 
@@ -47,6 +47,14 @@ export interface PredictInput {
    * [split, reuseTokens) loads (default hit: load it all, overlapped with the queue only).
    */
   overlapSplit?: number;
+  /**
+   * KV tiers: prompt tokens after the local hit that the instance's CPU tier / remote tier hold
+   * (contiguous, from the engine's tier-tagged index). They are loaded instead of computed
+   * (intents none and text; a peer move replaces them): CPU at the host link's bandwidth,
+   * remote with the profile's KV load model.
+   */
+  cpuTokens?: number;
+  remoteTokens?: number;
 }
 
 /** Breakdown plus the quantities the engine books at dispatch. */
@@ -190,6 +198,12 @@ export function predictInto(out: Prediction, p: PredictInput): Prediction {
     linkWaitMs = p.peerLinkWaitMs ?? 0;
     xferMs = transferMs(transferTokens * prof.model.kvBytesPerToken, p.peerLink);
     start = peer;
+  } else if ((p.cpuTokens || p.remoteTokens) && (p.intent === 'none' || p.intent === 'text') && p.inst.tiers) {
+    // tier hits (the instance model's admission: CPU first, then remote, chunk by chunk)
+    const cpu = Math.max(0, Math.min(p.cpuTokens ?? 0, P - 1 - hit));
+    const rem = Math.max(0, Math.min(p.remoteTokens ?? 0, P - 1 - hit - cpu));
+    loadMs += tierLoadMs(cpu, prof.model.kvBytesPerToken, p.inst.tiers.hostLinkGBps, p.inst.tiers.hostLoadFixedMs) + kvLoadMs(prof.kvLoad, rem);
+    start = hit + cpu + rem;
   }
   const headTokens = tailEnd >= 0 ? start - hit : 0;
   const restFrom = tailEnd >= 0 ? tailEnd : start;

@@ -216,6 +216,12 @@ export interface TierSpec {
    * computes is also stored to CPU (LMCache's store path).
    */
   cpuPolicy: 'demote' | 'write-through';
+  /**
+   * Remote tier (the instance's LMCache Redis backend) capacity in tokens: 0 = none, Infinity =
+   * unbounded. Blocks the CPU tier evicts are demoted to it; a remote hit loads with the profile's
+   * `kvLoad` model (LMCache's Redis retrieve, CacheRoute's fit).
+   */
+  remoteTokens: number;
 }
 
 /** One serving instance as the engine sees it. */
@@ -371,8 +377,12 @@ export interface InstanceMetrics {
  */
 export type CausalRequest = Omit<TraceRequest, 'outputTokens'>;
 
-/** Storage tier of a KV event (vLLM's `medium` field of BlockStored/BlockRemoved). */
-export type KvMedium = 'GPU' | 'CPU';
+/**
+ * Storage tier of a KV event (vLLM's `medium` field of BlockStored/BlockRemoved: "GPU", "CPU" for
+ * its offloading connector; kvlab names the LMCache remote backend's tier "REMOTE", which Dynamo
+ * calls External/Disk).
+ */
+export type KvMedium = 'GPU' | 'CPU' | 'REMOTE';
 
 /** A KV cache event from an instance (vLLM BlockStored/BlockRemoved/AllBlocksCleared). */
 export interface KvEvent {

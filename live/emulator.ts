@@ -23,7 +23,7 @@ import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
 import { connectRedis } from './redis-connect.js';
-import type { EngineSettings, InstanceSpec, Profile } from '../engine/types.js';
+import type { EngineSettings, InstanceSpec, KvMedium, Profile } from '../engine/types.js';
 import { DEFAULT_PROFILE, instanceSpecFromProfile, loadProfile } from '../sim/profiles.js';
 import type { ReqState } from '../sim/instance.js';
 import { fastBlockIds, kvEventHash, vllmBlockHashes } from './block-hash.js';
@@ -158,15 +158,16 @@ class KvEventBridge {
     }
   }
 
-  onCoreEvent(kind: 'stored' | 'removed' | 'cleared', blocks: number[]): void {
+  onCoreEvent(kind: 'stored' | 'removed' | 'cleared', blocks: number[], medium: KvMedium = 'GPU'): void {
     if (kind === 'cleared') {
+      if (medium !== 'GPU') return; // vLLM's AllBlocksCleared is the device cache's
       this.pending.push({ type: 'AllBlocksCleared' });
       this.lastStoredId = null;
       return;
     }
     if (kind === 'removed') {
       const hashes = blocks.map((b) => this.info.get(b)?.hash).filter((h): h is bigint => h !== undefined);
-      if (hashes.length) this.pending.push({ type: 'BlockRemoved', blockHashes: hashes, medium: 'GPU' });
+      if (hashes.length) this.pending.push({ type: 'BlockRemoved', blockHashes: hashes, medium });
       this.lastStoredId = null;
       return;
     }
@@ -174,7 +175,7 @@ class KvEventBridge {
       const inf = this.info.get(b);
       if (!inf) continue;
       const last = this.pending[this.pending.length - 1];
-      if (last && last.type === 'BlockStored' && this.lastStoredId !== null && inf.parent === this.lastStoredId) {
+      if (last && last.type === 'BlockStored' && last.medium === medium && this.lastStoredId !== null && inf.parent === this.lastStoredId) {
         last.blockHashes.push(inf.hash);
         last.tokenIds.push(...inf.tokens);
       } else {
@@ -185,7 +186,7 @@ class KvEventBridge {
           tokenIds: [...inf.tokens],
           blockSize: this.blockSize,
           loraId: null,
-          medium: 'GPU',
+          medium,
           loraName: null,
         });
       }
@@ -275,7 +276,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   const engine = new WallClockEngine(spec, {
     timeScale: opts.timeScale,
     coldStart: opts.coldStart,
-    onKvEvent: bridge ? (k, b) => bridge!.onCoreEvent(k, b) : undefined,
+    onKvEvent: bridge ? (k, b, m) => bridge!.onCoreEvent(k, b, m) : undefined,
     onStep: (tokens) => metrics?.observe(metrics.iterationTokens, tokens),
     onStepFinished: bridge ? () => bridge!.flush() : undefined,
   });

@@ -304,7 +304,8 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
               } else {
                 const blocks = hm.lookup(ev.blockHashes);
                 if (blocks.length) {
-                  const e = { instance: i, kind: ev.type === 'BlockStored' ? ('stored' as const) : ('removed' as const), blocks };
+                  const medium = engineMedium(ev.medium);
+                  const e = { instance: i, kind: ev.type === 'BlockStored' ? ('stored' as const) : ('removed' as const), blocks, ...(medium ? { medium } : {}) };
                   engine.onKvEvent(e);
                   peers?.kvEvent(e);
                 }
@@ -457,4 +458,16 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     setStrategy,
     close,
   };
+}
+
+/**
+ * The engine's tier of a vLLM KV event `medium` ("GPU" or nil: the device cache; "CPU": vLLM's
+ * offloading connector's host tier; anything else, e.g. a disk or remote store: the remote tier).
+ * @returns undefined for the GPU (the engine's default)
+ */
+function engineMedium(medium: string | null | undefined): 'CPU' | 'REMOTE' | undefined {
+  if (medium === null || medium === undefined) return undefined;
+  const m = medium.toUpperCase();
+  if (m === 'GPU' || m === 'CUDA' || m === 'DEVICE') return undefined;
+  return m === 'CPU' || m === 'HOST' || m === 'HOST_PINNED' ? 'CPU' : 'REMOTE';
 }

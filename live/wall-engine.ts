@@ -14,6 +14,7 @@
  * (a cold vLLM; the simulator leaves it out, so pass `coldStart: false` to compare).
  */
 import { InstanceCore, type CoreRequest, type ReqState } from '../sim/instance.js';
+import type { KvEventSink } from '../sim/kvcache.js';
 import type { InstanceSpec } from '../engine/types.js';
 
 /** Receives one request's progress. Called from timers, never re-entrantly. */
@@ -33,7 +34,7 @@ export interface WallClockEngineOptions {
   /** model ms per wall ms (> 0); default 1. */
   timeScale?: number;
   /** KV events from the core (block ids), delivered synchronously during steps. */
-  onKvEvent?: (kind: 'stored' | 'removed' | 'cleared', blocks: number[]) => void;
+  onKvEvent?: KvEventSink;
   /** called after every step with its new-token count and duration (model ms). */
   onStep?: (tokens: number, durationMs: number) => void;
   /** called after every finished step (after its events were applied to the core). */

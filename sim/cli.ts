@@ -106,6 +106,8 @@ function addCommon(c: Command): Command {
     .addOption(new Option('--workload <name>', `built-in workload when no --trace (${WORKLOAD_NAMES.join('|')})`).argParser(workloadArg))
     .option('--workload-opt <key=value>', 'workload generator option, repeatable (e.g. rate=2 requests=500; kvlab trace defaults lists them)', keyValueArg('--workload-opt'))
     .option('--instances <n>', `number of instances (default 16 for Mooncake traces, else 4; at most ${MAX_INSTANCES})`, intArg('--instances', { min: 1, max: MAX_INSTANCES, maxWhy: 'a resource bound: every instance keeps its own KV-cache model and prefix index' }))
+    .option('--cpu-tier-gb <GiB>', 'KV tier in CPU memory on every instance, GiB per GPU (LMCache max_local_cpu_size; GPU evictions demote to it, hits load over the host link)', numberArg('--cpu-tier-gb', { min: 0 }))
+    .option('--remote-tier-gb <GiB|inf>', "remote KV tier of every instance (its LMCache Redis), GiB per GPU: CPU evictions demote to it", numberArg('--remote-tier-gb', { min: 0, minExclusive: true, allowInfinity: true }))
     .option('--roles <PxDy>', 'P/D roles, e.g. 6P10D = 6 prefill then 10 decode instances (optionally then a mixed count: 4P4D8M); sets the instance count', rolesArg)
     .option('--profile <name|file>', 'instance profile (default h100x8-llama3-70b for Mooncake, else rtx5090x8-llama3-70b)')
     .option('--kv-capacity-tokens <n|inf>', 'KV capacity per instance in tokens (default: from the profile)', capacityArg)
@@ -156,6 +158,8 @@ function inputAndCluster(o: Record<string, any>): Omit<RunOptions, 'strategy'> {
     workloadOptions: o.workloadOpt,
     instances: o.instances,
     roles: o.roles,
+    cpuTierGB: o.cpuTierGb,
+    remoteTierGB: o.remoteTierGb,
     profile: o.profile,
     kvCapacityTokens: o.kvCapacityTokens,
     kdnGbps: o.kdnGbps,

@@ -16,6 +16,9 @@
  * peerLink: { bandwidthGbps: 200, latencyMs: 0.01 }   # instance -> instance KV (peer transfers)
  * roles: 6P10D                       # P/D roles of a counted cluster (or `role:` per listed instance)
  * pd: { link: { bandwidthGbps: 800 }, layerwise: true, firstToken: prefill }   # P -> D hand-off (engine/pd.ts)
+ * tiers:                             # KV tiers below the GPU (instances may set cpuTierGB)
+ *   cpu: { capacityGB: 80, hostLinkGBps: 128, fixedMs: 0, policy: demote }   # LMCache local_cpu, max_local_cpu_size GiB per GPU
+ *   remote: { capacityGB: inf }      # LMCache's Redis backend: CPU evictions demote to it
  * kvEventDelayMs: 500                # default DEFAULT_KV_EVENT_DELAY_MS
  * chunkTokens: 256
  * strategyParams: { kvlab: { workWeight: 0 } }
@@ -55,6 +58,24 @@ export const DEFAULT_KV_EVENT_DELAY_MS = 500;
 
 /** Default KDN->instance link: 10 Gbit/s, 0.5 ms, CacheRoute's 0.825 efficiency. */
 export const LINK_DEFAULTS: LinkSpec = { bandwidthGbps: 10, latencyMs: 0.5, efficiency: 0.825 };
+
+/**
+ * Host link per GPU, GB/s, for the CPU tier's loads (an instance's link = this × its GPUs):
+ * 16 GB/s makes an 8-GPU node's 128 GB/s, Mooncake's host-to-device bandwidth of an 8×A800 node
+ * (Qin et al., FAST'25, Table 1); about half of a PCIe 4.0 x16 link's 32 GB/s.
+ */
+export const HOST_LINK_GBPS_PER_GPU = 16;
+
+/**
+ * KV tokens a tier of `gib` GiB per GPU holds on an instance: LMCache runs one worker per
+ * tensor-parallel rank, each with `max_local_cpu_size` GiB (`int(max_local_cpu_size * 1024**3)`
+ * bytes, lmcache/v1/cache_engine.py `_Create_memory_allocator`) for its shard of the KV
+ * (kvBytesPerToken / GPUs per token): tokens = gib · 2^30 · gpus / kvBytesPerToken.
+ */
+export function tierTokens(gib: number, kvBytesPerToken: number, gpus: number): number {
+  if (!Number.isFinite(gib)) return Infinity;
+  return Math.floor((gib * 1073741824 * gpus) / kvBytesPerToken);
+}
 
 /**
  * Reads and validates a cluster file (YAML or JSON by content), including every strategy's
@@ -106,6 +127,10 @@ export interface ClusterOptions {
   kvEventDelayMs?: number;
   /** P/D roles, e.g. "6P10D" (sets the instance count; overrides the file's roles). */
   roles?: string;
+  /** CPU tier of every instance, GiB per GPU (LMCache `max_local_cpu_size`; 0 = none). */
+  cpuTierGB?: number;
+  /** remote tier of every instance, GiB per GPU (Infinity = unbounded). */
+  remoteTierGB?: number;
   /** CacheBlend on every instance (true = LMCache's example settings; an object overrides them; false = off). */
   blend?: boolean | Partial<BlendSpec>;
   /** overlapped hybrid on every instance. */
@@ -141,7 +166,7 @@ export function resolveCluster(file: ClusterFile | null, opts: ClusterOptions, d
   const profileName = opts.profile ?? f.profile ?? defaultProfile;
   const baseEngine: Partial<EngineSettings> = normEngine(f.engine ?? {});
   if (opts.kvCapacityTokens !== undefined) baseEngine.kvCapacityTokens = opts.kvCapacityTokens;
-  let list: { id?: string; profile?: string; role?: InstanceRole; over: Partial<EngineSettings>; caps?: Capabilities }[];
+  let list: { id?: string; profile?: string; role?: InstanceRole; cpuTierGB?: number; over: Partial<EngineSettings>; caps?: Capabilities }[];
   const roleSpec = opts.roles ?? f.roles;
   const roles = roleSpec !== undefined ? parseRoles(roleSpec, opts.roles !== undefined ? '--roles' : 'cluster: roles') : null;
   if (roles && opts.instances !== undefined && opts.instances !== roles.length) throw new Error(`--instances ${opts.instances} disagrees with roles ${roleSpec} (${roles.length} instances)`);
@@ -151,7 +176,7 @@ export function resolveCluster(file: ClusterFile | null, opts: ClusterOptions, d
     if (f.instances.some((x) => x.role !== undefined) && opts.roles === undefined) throw new Error('cluster: give roles either per instance (role:) or as roles:, not both');
   }
   if (opts.instances !== undefined) list = Array.from({ length: opts.instances }, () => ({ over: {} }));
-  else if (Array.isArray(f.instances)) list = f.instances.map((x) => ({ id: x.id, profile: x.profile, role: x.role, over: normEngine(x), caps: x.capabilities }));
+  else if (Array.isArray(f.instances)) list = f.instances.map((x) => ({ id: x.id, profile: x.profile, role: x.role, cpuTierGB: x.cpuTierGB, over: normEngine(x), caps: x.capabilities }));
   else list = Array.from({ length: roles ? roles.length : typeof f.instances === 'number' ? f.instances : 4 }, () => ({ over: {} }));
   if (roles && list.length !== roles.length) throw new Error(`cluster: roles ${roleSpec} names ${roles.length} instances, the cluster has ${list.length}`);
   const instances = list.map((x, i) => {
@@ -168,6 +193,20 @@ export function resolveCluster(file: ClusterFile | null, opts: ClusterOptions, d
     if (caps.overlap) spec.overlap = true;
     const role = roles ? roles[i]! : x.role;
     if (role !== undefined && role !== 'mixed') spec.role = role;
+    // KV tiers: CLI > the instance's cpuTierGB > the file's tiers
+    const cpuGB = opts.cpuTierGB ?? x.cpuTierGB ?? f.tiers?.cpu?.capacityGB ?? 0;
+    const rc = f.tiers?.remote?.capacityGB;
+    const remoteGB = opts.remoteTierGB ?? (rc === undefined ? (f.tiers?.remote ? Infinity : 0) : rc === 'inf' || rc === 'Infinity' ? Infinity : rc);
+    if (cpuGB > 0 || remoteGB > 0) {
+      const gpus = prof.hardware.gpus;
+      spec.tiers = {
+        cpuTokens: cpuGB > 0 ? tierTokens(cpuGB, prof.model.kvBytesPerToken, gpus) : 0,
+        hostLinkGBps: f.tiers?.cpu?.hostLinkGBps ?? HOST_LINK_GBPS_PER_GPU * gpus,
+        hostLoadFixedMs: f.tiers?.cpu?.fixedMs ?? 0,
+        cpuPolicy: f.tiers?.cpu?.policy ?? 'demote',
+        remoteTokens: remoteGB > 0 ? tierTokens(remoteGB, prof.model.kvBytesPerToken, gpus) : 0,
+      };
+    }
     return spec;
   });
   if (hasRoles(instances)) {

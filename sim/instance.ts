@@ -29,12 +29,20 @@
  * - overlap (Cake): the request is admitted while the KV of its tail [start, end) is still on the
  *   link; it computes its head up to `start`, stalls there until the tail has arrived and been
  *   retrieved (`tailArrived`: I/O beside the compute), then computes the rest.
+ *
+ * KV tiers (`InstanceSpec.tiers`): after the GPU prefix hit, the blocks that follow are looked up
+ * in the CPU tier, then the remote tier (LMCache checks its local CPU backend, then the remote
+ * one, chunk by chunk); a contiguous run of tier hits is loaded instead of computed — CPU hits at
+ * the host link's bandwidth (engine/costmodel.ts `tierLoadMs`), remote hits with the profile's
+ * KV load model — blocking the admitting step like any LMCache retrieve. Remote hits are copied
+ * to the CPU tier. Requests with their own external prefix timing (P/D hand-offs, peer moves,
+ * overlapped or blended knowledge) do not use the tiers.
  */
 import type { BlendSpec, InstanceSpec, StepModel } from '../engine/types.js';
-import { chunkAttnUnits, curveMs, emptyComposition, kvLoadMs, slopeLast, stepMs, type StepComposition } from '../engine/costmodel.js';
+import { chunkAttnUnits, curveMs, emptyComposition, kvLoadMs, slopeLast, stepMs, tierLoadMs, type StepComposition } from '../engine/costmodel.js';
 import { blendRecomputeTokens, spanTokensFrom } from '../engine/knowledge.js';
 import { blendLoadMs } from '../engine/predict.js';
-import { KvCache, type BlockEntry, type KvEventSink } from './kvcache.js';
+import { KvCache, TierCache, type BlockEntry, type KvEventSink } from './kvcache.js';
 
 /** A request as the instance sees it. */
 export interface CoreRequest {
@@ -109,9 +117,12 @@ export class ReqState {
   sched = 0;
   /** prefix-cache hit tokens at first admission. */
   hitTokens = -1;
-  /** external KV tokens loaded at first admission (overlap: plus its tail), and the load time (ms). */
+  /** external KV tokens loaded at first admission (overlap: plus its tail), and the load time (ms; tier loads included). */
   loadTokens = 0;
   kvLoadMs = 0;
+  /** tokens loaded from the CPU tier and from the remote tier at first admission. */
+  cpuTokens = 0;
+  remoteTokens = 0;
   /** overlap: state of the KV tail arriving over the link (TAIL_*). */
   kvTail = TAIL_NONE;
   preemptions = 0;
@@ -152,6 +163,9 @@ export interface InstanceCoreOptions {
 /** The vLLM-V1-like instance. Not re-entrant: one step runs at a time. */
 export class InstanceCore {
   readonly kv: KvCache;
+  /** KV tiers below the GPU (null = none): CPU (LMCache local_cpu) and remote (LMCache's Redis). */
+  readonly cpu: TierCache | null;
+  readonly remote: TierCache | null;
   readonly model: StepModel;
   private readonly budget: number;
   private readonly maxSeqs: number;
@@ -194,7 +208,11 @@ export class InstanceCore {
     this.maxSeqs = spec.engine.maxNumSeqs;
     this.threshold = spec.engine.longPrefillTokenThreshold > 0 ? spec.engine.longPrefillTokenThreshold : Infinity;
     this.asyncScheduling = spec.engine.asyncScheduling === true;
-    this.kv = new KvCache(spec.engine.kvCapacityTokens, opts.onKvEvent, spec.engine.blockSizeTokens);
+    const t = spec.tiers;
+    this.remote = t && t.remoteTokens > 0 ? new TierCache(t.remoteTokens, 'REMOTE', opts.onKvEvent) : null;
+    this.cpu = t && t.cpuTokens > 0 ? new TierCache(t.cpuTokens, 'CPU', opts.onKvEvent, this.remote ?? undefined) : null;
+    const lower = this.cpu ?? this.remote ?? undefined;
+    this.kv = new KvCache(spec.engine.kvCapacityTokens, opts.onKvEvent, spec.engine.blockSizeTokens, lower, lower !== undefined && t!.cpuPolicy === 'write-through');
     this.noise = opts.noise;
     this.keepDone = opts.keepDone ?? true;
     this.reportTokens = opts.reportTokens ?? true;
@@ -395,6 +413,48 @@ export class InstanceCore {
       }
       hit += e.tokens;
     }
+    // KV tiers below the GPU: the blocks that follow the GPU hit, from CPU then remote memory
+    let tierTok = 0;
+    let tierMs = 0;
+    if ((this.cpu || this.remote) && !q.tail && !q.blend && !(q.kvLoadMs !== undefined && q.kvLoadMs >= 0) && hitBlocks < ids.length) {
+      if (partial && (this.cpu?.has(ids[hitBlocks]!) || this.remote?.has(ids[hitBlocks]!))) {
+        // a partly evicted block the tier holds whole: load it rather than recompute its tail
+        hit -= partialHit;
+        partial = null;
+        partialHit = 0;
+      }
+      if (!partial) {
+        const B = q.blockSize;
+        let cpuTok = 0;
+        let remTok = 0;
+        for (let k = hitBlocks; k < ids.length; k++) {
+          const id = ids[k]!;
+          const inCpu = this.cpu !== null && this.cpu.has(id);
+          if (!inCpu && !(this.remote !== null && this.remote.has(id))) break;
+          const room = cap - hit - cpuTok - remTok;
+          if (room <= 0) break;
+          const tok = Math.min(B, q.promptTokens - k * B, room);
+          if (tok <= 0) break;
+          if (inCpu) {
+            cpuTok += tok;
+            this.cpu!.touch(id);
+          } else {
+            remTok += tok;
+            this.remote!.touch(id);
+            this.cpu?.insert(id, Math.min(B, q.promptTokens - k * B));
+          }
+        }
+        tierTok = cpuTok + remTok;
+        if (tierTok > 0) {
+          const prof = this.spec.profile;
+          tierMs = tierLoadMs(cpuTok, prof.model.kvBytesPerToken, this.spec.tiers!.hostLinkGBps, this.spec.tiers!.hostLoadFixedMs) + kvLoadMs(prof.kvLoad, remTok);
+          if (r.hitTokens < 0) {
+            r.cpuTokens = cpuTok;
+            r.remoteTokens = remTok;
+          }
+        }
+      }
+    }
     for (let i = 0; i < hitBlocks; i++) kv.ref(m.get(ids[i]!)!);
     if (partial) kv.ref(partial);
     // a preempted request also finds its cached output blocks, contiguously after a full prompt hit
@@ -414,7 +474,7 @@ export class InstanceCore {
     }
     // external (LMCache) prefix beyond the local hit
     const ext = Math.min(q.loadedTokens, target - 1);
-    let load = ext > hit ? ext - hit : 0;
+    let load = ext > hit + tierTok ? ext - hit : tierTok;
     // blend: every document span beyond the hit is loaded; a share of it is computed again
     let recompute = 0;
     if (q.blend && load === 0) {
@@ -468,14 +528,16 @@ export class InstanceCore {
     }
     if (load > 0) {
       const ms =
-        q.kvLoadMs !== undefined && q.kvLoadMs >= 0 && r.hitTokens < 0
-          ? q.kvLoadMs
-          : recompute > 0
-            ? blendLoadMs(this.spec.profile, load, hit, recompute) // pipelined with the recompute
-            : kvLoadMs(this.spec.profile.kvLoad, load);
+        tierTok > 0
+          ? tierMs + kvLoadMs(this.spec.profile.kvLoad, load - tierTok) // tiers first, then the external rest
+          : q.kvLoadMs !== undefined && q.kvLoadMs >= 0 && r.hitTokens < 0
+            ? q.kvLoadMs
+            : recompute > 0
+              ? blendLoadMs(this.spec.profile, load, hit, recompute) // pipelined with the recompute
+              : kvLoadMs(this.spec.profile.kvLoad, load);
       this.pendingLoadMs += ms;
       if (r.hitTokens < 0) {
-        r.loadTokens = load;
+        r.loadTokens = load - tierTok;
         r.kvLoadMs = ms;
       }
       this.registerBlocks(r);
@@ -787,6 +849,16 @@ export class InstanceCore {
     this.states.delete(id);
     this.kv.flushEvents();
     return true;
+  }
+
+  /**
+   * Leading blocks of `ids` this instance holds in GPU memory or, after them, in its CPU tier
+   * (what another instance can read from it over RDMA). Does not touch LRU order.
+   */
+  heldPrefixBlocks(ids: readonly number[]): number {
+    let k = this.kv.matchPrefix(ids);
+    if (this.cpu) while (k < ids.length && this.cpu.has(ids[k]!)) k++;
+    return k;
   }
 
   /** Per-token prefill slope (ms/token) of this instance's profile. */

@@ -14,7 +14,13 @@
  *   are counted but never shared.
  * - Negative ids are private to one request (the output blocks a preempted request leaves in the
  *   cache, sim/instance.ts): they are cached and evicted like others but raise no KV events.
+ * - Tiers (`TierCache`, `lower`): with a CPU tier below the GPU (LMCache `local_cpu`, vLLM's
+ *   OffloadingConnector), a block the GPU starts to evict is demoted whole to it (policy
+ *   `demote`), or every block the GPU computes is stored to it (`write-through`); the CPU tier
+ *   demotes its own LRU evictions to a remote tier (LMCache's Redis backend) when there is one.
+ *   Tier events carry their medium ("CPU", "REMOTE"); GPU events have none.
  */
+import type { KvMedium } from '../engine/types.js';
 
 /** One cached prompt block. Intrusive LRU links keep eviction O(1). */
 export class BlockEntry {
@@ -34,8 +40,138 @@ export class BlockEntry {
   }
 }
 
-/** Receives KV events (block ids stored into / removed from the prefix cache). */
-export type KvEventSink = (kind: 'stored' | 'removed' | 'cleared', blocks: number[]) => void;
+/** Receives KV events (block ids stored into / removed from the prefix cache); `medium` absent = GPU. */
+export type KvEventSink = (kind: 'stored' | 'removed' | 'cleared', blocks: number[], medium?: KvMedium) => void;
+
+/** One block of a tier below the GPU; intrusive LRU links. */
+class TierNode {
+  prev: TierNode | null = null;
+  next: TierNode | null = null;
+  constructor(
+    readonly id: number,
+    readonly tokens: number,
+  ) {}
+}
+
+/**
+ * A KV tier below the GPU (CPU memory, or a remote store): whole blocks by id, LRU eviction at a
+ * token capacity (Infinity = unbounded), an optional lower tier its evictions are demoted to, and
+ * buffered KV events with its medium. Lookups (`has`) do not touch LRU order; hits do (`touch`).
+ */
+export class TierCache {
+  /** tokens held. */
+  used = 0;
+  /** blocks evicted (dropped or demoted) so far. */
+  evictions = 0;
+  private readonly nodes = new Map<number, TierNode>();
+  private head: TierNode | null = null; // least recently used
+  private tail: TierNode | null = null;
+  private storedBuf: number[] = [];
+  private removedBuf: number[] = [];
+
+  /**
+   * @param capacityTokens capacity in tokens (Infinity = unbounded; must be > 0)
+   * @param medium medium of this tier's KV events
+   * @param sink KV event receiver (optional)
+   * @param lower tier that receives this tier's evictions (optional)
+   */
+  constructor(
+    readonly capacityTokens: number,
+    readonly medium: KvMedium,
+    private readonly sink?: KvEventSink,
+    readonly lower?: TierCache,
+  ) {}
+
+  /** true when block `id` is held. */
+  has(id: number): boolean {
+    return this.nodes.has(id);
+  }
+
+  /** Blocks held. */
+  get size(): number {
+    return this.nodes.size;
+  }
+
+  /** Marks block `id` as most recently used (a hit). No-op when absent. */
+  touch(id: number): void {
+    const e = this.nodes.get(id);
+    if (!e || e === this.tail) return;
+    this.unlink(e);
+    this.append(e);
+  }
+
+  /**
+   * Stores block `id` of `tokens` tokens (or refreshes it), evicting least recently used blocks
+   * down to the capacity; a block larger than the capacity is not stored.
+   */
+  insert(id: number, tokens: number): void {
+    const have = this.nodes.get(id);
+    if (have) {
+      this.touch(id);
+      return;
+    }
+    if (tokens > this.capacityTokens || tokens <= 0) return;
+    while (this.used + tokens > this.capacityTokens && this.head) this.evictHead();
+    const e = new TierNode(id, tokens);
+    this.nodes.set(id, e);
+    this.append(e);
+    this.used += tokens;
+    if (this.sink) this.storedBuf.push(id);
+  }
+
+  /** Drops every block (no demotion); emits `cleared` with this tier's medium. */
+  clear(): void {
+    this.nodes.clear();
+    this.head = this.tail = null;
+    this.used = 0;
+    this.storedBuf = [];
+    this.removedBuf = [];
+    if (this.sink) this.sink('cleared', [], this.medium);
+  }
+
+  /** Delivers buffered events (removed, then stored), then the lower tier's. */
+  flushEvents(): void {
+    if (this.sink) {
+      if (this.removedBuf.length) {
+        const b = this.removedBuf;
+        this.removedBuf = [];
+        this.sink('removed', b, this.medium);
+      }
+      if (this.storedBuf.length) {
+        const b = this.storedBuf;
+        this.storedBuf = [];
+        this.sink('stored', b, this.medium);
+      }
+    }
+    this.lower?.flushEvents();
+  }
+
+  private evictHead(): void {
+    const e = this.head!;
+    this.unlink(e);
+    this.nodes.delete(e.id);
+    this.used -= e.tokens;
+    this.evictions++;
+    if (this.sink) this.removedBuf.push(e.id);
+    this.lower?.insert(e.id, e.tokens);
+  }
+
+  private unlink(e: TierNode): void {
+    if (e.prev) e.prev.next = e.next;
+    else this.head = e.next;
+    if (e.next) e.next.prev = e.prev;
+    else this.tail = e.prev;
+    e.prev = e.next = null;
+  }
+
+  private append(e: TierNode): void {
+    e.prev = this.tail;
+    e.next = null;
+    if (this.tail) this.tail.next = e;
+    else this.head = e;
+    this.tail = e;
+  }
+}
 
 /** KV memory of one instance (module doc). Token counts; ids are trace block ids. */
 export class KvCache {
@@ -61,6 +197,10 @@ export class KvCache {
     private readonly sink?: KvEventSink,
     /** eviction granularity, tokens (vLLM block size; Infinity = whole entries). */
     readonly evictBlockTokens = 16,
+    /** the tier below the GPU (CPU), if any: GPU evictions demote to it (module doc). */
+    readonly lower?: TierCache,
+    /** `write-through`: every block registered is also stored to `lower`. */
+    private readonly writeThrough = false,
   ) {}
 
   /** Tokens that could be allocated now (free + reclaimable). */
@@ -141,6 +281,7 @@ export class KvCache {
     e.refs = 1;
     this.blocks.set(id, e);
     if (this.sink && id >= 0) this.storedBuf.push(id);
+    if (this.writeThrough && id >= 0) this.lower!.insert(id, tokens);
     return e;
   }
 
@@ -155,16 +296,17 @@ export class KvCache {
     if (this.sink && e.id >= 0) this.storedBuf.push(e.id);
   }
 
-  /** Drops every unreferenced block (vLLM reset_prefix_cache); emits `cleared`. */
+  /** Drops every unreferenced block (vLLM reset_prefix_cache, no demotion); emits `cleared`. */
   clear(): void {
     this.flushEvents();
-    while (this.head) this.evictOne(Infinity);
+    while (this.head) this.evictOne(Infinity, false);
     this.removedBuf = [];
     if (this.sink) this.sink('cleared', []);
   }
 
-  /** Delivers buffered KV events to the sink: removed blocks first, then stored ones. */
+  /** Delivers buffered KV events to the sink: removed blocks first, then stored ones (then the tiers'). */
   flushEvents(): void {
+    this.lower?.flushEvents();
     if (!this.sink) return;
     if (this.removedBuf.length) {
       const b = this.removedBuf;
@@ -179,11 +321,13 @@ export class KvCache {
   }
 
   /** Evicts engine blocks from the end of the least recently freed entry: at least `need` tokens or the whole entry. */
-  private evictOne(need: number): void {
+  private evictOne(need: number, demote = true): void {
     const e = this.head!;
     const g = this.evictBlockTokens;
     const cut = need === Infinity || g === Infinity ? e.resident : Math.min(e.resident, Math.ceil(need / g) * g);
     const wasFull = e.resident === e.tokens;
+    // the block is complete until its first engine block goes: offload it whole to the CPU tier
+    if (wasFull && demote && this.lower && !this.writeThrough && e.id >= 0) this.lower.insert(e.id, e.tokens);
     e.resident -= cut;
     this.used -= cut;
     this.evictable -= cut;

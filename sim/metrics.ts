@@ -112,6 +112,12 @@ export interface SummaryCore {
   preemptions: number;
   per_instance: { id: string; requests: number; prompt_tokens: number; hit_tokens: number; computed_tokens: number; busy_ms: number; evictions: number; preemptions: number }[];
   /**
+   * KV tiers (only when some instance has a tier below the GPU): prompt tokens loaded from the
+   * CPU / remote tier instead of computed, their share of the prompt tokens (completed requests),
+   * and the blocks each tier evicted.
+   */
+  tiers?: { cpu_hit_tokens: number; remote_hit_tokens: number; cpu_hit_ratio: number; remote_hit_ratio: number; cpu_evictions: number; remote_evictions: number };
+  /**
    * P/D disaggregation (only when the cluster has instance roles): requests disaggregated and
    * colocated, P -> D bytes, and over completed disaggregated requests the hand-off time
    * (transfer start to end, ms) and the wait the client saw after P's prefill (prefill end to the
@@ -138,6 +144,8 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o), slo: Slo =
   let prompt = 0;
   let hit = 0;
   let loaded = 0;
+  let cpuHit = 0;
+  let remoteHit = 0;
   let preemptions = 0;
   let firstArrival = Infinity;
   let lastDone = 0;
@@ -157,6 +165,14 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o), slo: Slo =
     prompt += req.inputTokens;
     hit += o.hitTokens[r]!;
     loaded += o.loadTokens[r]!;
+    if (o.tiers) {
+      const c = o.tiers.cpuTokens[r]!;
+      const rm = o.tiers.remoteTokens[r]!;
+      loaded += c + rm;
+      cpuHit += c;
+      remoteHit += rm;
+      p.computed_tokens -= c + rm;
+    }
     p.prompt_tokens += req.inputTokens;
     p.hit_tokens += o.hitTokens[r]!;
     p.computed_tokens += req.inputTokens - o.hitTokens[r]! - o.loadTokens[r]!;
@@ -192,6 +208,15 @@ export function summarize(o: SimOutcome, obs: Observed = observed(o), slo: Slo =
     per_instance: per,
   };
   if (o.pd) core.pd = pdSummary(o);
+  if (o.tiers) {
+    let ce = 0;
+    let re = 0;
+    for (const s of o.instances) {
+      ce += s.cpuEvictions ?? 0;
+      re += s.remoteEvictions ?? 0;
+    }
+    core.tiers = { cpu_hit_tokens: cpuHit, remote_hit_tokens: remoteHit, cpu_hit_ratio: prompt ? r3(cpuHit / prompt) : 0, remote_hit_ratio: prompt ? r3(remoteHit / prompt) : 0, cpu_evictions: ce, remote_evictions: re };
+  }
   return core;
 }
 
@@ -254,7 +279,7 @@ function recordLine(o: SimOutcome, obs: Observed, r: number, quotedIds: string[]
     obsJ =
       `{"prepare_ms":${j3(o.prepareMs[r]!)},"link_wait_ms":${j3(o.linkWaitMs[r]!)},"transfer_ms":${j3(o.transferMs[r]!)},"kv_load_ms":${j3(o.kvLoadMs[r]!)},` +
       `"queue_ms":${j3(queue)},"prefill_ms":${j3(prefill)},"ttft_ms":${j3(obs.ttft[r]!)},"tpot_ms":${obs.tpot[r]! >= 0 ? r3(obs.tpot[r]!) : 'null'},"tbt_ms":${obs.tbt[r]! >= 0 ? r3(obs.tbt[r]!) : 'null'},"e2e_ms":${j3(obs.e2e[r]!)},` +
-      `"cached_tokens":${o.hitTokens[r]!},"loaded_tokens":${o.loadTokens[r]!},"transfer_tokens":${o.transferTokens[r]!},"preemptions":${o.preemptions[r]!},` +
+      `"cached_tokens":${o.hitTokens[r]!},"loaded_tokens":${o.loadTokens[r]!},${o.tiers ? `"cpu_tokens":${o.tiers.cpuTokens[r]!},"remote_tokens":${o.tiers.remoteTokens[r]!},` : ''}"transfer_tokens":${o.transferTokens[r]!},"preemptions":${o.preemptions[r]!},` +
       `"first_token_at_ms":${j3(firstAt)},"done_at_ms":${j3(doneAt)}${pdJ}}`;
   }
   return (

@@ -96,7 +96,7 @@ export const clusterFileSchema = z
     instances: z
       .union([
         pos.int(),
-        z.array(engineOverrides.extend({ id: z.string().min(1).optional(), profile: z.string().min(1).optional(), capabilities: capabilitiesSchema.optional(), role: z.enum(['prefill', 'decode', 'mixed']).optional() }).strict()).min(1),
+        z.array(engineOverrides.extend({ id: z.string().min(1).optional(), profile: z.string().min(1).optional(), capabilities: capabilitiesSchema.optional(), role: z.enum(['prefill', 'decode', 'mixed']).optional(), cpuTierGB: nonneg.optional() }).strict()).min(1),
       ])
       .optional(),
     engine: engineOverrides.optional(),
@@ -125,6 +125,17 @@ export const clusterFileSchema = z
     peerLink: linkSchema.partial().optional(),
     /** P/D roles of a counted cluster: "6P10D" = 6 prefill then 10 decode instances (+ "2M" mixed). */
     roles: z.string().regex(ROLES_PATTERN, { message: 'must look like 6P10D (prefill count P decode count D, optionally then a mixed count M)' }).optional(),
+    /** KV tiers below the GPU of every instance (instances may override `cpuTierGB`). */
+    tiers: z
+      .object({
+        cpu: z
+          .object({ capacityGB: nonneg.optional(), hostLinkGBps: pos.optional(), fixedMs: nonneg.optional(), policy: z.enum(['demote', 'write-through']).optional() })
+          .strict()
+          .optional(),
+        remote: z.object({ capacityGB: z.union([pos, z.literal('inf'), z.literal('Infinity')]).optional() }).strict().optional(),
+      })
+      .strict()
+      .optional(),
     /** P -> D hand-off of disaggregated requests (engine/pd.ts). */
     pd: z
       .object({ link: linkSchema.partial().optional(), layerwise: z.boolean().optional(), firstToken: z.enum(['prefill', 'decode']).optional() })

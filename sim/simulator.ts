@@ -20,7 +20,7 @@
  */
 import { Engine, PEER_LINK_DEFAULT, type DispatchOp, type Strategy } from '../engine/engine.js';
 import { kvLoadMs, kvWireBytes, transferMs } from '../engine/costmodel.js';
-import { BLEND_DEFAULTS, INTENTS, type ClusterSpec, type Intent, type TraceRequest } from '../engine/types.js';
+import { BLEND_DEFAULTS, INTENTS, type ClusterSpec, type Intent, type KvMedium, type TraceRequest } from '../engine/types.js';
 import { reorderRequest } from '../traces/blocks.js';
 import { blendSpans, spanTokensFrom } from '../engine/knowledge.js';
 import { hasRoles, PD_DEFAULTS, pdBytes, pdTransferWindow } from '../engine/pd.js';
@@ -141,8 +141,8 @@ export interface SimOutcome {
   peerBytesMoved: number;
   /** requests rejected by the strategy's admission control (status ST_REJECTED, decision.rejected set). */
   admissionRejected: number;
-  /** per instance: busy ms, steps, evicted blocks, preemptions. */
-  instances: { id: string; busyMs: number; steps: number; evictions: number; preemptions: number }[];
+  /** per instance: busy ms, steps, evicted blocks, preemptions (and tier evictions, with tiers). */
+  instances: { id: string; busyMs: number; steps: number; evictions: number; preemptions: number; cpuEvictions?: number; remoteEvictions?: number }[];
   /** link busy intervals for utilisation charts: [kdn, instance, start, end, waitMs]. */
   transfers: Float64Array[];
   /** engine load samples at arrivals: per request, booked prefill tokens and running count of its instance. */
@@ -159,6 +159,8 @@ export interface SimOutcome {
   pd?: PdOutcome;
   /** instance roles (only when the cluster has some). */
   roles?: string[];
+  /** KV tier hits per request (only when some instance has a tier below the GPU): tokens loaded from CPU / remote at first admission. */
+  tiers?: { cpuTokens: Float64Array; remoteTokens: Float64Array };
 }
 
 /**
@@ -247,8 +249,8 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
   };
   const ownerEngine = (r: number): Engine => (ownerOf === null ? engine : engines[ownerOf[r]!]!);
   // KV event plumbing: per-instance buffers flushed after each step start/finish
-  const kvBuf: { kind: 'stored' | 'removed' | 'cleared'; blocks: number[] }[][] = Array.from({ length: nI }, () => []);
-  const kvBatches: { instance: number; items: { kind: 'stored' | 'removed' | 'cleared'; blocks: number[] }[] }[] = [];
+  const kvBuf: { kind: 'stored' | 'removed' | 'cleared'; blocks: number[]; medium?: KvMedium }[][] = Array.from({ length: nI }, () => []);
+  const kvBatches: { instance: number; items: { kind: 'stored' | 'removed' | 'cleared'; blocks: number[]; medium?: KvMedium }[] }[] = [];
   const gaps = new TokenGaps(requests.map((r) => r.outputTokens));
   const onTokens = (tag: number, t0: number, ends: Float64Array | null, k: number) => gaps.tokens(tag, t0, ends, k);
   const cores = cluster.instances.map(
@@ -258,11 +260,11 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
         reportTokens: false,
         reuseEvents: true,
         onTokens,
-        onKvEvent: (kind, blocks) => {
+        onKvEvent: (kind, blocks, medium) => {
           const buf = kvBuf[i]!;
           const last = buf[buf.length - 1];
-          if (last && last.kind === kind && kind !== 'cleared') for (const b of blocks) last.blocks.push(b);
-          else buf.push({ kind, blocks: blocks.slice() });
+          if (last && last.kind === kind && last.medium === medium && kind !== 'cleared') for (const b of blocks) last.blocks.push(b);
+          else buf.push(medium === undefined ? { kind, blocks: blocks.slice() } : { kind, blocks: blocks.slice(), medium });
         },
         noise: cv > 0 ? (step) => noiseFactor(seed, i, step, cv) : undefined,
       }),
@@ -273,7 +275,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     if (buf.length === 0) return;
     kvBuf[i] = [];
     if (delay <= 0) {
-      for (const e of buf) for (let j = 0; j < R; j++) engines[j]!.onKvEvent({ instance: i, kind: e.kind, blocks: e.blocks });
+      for (const e of buf) for (let j = 0; j < R; j++) engines[j]!.onKvEvent({ instance: i, kind: e.kind, blocks: e.blocks, medium: e.medium });
     } else {
       kvBatches.push({ instance: i, items: buf });
       q.push(t + delay, EV_KV, kvBatches.length - 1, 0);
@@ -336,6 +338,8 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     };
   }
   const pdOut = out.pd;
+  if (cluster.instances.some((s) => s.tiers && (s.tiers.cpuTokens > 0 || s.tiers.remoteTokens > 0))) out.tiers = { cpuTokens: new Float64Array(N), remoteTokens: new Float64Array(N) };
+  const tierOut = out.tiers;
   /** true when request r is disaggregated and `i` is its prefill instance. */
   const onPrefill = (r: number, i: number) => roles && decOf[r]! >= 0 && instOf[r] === i;
   /** P finished the prefill of disaggregated request r at t: reserve the P -> D link, schedule the hand-off. */
@@ -438,7 +442,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     if (d.peer) {
       // KV moved from another instance over the peer link (FIFO per pair), raw bytes, no LMCache
       // load; only what the source really holds now moves (the index may run ahead of it)
-      const held = Math.min(d.peer.tokens, cores[d.peer.from]!.kv.matchPrefix(req.blocks) * req.blockSize, req.inputTokens - 1);
+      const held = Math.min(d.peer.tokens, cores[d.peer.from]!.heldPrefixBlocks(req.blocks) * req.blockSize, req.inputTokens - 1);
       peerHeld[r] = held;
       const xt = Math.max(0, held - d.cachedTokens);
       if (xt > 0) {
@@ -606,6 +610,10 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
             out.hitTokens[r] = s.hitTokens;
             out.loadTokens[r] = s.loadTokens;
             out.kvLoadMs[r] = s.kvLoadMs;
+            if (tierOut) {
+              tierOut.cpuTokens[r] = s.cpuTokens;
+              tierOut.remoteTokens[r] = s.remoteTokens;
+            }
           }
           ownerEngine(r).onFirstToken(id, t);
           if (ownerOf !== null) book(OP_FIRST, r, t);
@@ -684,7 +692,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
       }
       case EV_KV: {
         const b = kvBatches[q.argA]!;
-        for (const e of b.items) for (let j = 0; j < R; j++) engines[j]!.onKvEvent({ instance: b.instance, kind: e.kind, blocks: e.blocks });
+        for (const e of b.items) for (let j = 0; j < R; j++) engines[j]!.onKvEvent({ instance: b.instance, kind: e.kind, blocks: e.blocks, medium: e.medium });
         kvBatches[q.argA] = { instance: b.instance, items: [] };
         break;
       }
@@ -710,6 +718,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     steps: c.steps,
     evictions: c.kv.evictions,
     preemptions: c.preemptions,
+    ...(tierOut ? { cpuEvictions: c.cpu?.evictions ?? 0, remoteEvictions: c.remote?.evictions ?? 0 } : {}),
   }));
   out.transfers = transfers.map((x) => Float64Array.from(x));
   out.stepFactors = engine.stepFactors();

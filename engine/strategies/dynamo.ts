@@ -18,6 +18,11 @@
  *   are not tracked (`track_output_blocks` false);
  * - bs = 16 (the engine's KV block): a trace block of t tokens holds floor(t / 16) complete
  *   16-token blocks (trace blocks start at multiples of 16, so this count is exact).
+ * - KV tiers (lib/kv-router/src/scheduling/overlap.rs @ 13a4eeab, `build_overlap_scores_response`):
+ *   the overlap credit is overlap_score_credit × device blocks + host_cache_hit_weight (0.75) ×
+ *   host-pinned extension blocks + disk_cache_hit_weight (0.25) × disk/external extension blocks,
+ *   the extensions being the blocks right after the device match found in the lower tier, as
+ *   tier-tagged KV events report them: here the CPU tier (host) and the remote tier (external).
  * argmin; exact ties by uniform reservoir sampling (`random_choice`); temperature > 0 samples
  * p(w) ∝ exp(−(c_w − c_min) / ((c_max − c_min)·T)) (`softmax_sample`).
  * Not modelled: the router queue (`router_queue_threshold`, unset by default in the v1.4-era
@@ -35,11 +40,15 @@ export interface DynamoParams {
   blockSize: number;
   /** router_assume_kv_reuse: shared prefix blocks of active requests count once. */
   assumeKvReuse: boolean;
+  /** host_cache_hit_weight: credit per block found in the CPU tier after the device match. */
+  hostCacheHitWeight: number;
+  /** disk_cache_hit_weight: credit per block found in the remote tier after that. */
+  diskCacheHitWeight: number;
   intent: Intent;
 }
 
 /** Dynamo's defaults: overlap_score_weight 1, router_temperature 0, assume_kv_reuse true; 16-token blocks. */
-export const DYNAMO_DEFAULTS: DynamoParams = { overlapScoreWeight: 1, routerTemperature: 0, blockSize: 16, assumeKvReuse: true, intent: 'text' };
+export const DYNAMO_DEFAULTS: DynamoParams = { overlapScoreWeight: 1, routerTemperature: 0, blockSize: 16, assumeKvReuse: true, hostCacheHitWeight: 0.75, diskCacheHitWeight: 0.25, intent: 'text' };
 
 interface Active {
   instance: number;
@@ -99,7 +108,8 @@ export class DynamoKvStrategy implements Strategy {
       if (!ctx.isUp(i)) continue;
       const l = ctx.load(i);
       const overlap = Math.floor(ctx.cachedTokens(i) / bs);
-      const prefill = Math.max(0, (l.prefillTokens + req.inputTokens) / bs - credit * overlap);
+      const tierCredit = p.hostCacheHitWeight * Math.floor(ctx.cpuTokens(i) / bs) + p.diskCacheHitWeight * Math.floor(ctx.remoteTokens(i) / bs);
+      const prefill = Math.max(0, (l.prefillTokens + req.inputTokens) / bs - credit * overlap - tierCredit);
       const c = scale * prefill + this.activeBlocks[i]! + extra[i]!;
       cost[i] = c;
       if (c < cmin) cmin = c;

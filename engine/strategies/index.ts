@@ -85,6 +85,8 @@ export const STRATEGY_PARAMS: Record<string, ParamSchema> = {
     routerTemperature: num('softmax temperature (0 = argmin)', { min: 0 }),
     blockSize: num('KV block size the cost is expressed in (tokens)', { min: 1, int: true }),
     assumeKvReuse: { kind: 'boolean', doc: 'router_assume_kv_reuse: shared prefix blocks of active requests count once' },
+    hostCacheHitWeight: num('host_cache_hit_weight: credit per CPU-tier block after the device match', { min: 0 }),
+    diskCacheHitWeight: num('disk_cache_hit_weight: credit per remote-tier block after that', { min: 0 }),
     intent: INTENT_PARAM,
   },
   'sglang-router': SGLANG_SCHEMA,

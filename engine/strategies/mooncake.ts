@@ -23,6 +23,8 @@
  * TBT: kvlab's instances run prefill and decode together, so the decoding instance is the
  * chosen one; its TBT estimate is one of its longest iterations (engine/predict.ts
  * `tbtEstimateMs`, the same estimate kvlab's admission control uses). Off by default (0).
+ * KV tiers: an instance's prefix_len is what its GPU and its CPU tier hold (Mooncake's prefill
+ * nodes keep their prefix cache in the node's DRAM, §3.2), as its tier-tagged KV events report.
  * The threshold is "adjusted manually" in the paper (no value is published); default 1 = move
  * whenever another instance holds a longer prefix, chosen on the tuning set (docs/EVALUATION.md).
  */
@@ -66,7 +68,7 @@ export class MooncakeStrategy implements Strategy {
     let bestInst = -1;
     for (let i = 0; i < ctx.n; i++) {
       if (!ctx.isUp(i)) continue;
-      const c = ctx.cachedTokens(i);
+      const c = ctx.cachedTokens(i) + ctx.cpuTokens(i);
       if (c > bestLen) {
         bestLen = c;
         bestInst = i;
@@ -84,7 +86,7 @@ export class MooncakeStrategy implements Strategy {
     let cMove = false;
     for (let i = 0; i < ctx.n; i++) {
       if (!ctx.isUp(i)) continue;
-      const local = ctx.cachedTokens(i);
+      const local = ctx.cachedTokens(i) + ctx.cpuTokens(i);
       let prefix = local;
       let tXfer = 0;
       let wait = 0;
