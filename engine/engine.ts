@@ -356,60 +356,13 @@ export class Engine {
     const ctx = this.context(req, now);
     if (!this.up.some(Boolean)) throw new Error('no instance is up');
     const c = this.strategy.decide(ctx);
-    let intent = c.intent;
-    if (req.knowledgeTokens <= 0) intent = 'none';
-    const inst = this.cluster.instances[c.instance]!;
-    let reason = c.reason;
-    // capabilities: blend / overlap only where the instance declares them
-    if ((intent === 'blend' && !inst.blend) || (intent === 'overlap' && !inst.overlap)) {
-      reason += `;no-${intent}-capability`;
-      intent = 'kvcache';
-    }
-    let reuse = 0;
-    let kdn = -1;
-    if (intent === 'blend') {
-      const bc = ctx.blendFor(c.instance);
-      if (!bc || bc.tokens <= 0) {
-        intent = 'text';
-        reason += ';no-kdn-kv';
-      } else {
-        kdn = bc.kdn;
-        for (const [s, e] of bc.spans) reuse += e - s;
-      }
-    }
-    const kc = intent === 'kvcache' || intent === 'hybrid' || intent === 'overlap' ? ctx.kdnFor(c.instance) : null;
-    if (intent === 'kvcache' || intent === 'hybrid' || intent === 'overlap') {
-      if (!kc || kc.reuseTokens <= ctx.cachedTokens(c.instance)) {
-        // nothing beyond the local hit to load (or no KDN): the knowledge goes as text
-        if (!kc || kc.reuseTokens <= 0) reason += ';no-kdn-kv';
-        if (!kc || intent === 'overlap') intent = 'text';
-      }
-      if (kc && intent !== 'text') {
-        kdn = kc.kdn;
-        if (intent === 'overlap') reuse = kc.reuseTokens;
-        else if (intent === 'hybrid' && c.reuseTokens === undefined) reuse = bestHybridSplit(ctx, c.instance, kc.reuseTokens, this.cluster.chunkTokens);
-        else reuse = Math.min(c.reuseTokens ?? kc.reuseTokens, kc.reuseTokens);
-      }
-      if (intent === 'hybrid' && reuse >= (kc?.reuseTokens ?? 0)) intent = 'kvcache';
-      if (intent !== 'text' && reuse <= 0) intent = 'text';
-    }
     if (c.instance < 0 || c.instance >= ctx.n || !this.up[c.instance]) throw new Error(c.instance < 0 ? 'no instance is up to take the prefill' : `strategy ${this.strategy.name} chose instance ${c.instance}, which is not up`);
-    const peer = c.peer && c.peer.from !== c.instance && c.peer.tokens > ctx.cachedTokens(c.instance) && (intent === 'none' || intent === 'text') ? c.peer : undefined;
-    let pred: Prediction;
-    if (c.prediction !== undefined && intent === c.intent) pred = c.prediction;
-    else pred = ctx.predictInto(emptyPrediction(), c.instance, intent, intent === 'overlap' ? c.reuseTokens : reuse, peer);
-    if (intent === 'overlap' && pred.transferTokens <= 0) {
-      // the split reached the end of the KV: everything is computed
-      intent = 'text';
-      pred = ctx.predict(c.instance, 'text', 0);
-    } else if (intent === 'overlap' && reuse - pred.transferTokens <= ctx.cachedTokens(c.instance)) {
-      intent = 'kvcache'; // nothing computed before the tail: that is loading it all
-      pred = ctx.predict(c.instance, 'kvcache', reuse);
-    }
-    if (intent === 'text' || intent === 'none') {
-      kdn = -1;
-      reuse = 0;
-    }
+    const peer = c.peer && c.peer.from !== c.instance && c.peer.tokens > ctx.cachedTokens(c.instance) ? c.peer : undefined;
+    const wanted: Intent = req.knowledgeTokens <= 0 ? 'none' : c.intent;
+    const o = resolveOption(ctx, c.instance, wanted, c.reuseTokens, wanted === c.intent ? c.prediction : undefined, peer);
+    const { intent, kdn, reuse, pred } = o;
+    let reason = c.reason + o.reason;
+    const usedPeer = peer && (intent === 'none' || intent === 'text') ? peer : undefined;
     const decode = this.decodeFor(ctx, c);
     if (decode === -2) reason += ';no-decode-up';
     const d: Decision = {
@@ -433,7 +386,7 @@ export class Engine {
       reason,
       expectedOutputTokens: ctx.expectedOutputTokens,
     };
-    if (peer) d.peer = { from: peer.from, tokens: Math.min(peer.tokens, req.inputTokens - 1) };
+    if (usedPeer) d.peer = { from: usedPeer.from, tokens: Math.min(usedPeer.tokens, req.inputTokens - 1) };
     if (decode >= 0) {
       // the hand-off: the prompt's KV P -> D after (or, layer-wise, during) the prefill
       const pd = ctx.pd;
@@ -450,7 +403,7 @@ export class Engine {
       d.rejected = c.reject;
       this.rejections++;
     }
-    if (intent === 'overlap') d.overlapSplit = reuse - pred.transferTokens;
+    if (intent === 'overlap') d.overlapSplit = o.split;
     this.last = { req, now, ctx, d, pred };
     return d;
   }
@@ -1020,6 +973,87 @@ class EngineContext implements DecideContext {
     }
     return predictInto(out, pi);
   }
+}
+
+/** An option made executable on one instance (see {@link resolveOption}). */
+export interface ResolvedOption {
+  intent: Intent;
+  /** KDN index, -1 when none serves the option. */
+  kdn: number;
+  /** Decision.reusedTokens of the option. */
+  reuse: number;
+  /** overlap: the split point; -1 otherwise. */
+  split: number;
+  pred: Prediction;
+  /** what was changed and why, to append to the decision reason (e.g. ";no-kdn-kv"). */
+  reason: string;
+}
+
+/**
+ * Turns a strategy's (or a client's) intent for instance i into what can run there: blend and
+ * overlap only where the instance declares them (else kvcache); KV intents without KV beyond
+ * the local hit become text; a fixed hybrid without a split gets the best sequential split; an
+ * overlap takes the split where compute meets load (kvcache when nothing is computed first,
+ * text when nothing is loaded). `prediction` (the strategy's, of `wanted`) is reused when the
+ * intent stays `wanted`.
+ */
+export function resolveOption(ctx: DecideContext, i: number, wanted: Intent, reuseTokens: number | undefined, prediction?: Prediction, peer?: { from: number; tokens: number }): ResolvedOption {
+  let intent = wanted;
+  const inst = ctx.cluster.instances[i]!;
+  let reason = '';
+  // capabilities: blend / overlap only where the instance declares them
+  if ((intent === 'blend' && !inst.blend) || (intent === 'overlap' && !inst.overlap)) {
+    reason += `;no-${intent}-capability`;
+    intent = 'kvcache';
+  }
+  let reuse = 0;
+  let kdn = -1;
+  if (intent === 'blend') {
+    const bc = ctx.blendFor(i);
+    if (!bc || bc.tokens <= 0) {
+      intent = 'text';
+      reason += ';no-kdn-kv';
+    } else {
+      kdn = bc.kdn;
+      for (const [s, e] of bc.spans) reuse += e - s;
+    }
+  }
+  const kc = intent === 'kvcache' || intent === 'hybrid' || intent === 'overlap' ? ctx.kdnFor(i) : null;
+  if (intent === 'kvcache' || intent === 'hybrid' || intent === 'overlap') {
+    if (!kc || kc.reuseTokens <= ctx.cachedTokens(i)) {
+      // nothing beyond the local hit to load (or no KDN): the knowledge goes as text
+      if (!kc || kc.reuseTokens <= 0) reason += ';no-kdn-kv';
+      if (!kc || intent === 'overlap') intent = 'text';
+    }
+    if (kc && intent !== 'text') {
+      kdn = kc.kdn;
+      if (intent === 'overlap') reuse = kc.reuseTokens;
+      else if (intent === 'hybrid' && reuseTokens === undefined) reuse = bestHybridSplit(ctx, i, kc.reuseTokens, ctx.cluster.chunkTokens);
+      else reuse = Math.min(reuseTokens ?? kc.reuseTokens, kc.reuseTokens);
+    }
+    if (intent === 'hybrid' && reuse >= (kc?.reuseTokens ?? 0)) intent = 'kvcache';
+    if (intent !== 'text' && reuse <= 0) intent = 'text';
+  }
+  const usedPeer = peer && (intent === 'none' || intent === 'text') ? peer : undefined;
+  let pred: Prediction;
+  if (prediction !== undefined && intent === wanted) pred = prediction;
+  else pred = ctx.predictInto(emptyPrediction(), i, intent, intent === 'overlap' ? reuseTokens : reuse, usedPeer);
+  let split = -1;
+  if (intent === 'overlap') {
+    if (pred.transferTokens <= 0) {
+      // the split reached the end of the KV: everything is computed
+      intent = 'text';
+      pred = ctx.predict(i, 'text', 0);
+    } else if (reuse - pred.transferTokens <= ctx.cachedTokens(i)) {
+      intent = 'kvcache'; // nothing computed before the tail: that is loading it all
+      pred = ctx.predict(i, 'kvcache', reuse);
+    } else split = reuse - pred.transferTokens;
+  }
+  if (intent === 'text' || intent === 'none') {
+    kdn = -1;
+    reuse = 0;
+  }
+  return { intent, kdn, reuse, split, pred, reason };
 }
 
 /**

@@ -83,6 +83,7 @@ interface GatewayFlags {
   maxTokens?: number;
   maxModelLen?: number;
   maxCharsPerToken: number;
+  reorderDocuments?: boolean;
   log: boolean;
 }
 
@@ -105,6 +106,7 @@ function registerGateway(program: Command): void {
     .option('--model <name>', 'served model name (default: asked from the first backend)')
     .option('--seed <n>', 'engine seed', seedArg, 1)
     .option('--no-injection-type', "ignore the body's Injection_type instead of forcing it")
+    .option('--reorder-documents', "the application allows reordering a request's documents: send them in the engine's canonical order (popular / already-dispatched sequences first) unless the body says reorder_documents: false")
     .option('--no-calibrate', "keep the engine's step model as the profile gives it (default: calibrate it online from observed first-token and completion times)")
     .option('--upstream <mode>', 'non-streaming client requests: stream (observe TTFT, assemble) | direct', choiceArg('--upstream', ['stream', 'direct'] as const), 'stream')
     .option('--health-ms <ms>', 'backend /health poll period (0 = off)', numberArg('--health-ms', { min: 0 }), 1000)
@@ -144,6 +146,7 @@ function registerGateway(program: Command): void {
         seed: f.seed,
         honorInjectionType: f.injectionType,
         calibrate: f.calibrate,
+        reorderDocuments: !!f.reorderDocuments,
         upstreamMode: f.upstream,
         health: { intervalMs: f.healthMs },
         decisionHeader: f.decisionHeader,

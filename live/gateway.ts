@@ -92,6 +92,12 @@ export interface GatewayOptions {
   calibrate?: boolean;
   /** force the body's `Injection_type` (default true); false ignores it. */
   honorInjectionType?: boolean;
+  /**
+   * the application allows reordering a request's documents: they are sent in the engine's
+   * canonical order (popular / already-dispatched sequences first, engine/doc-order.ts) unless the
+   * body says `reorder_documents: false`. Default false.
+   */
+  reorderDocuments?: boolean;
   /** non-streaming client requests: `stream` (default: stream upstream, assemble, observe TTFT) or `direct`. */
   upstreamMode?: 'stream' | 'direct';
   /** output tokens assumed for a chat request without max_tokens (default 256, the emulator's default). */
@@ -171,6 +177,8 @@ export function gatewayCluster(opts: Pick<GatewayOptions, 'cluster' | 'profile' 
   if (rc.spec.instances.length !== opts.backends.length) {
     throw new Error(`cluster: ${rc.spec.instances.length} instances but ${opts.backends.length} backends (--backends): they must match one to one`);
   }
+  const ov = rc.spec.instances.find((s) => s.overlap);
+  if (ov) throw new Error(`cluster: instance ${ov.id}: capabilities.overlap: no serving engine (vLLM + LMCache, kvlab's emulator) computes the head of a prompt while loading the KV of its tail; overlap is a simulator capability`);
   return rc;
 }
 
@@ -186,7 +194,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
   const blockSize = cluster.instances[0]!.engine.blockSizeTokens;
   let strategyName = opts.strategy;
   let strategyParams = { ...(rc.strategyParams[opts.strategy] ?? {}), ...(opts.strategyParams ?? {}) };
-  const engine = new Engine(cluster, createStrategy(strategyName, strategyParams), { seed: opts.seed ?? 1, predictOnRoute: opts.predictOnRoute, calibrate: opts.calibrate ?? true });
+  const engine = new Engine(cluster, createStrategy(strategyName, strategyParams), { seed: opts.seed ?? 1, predictOnRoute: opts.predictOnRoute, calibrate: opts.calibrate ?? true, reorderDocuments: !!opts.reorderDocuments });
   const backends = opts.backends.map((s, i) => new Backend({ ...s, id: ids[i]! }, i, opts.pool));
   const kdnUrl = opts.kdnUrl ? opts.kdnUrl.replace(/\/+$/, '') : null;
   const store = new KnowledgeStore(kdnUrl, { refreshMs: opts.catalogueRefreshMs });
@@ -356,6 +364,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     blockSize,
     upstreamMode: opts.upstreamMode ?? 'stream',
     chatDefaultMaxTokens: opts.defaultChatMaxTokens ?? 256,
+    reorderDocuments: !!opts.reorderDocuments,
     retry: opts.retry ?? true,
     routed: keepRequests ? routed : null,
     hashMap,

@@ -5,7 +5,7 @@
  * whatever happens (completion, backend failure, retry, client disconnect, instance down,
  * shutdown). A retry unbooks the failed attempt before booking the next one.
  */
-import type { Engine } from '../../engine/engine.js';
+import { resolveOption, type Engine } from '../../engine/engine.js';
 import type { Decision, Intent, TraceRequest } from '../../engine/types.js';
 import { ApiError } from '../openai.js';
 import { RequestAborted, type RequestContext } from './context.js';
@@ -14,40 +14,33 @@ import type { PeerSync } from './peers.js';
 /**
  * Applies a forced intent (`Injection_type`) to the engine's decision on the same instance:
  * kvcache → the KDN's full coverage; hybrid → half of it (chunk-aligned; kvcache when that is
- * 0 or all); no coverage → text. The prediction is recomputed for the forced option.
+ * 0 or all); blend / overlap where the instance declares them (engine/engine.ts
+ * `resolveOption`: else kvcache; overlap at the split where compute meets load); no coverage →
+ * text. The prediction is recomputed for the forced option.
  */
 export function forceIntent(engine: Engine, req: TraceRequest, d: Decision, forced: Exclude<Intent, 'none'>, now: number): Decision {
   if (req.knowledgeTokens <= 0 || d.intent === forced) return d;
   const ctx = engine.context(req, now);
-  let intent: Intent = forced;
-  let reuse = 0;
-  let kdn = -1;
-  let reason = `${d.reason};forced-${forced}`;
-  if (forced !== 'text') {
+  let half: number | undefined;
+  if (forced === 'hybrid') {
     const kc = ctx.kdnFor(d.instance);
-    if (!kc || kc.reuseTokens <= 0) {
-      intent = 'text';
-      reason += ';no-kdn-kv';
-    } else {
-      kdn = kc.kdn;
-      reuse = kc.reuseTokens;
-      if (forced === 'hybrid') {
-        const chunk = engine.cluster.chunkTokens;
-        const half = Math.floor(reuse / 2 / chunk) * chunk;
-        if (half > 0 && half < reuse) reuse = half;
-        else intent = 'kvcache';
-      }
-    }
+    const chunk = engine.cluster.chunkTokens;
+    half = kc ? Math.floor(kc.reuseTokens / 2 / chunk) * chunk : 0;
+    if (!(half > 0)) half = undefined; // nothing to split: kvcache (or text)
   }
-  const p = ctx.predict(d.instance, intent, reuse);
-  return {
+  const o = resolveOption(ctx, d.instance, forced === 'hybrid' && half === undefined ? 'kvcache' : forced, half);
+  const p = o.pred;
+  const out: Decision = {
     ...d,
-    intent,
-    kdn,
-    reusedTokens: reuse,
+    intent: o.intent,
+    kdn: o.kdn,
+    reusedTokens: o.reuse,
     predicted: { prepareMs: p.prepareMs, linkWaitMs: p.linkWaitMs, transferMs: p.transferMs, kvLoadMs: p.kvLoadMs, queueMs: p.queueMs, prefillMs: p.prefillMs, ttftMs: p.ttftMs },
-    reason,
+    reason: `${d.reason};forced-${forced}${o.reason}`,
   };
+  delete out.overlapSplit;
+  if (o.split >= 0) out.overlapSplit = o.split;
+  return out;
 }
 
 /** Books and unbooks the engine's load for gateway requests (see the module doc). */

@@ -60,6 +60,8 @@ export interface PipelineDeps {
   upstreamMode: 'stream' | 'direct';
   /** output tokens assumed for a chat request without max_tokens. */
   chatDefaultMaxTokens: number;
+  /** the application lets the gateway reorder a request's documents (the engine's canonical order). */
+  reorderDocuments: boolean;
   retry: boolean;
   /** routed engine requests are appended here when given (live demo). */
   routed: TraceRequest[] | null;
@@ -211,8 +213,18 @@ export function registerPipeline(app: FastifyInstance, deps: PipelineDeps): void
     }
     const mml = deps.maxModelLen();
     checkCheapLimits(p, limits, mml);
-    const { items, ragReason } = await lookup(p);
+    let { items, ragReason } = await lookup(p);
     ctx.checkAborted();
+    // the canonical document order (engine/doc-order.ts) when the gateway may reorder and the
+    // client does not say its order matters (`reorder_documents: false`)
+    if (items.length > 1 && deps.reorderDocuments && p.reorder !== false) {
+      const order = deps.engine.documentOrder({ knowledge: items.map((it) => ({ kid: it.kid, tokens: 0 })) } as TraceRequest);
+      if (order) {
+        const byKid = new Map(items.map((it) => [it.kid, it]));
+        items = order.map((k) => byKid.get(k.kid)!);
+        ragReason += ';reordered';
+      }
+    }
     const built: BuiltPrompt[] = [];
     for (const prompt of p.prompts) {
       const b = kind === 'chat' ? await buildChat(p.body as ChatRequest, items, deps.chatDefaultMaxTokens) : await buildCompletion(p.body as CompletionRequest, items, prompt);

@@ -36,7 +36,7 @@ export interface BuiltPrompt {
 }
 
 /** Request fields that only the gateway reads (never forwarded). */
-export const GATEWAY_FIELDS = ['knowledge_ids', 'knowledge_id', 'RAG', 'Injection_type'];
+export const GATEWAY_FIELDS = ['knowledge_ids', 'knowledge_id', 'RAG', 'Injection_type', 'reorder_documents'];
 
 function stripGatewayFields(body: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};

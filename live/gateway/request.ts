@@ -2,8 +2,8 @@
  * Gateway stage "OpenAI request validation": the body of `POST /v1/chat/completions` or
  * `/v1/completions` checked with the shared zod schemas (live/openai.ts; 400 naming the field),
  * plus the gateway's own fields: `knowledge_ids` (a kid or a list; `knowledge_id` too), CacheRoute's
- * `RAG` (bool-ish) and `Injection_type` (text | prompt | kvcache | kv | kv_cache | kv-cache |
- * hybrid).
+ * `RAG` (bool-ish), `Injection_type` (text | prompt | kvcache | kv | kv_cache | kv-cache |
+ * hybrid | blend | overlap) and `reorder_documents` (boolean: may the gateway reorder the documents).
  */
 import type { Intent } from '../../engine/types.js';
 import { badRequest, chatRequestSchema, completionRequestSchema, parseBody, type ChatRequest, type CompletionRequest } from '../openai.js';
@@ -21,6 +21,8 @@ export interface ParsedRequest {
   rag: boolean;
   /** completions: the prompts (one entry per prompt of a prompt list); chat: one entry. */
   prompts: Array<string | number[]>;
+  /** `reorder_documents`: true/false when the client says whether its documents may be reordered, else null. */
+  reorder: boolean | null;
 }
 
 /**
@@ -34,7 +36,9 @@ export function parseGenerationRequest(kind: Endpoint, raw: unknown): ParsedRequ
   const forced = normaliseInjectionType(rawObj.Injection_type);
   const kids = knowledgeIds(rawObj);
   const rag = boolish(rawObj.RAG);
-  return { kind, body, forced, kids, rag, prompts: kind === 'chat' ? [''] : promptList((body as CompletionRequest).prompt) };
+  const r = rawObj.reorder_documents;
+  if (r !== undefined && r !== null && typeof r !== 'boolean') throw badRequest(`reorder_documents: expected true or false, got ${JSON.stringify(r).slice(0, 40)}`, 'reorder_documents');
+  return { kind, body, forced, kids, rag, prompts: kind === 'chat' ? [''] : promptList((body as CompletionRequest).prompt), reorder: typeof r === 'boolean' ? r : null };
 }
 
 /** The prompts of a completions `prompt` field: a string, token ids, or a list of either. */
@@ -59,12 +63,12 @@ export function boolish(v: unknown): boolean {
  */
 export function normaliseInjectionType(v: unknown): Exclude<Intent, 'none'> | null {
   if (v === undefined || v === null || v === '') return null;
-  if (typeof v !== 'string') throw badRequest(`Injection_type: expected a string (text, kvcache or hybrid), got ${JSON.stringify(v)}`, 'Injection_type');
+  if (typeof v !== 'string') throw badRequest(`Injection_type: expected a string (text, kvcache, hybrid, blend or overlap), got ${JSON.stringify(v)}`, 'Injection_type');
   const s = v.trim().toLowerCase();
   if (['kvcache', 'kv', 'kv_cache', 'kv-cache'].includes(s)) return 'kvcache';
   if (s === 'text' || s === 'prompt') return 'text';
-  if (s === 'hybrid') return 'hybrid';
-  throw badRequest(`Injection_type: unknown value ${JSON.stringify(v)} (use text, kvcache or hybrid)`, 'Injection_type');
+  if (s === 'hybrid' || s === 'blend' || s === 'overlap') return s;
+  throw badRequest(`Injection_type: unknown value ${JSON.stringify(v)} (use text, kvcache, hybrid, blend or overlap)`, 'Injection_type');
 }
 
 /**
