@@ -12,6 +12,7 @@
  */
 import type { Command } from 'commander';
 import { choiceArg, intArg, numberArg } from '../bin/options.js';
+import { PD_LINK_DEFAULT } from '../engine/pd.js';
 import type { LinkSpec } from '../engine/types.js';
 import { DEFAULT_PROFILE } from '../sim/profiles.js';
 import type { KnowledgeFormat } from './kdn.js';
@@ -86,6 +87,11 @@ interface EmulateFlags {
   maxBodyBytes: number;
   coldStart: boolean;
   log: boolean;
+  role: 'prefill' | 'decode' | 'mixed';
+  engineId?: string;
+  pdBandwidthGbps: number;
+  pdLatencyMs: number;
+  pdEfficiency: number;
 }
 
 function registerEmulate(program: Command): void {
@@ -114,6 +120,11 @@ function registerEmulate(program: Command): void {
     .option('--max-logprobs <n>', 'largest logprobs / top_logprobs (vLLM --max-logprobs)', intArg('--max-logprobs', { min: 0 }), 20)
     .option('--max-body-bytes <n>', 'request body limit in bytes (413 above)', intArg('--max-body-bytes', { min: 1 }), 64 * 1024 * 1024)
     .option('--no-cold-start', "skip the profile's cold-start delay on the first request")
+    .option('--role <r>', 'role in disaggregated serving (kv_transfer_params): prefill | decode | mixed (prefill needs --redis: the KV is handed over through it)', choiceArg('--role', ['prefill', 'decode', 'mixed'] as const), 'mixed')
+    .option('--engine-id <id>', 'engine id this instance puts in its hand-offs (remote_engine_id; default a random UUID)')
+    .option('--pd-bandwidth-gbps <g>', 'P -> D link bandwidth a decode instance charges a hand-off on, Gbit/s', numberArg('--pd-bandwidth-gbps', { min: 1e-9 }), PD_LINK_DEFAULT.bandwidthGbps)
+    .option('--pd-latency-ms <ms>', 'P -> D link latency, ms', numberArg('--pd-latency-ms', { min: 0 }), PD_LINK_DEFAULT.latencyMs)
+    .option('--pd-efficiency <e>', 'P -> D link efficiency (0, 1]', numberArg('--pd-efficiency', { min: 1e-9, max: 1 }), PD_LINK_DEFAULT.efficiency)
     .option('--log', 'log requests (pino)', false)
     .action(async (f: EmulateFlags) => {
       const engine: Record<string, number> = {};
@@ -140,9 +151,12 @@ function registerEmulate(program: Command): void {
         maxLogprobs: f.maxLogprobs,
         maxBodyBytes: f.maxBodyBytes,
         logger: f.log,
+        role: f.role,
+        engineId: f.engineId,
+        pdLink: { bandwidthGbps: f.pdBandwidthGbps, latencyMs: f.pdLatencyMs, efficiency: f.pdEfficiency },
       });
       process.stderr.write(
-        `emulate: model ${em.model} (profile ${f.profile}, time scale ${f.timeScale})` +
+        `emulate: model ${em.model} (profile ${f.profile}, time scale ${f.timeScale}, role ${f.role})` +
           `${f.redis ? `, LMCache Redis ${f.redis}` : ''}${em.kvEvents ? `, KV events ${em.kvEvents.endpoint}${em.kvEvents.replayEndpoint ? ` (replay ${em.kvEvents.replayEndpoint})` : ''}` : ''}\n`,
       );
       (await import('./tokenize-pool.js')).warmTokenizePool();

@@ -23,7 +23,7 @@ import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
 import { connectRedis } from './redis-connect.js';
-import type { EngineSettings, InstanceSpec, KvMedium, Profile } from '../engine/types.js';
+import type { EngineSettings, InstanceSpec, KvMedium, LinkSpec, Profile } from '../engine/types.js';
 import { DEFAULT_PROFILE, instanceSpecFromProfile, loadProfile } from '../sim/profiles.js';
 import type { ReqState } from '../sim/instance.js';
 import { fastBlockIds, kvEventHash, vllmBlockHashes } from './block-hash.js';
@@ -32,6 +32,7 @@ import { KvEventPublisher, type KvCacheEvent, type KvEventPublisherOptions } fro
 import { lmcacheChunks, lmcacheConfig, type LmcacheChunk, type LmcacheConfig } from './lmcache.js';
 import { LmcacheRedis } from './lmcache-redis.js';
 import { OutputText, type OutputSpec, type OutputStep } from './emulator-output.js';
+import { EMULATOR_ROLES, parsePdRequest, PdHandoff, type EmulatorRole, type PdLoaded, type PdRequest, type PdWindow } from './emulator-pd.js';
 import {
   acceptAnyJson,
   ApiError,
@@ -93,6 +94,17 @@ export interface EmulatorOptions {
   maxJsonDepth?: number;
   /** pino logging (fastify `logger` option); default false. */
   logger?: boolean | object;
+  /**
+   * role in disaggregated serving (live/emulator-pd.ts): `prefill` refuses decode hand-offs
+   * (`kv_transfer_params.do_remote_prefill`), `decode` refuses to prefill for another instance
+   * (`do_remote_decode`), `mixed` (default) serves both; every role serves ordinary requests.
+   * `prefill` needs `redisUrl` (the KV is handed over through it).
+   */
+  role?: EmulatorRole;
+  /** engine id in the hand-offs it answers (`remote_engine_id`); default a random UUID. */
+  engineId?: string;
+  /** P -> D link model a decode instance charges a hand-off on (default engine/pd.ts PD_LINK_DEFAULT). */
+  pdLink?: LinkSpec;
 }
 
 /** A running emulator. */
@@ -108,6 +120,8 @@ export interface EmulatorHandle {
   /** resolved LMCache config (also when no Redis is used). */
   lmcache: LmcacheConfig;
   kvEvents?: KvEventPublisher;
+  /** the P/D hand-off side (role, engine id, counters). */
+  pd: PdHandoff;
   /**
    * Graceful shutdown: stops accepting connections, lets running requests finish for up to
    * `graceMs` (default 5,000 ms), then fails the rest (streams get an in-band error and
@@ -219,12 +233,41 @@ interface ChoiceCallbacks {
 
 /** Result of one finished choice. */
 interface ChoiceResult {
+  /** P of a hand-off: the `kv_transfer_params` of the answer. */
+  kvTransferParams?: Record<string, unknown>;
   text: string;
   tokens: number;
   cachedTokens: number;
   finishReason: string;
   stopReason: string | null;
   logprobs: Record<string, unknown[]> | null;
+}
+
+/** A request's part in a P/D hand-off (live/emulator-pd.ts). */
+interface Handoff {
+  req: PdRequest;
+  /** D: the prefill instance's engine id (its P -> D link). */
+  from: string;
+  /** D: the prompt KV read from P's LMCache Redis. */
+  received?: PdLoaded;
+  /** D: the link window, once the request left the frontend. */
+  window?: PdWindow;
+  /** model time the request arrived (ms). */
+  arrivalModelMs: number;
+}
+
+/** The `x-kvlab-kv-transfer` header of a decode instance's answer (durations in model ms). */
+function handoffHeader(h: Handoff): string {
+  const w = h.window;
+  const r = (x: number) => Math.round(x * 1000) / 1000;
+  return JSON.stringify({
+    tokens: h.received?.tokens ?? 0,
+    bytes: w?.bytes ?? 0,
+    link_wait_ms: w ? r(w.startMs - w.readyMs) : 0,
+    transfer_ms: w ? r(w.endMs - w.startMs) : 0,
+    start_after_ms: w ? r(w.startMs - h.arrivalModelMs) : 0,
+    miss: h.received?.miss ?? null,
+  }).replace(/[^\x20-\x7e]/g, '?');
 }
 
 /** The client went away: the choice was aborted. */
@@ -255,6 +298,9 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   const bodyLimit = opts.maxBodyBytes ?? 64 * 1024 * 1024;
   for (const [k, v] of Object.entries({ maxRequestSeqs, maxLogprobs, bodyLimit })) if (!Number.isSafeInteger(v) || v < (k === 'maxLogprobs' ? 0 : 1)) throw new Error(`emulator: ${k} must be a positive integer (got ${v})`);
   const created = nowSec();
+  const role = opts.role ?? 'mixed';
+  if (!(EMULATOR_ROLES as readonly string[]).includes(role)) throw new Error(`emulator: role must be one of ${EMULATOR_ROLES.join(', ')} (got ${JSON.stringify(role)})`);
+  if (role === 'prefill' && !opts.redisUrl) throw new Error('emulator: --role prefill needs --redis URL (the prompt KV is handed to the decode instance through its LMCache Redis)');
 
   let redis: Redis | undefined;
   let lmcache: LmcacheRedis | undefined;
@@ -264,6 +310,19 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     redis.on('error', () => undefined);
     lmcache = new LmcacheRedis(redis, lmcfg, bytesPerToken);
   }
+
+  const pd = new PdHandoff({
+    role,
+    engineId: opts.engineId,
+    link: opts.pdLink,
+    own: redis && lmcache ? { url: opts.redisUrl!, redis, lmcache } : null,
+    lmcache: lmcfg,
+    bytesPerToken,
+    kvBytesPerToken: profile.model.kvBytesPerToken,
+    layers: profile.model.layers,
+    blockSize,
+    log: (m) => app.log.warn(m),
+  });
 
   let kvPub: KvEventPublisher | undefined;
   let bridge: KvEventBridge | undefined;
@@ -312,7 +371,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   };
 
   /** Runs one choice through LMCache lookup, the engine, and LMCache store. */
-  const runChoice = async (reqId: string, ch: ChoiceSpec, cb: ChoiceCallbacks, arrivalWall: number, signal: AbortSignal): Promise<ChoiceResult> => {
+  const runChoice = async (reqId: string, ch: ChoiceSpec, cb: ChoiceCallbacks, arrivalWall: number, signal: AbortSignal, hand?: Handoff): Promise<ChoiceResult> => {
     const ids = ch.promptIds;
     const P = ids.length;
     const blocks = fastBlockIds(ids, blockSize);
@@ -320,7 +379,12 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     let chunks: LmcacheChunk[] = [];
     let lmHitChunks = 0;
     let loadedTokens = 0;
-    if (lmcache) {
+    // D of a hand-off: the prompt's KV read from P (no LMCache lookup of its own, no store)
+    const received = hand?.received;
+    if (received) loadedTokens = received.tokens;
+    // P of a hand-off: its KV goes to its LMCache Redis before it answers
+    let handOff: Promise<Record<string, unknown>> | null = null;
+    if (lmcache && !received) {
       chunks = lmcacheChunks(ids, lmcfg);
       try {
         lmHitChunks = await lmcache.lookup(chunks);
@@ -342,7 +406,8 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     }
     if (signal.aborted) throw new ClientGone();
     const coreId = `${reqId}-${ch.index}`;
-    return new Promise<ChoiceResult>((resolve, reject) => {
+    const hold = received && received.tokens > 0 ? (ready: number): number => (hand!.window = pd.reserve(hand!.from, ready, received.tokens)).endMs : undefined;
+    const result = await new Promise<ChoiceResult>((resolve, reject) => {
       const out = new OutputText(ch);
       let lastWall = 0;
       let firstWall = 0;
@@ -374,7 +439,8 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
       };
       signal.addEventListener('abort', onAbort, { once: true });
       const err = engine.submit(
-        { id: coreId, promptTokens: P, outputTokens: ch.maxTokens, blocks, blockSize, loadedTokens },
+        // a hand-off's KV lands in GPU memory over the P -> D link (the hold): no LMCache load time
+        { id: coreId, promptTokens: P, outputTokens: ch.maxTokens, blocks, blockSize, loadedTokens, ...(received ? { kvLoadMs: 0 } : {}) },
         {
           token: (i, st) => {
             if (settled) return;
@@ -390,7 +456,8 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
                 metrics.inc(metrics.externalQueries, Math.max(0, P - Math.max(0, st?.hitTokens ?? 0)));
                 metrics.inc(metrics.externalHits, st?.loadTokens ?? 0);
                 const storeFrom = lmHitChunks;
-                if (storeFrom < chunks.length)
+                if (hand?.req.kind === 'remote-decode') handOff = pd.handOff(ids, reqId, storeFrom);
+                else if (storeFrom < chunks.length)
                   void lmcache.store(chunks, storeFrom).catch((e: Error) => {
                     lmcacheErrors++;
                     app.log.warn(`LMCache Redis store failed: ${e.message}`);
@@ -432,12 +499,15 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
             reject(internalError(`request ${coreId} failed: ${reason}`));
           },
         },
+        hold,
       );
       if (err) {
         settled = true;
         reject(badRequest(`This model's maximum context length is ${maxModelLen} tokens: ${err}. Please reduce the length of the prompt or completion.`, 'max_tokens'));
       }
     });
+    if (handOff) result.kvTransferParams = await handOff;
+    return result;
   };
 
   /** Validates max_tokens / context length for a prompt; returns the output token count. */
@@ -480,6 +550,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     includeUsage: boolean,
     continuousUsage: boolean,
     echoTexts: string[] | null,
+    hand?: Handoff,
   ): Promise<void> => {
     const arrival = performance.now();
     const rid = headerRequestId(req) ?? hex();
@@ -499,7 +570,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     if (!stream) {
       let results: ChoiceResult[];
       try {
-        results = await Promise.all(choices.map((c) => runChoice(rid, c, { token: () => undefined }, arrival, gone.signal)));
+        results = await Promise.all(choices.map((c) => runChoice(rid, c, { token: () => undefined }, arrival, gone.signal, hand)));
       } catch (e) {
         gone.abort(); // one choice failed: the others stop too
         throw e;
@@ -511,6 +582,8 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
       });
       const usage = usageOf(promptTokens, completionTokens(), cachedPerPrompt.reduce((a, b) => a + b, 0), false);
       void reply.header('x-request-id', rid);
+      if (hand?.received) void reply.header('x-kvlab-kv-transfer', handoffHeader(hand));
+      const kvTransferParams = results[0]?.kvTransferParams ?? null;
       if (kind === 'completion') {
         return reply.send({
           id,
@@ -527,7 +600,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
           })),
           usage,
           system_fingerprint: null,
-          kv_transfer_params: null,
+          kv_transfer_params: kvTransferParams,
         });
       }
       return reply.send({
@@ -544,7 +617,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
         })),
         usage,
         prompt_logprobs: null,
-        kv_transfer_params: null,
+        kv_transfer_params: kvTransferParams,
       });
     }
 
@@ -555,7 +628,6 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     raw.on('close', () => {
       open = false;
     });
-    raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'x-request-id': rid });
     const send = (obj: unknown): void => {
       if (open) raw.write(`data: ${JSON.stringify(obj)}\n\n`);
     };
@@ -590,8 +662,13 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
         }
       },
     };
+    // the choices start first (tokens only ever arrive from timers): a hand-off's link window is
+    // booked synchronously at submit, so its header can go with the response head
+    const running = Promise.all(choices.map((c) => runChoice(rid, c, cb, arrival, gone.signal, hand)));
+    running.catch(() => undefined);
+    raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'x-request-id': rid, ...(hand?.received ? { 'x-kvlab-kv-transfer': handoffHeader(hand) } : {}) });
     try {
-      const results = await Promise.all(choices.map((c) => runChoice(rid, c, cb, arrival, gone.signal)));
+      const results = await running;
       results.forEach((r, i) => {
         counts[i] = r.tokens;
         const pi = choices[i]!.promptIndex;
@@ -665,6 +742,8 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     preemptions: preemptionsSeen,
     lmcache: lmcache ? { redis: opts.redisUrl, ...lmcfg, bytes_per_token: bytesPerToken, errors: lmcacheErrors } : null,
     kv_events: kvPub ? { endpoint: kvPub.endpoint, replay_endpoint: kvPub.replayEndpoint ?? null, next_seq: Number(kvPub.nextSeq) } : null,
+    role,
+    pd: pd.status(),
   }));
 
   app.post('/tokenize', async (req) => {
@@ -712,7 +791,26 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     chat,
   });
 
+  /**
+   * The request's part in a P/D hand-off (`kv_transfer_params`, live/emulator-pd.ts), checked: one
+   * prompt and one sample; a prefill for another instance answers without streaming (its answer
+   * carries the parameters). A decode reads the prompt's KV from P here, before it is scheduled.
+   * @throws ApiError 400 naming the field
+   */
+  const prepareHandoff = async (body: Record<string, unknown>, prompts: number[][], nChoices: number, stream: boolean, arrivalModelMs: number): Promise<Handoff | undefined> => {
+    const req = parsePdRequest(body.kv_transfer_params, role, lmcache !== undefined);
+    if (!req) return undefined;
+    if (prompts.length !== 1) throw badRequest('prompt: a request with kv_transfer_params takes one prompt', 'prompt');
+    if (nChoices !== 1) throw badRequest('n: a request with kv_transfer_params takes n = 1', 'n');
+    if (req.kind === 'remote-decode') {
+      if (stream) throw badRequest('kv_transfer_params.do_remote_decode: needs stream=false (the answer carries the kv_transfer_params for the decode instance)', 'kv_transfer_params');
+      return { req, from: '', arrivalModelMs };
+    }
+    return { req, from: req.engineId, received: await pd.receive(prompts[0]!, req), arrivalModelMs };
+  };
+
   app.post('/v1/completions', async (req, reply) => {
+    const arrivalModelMs = engine.nowModel();
     const body = parseBody(completionRequestSchema, req.body, 'completions');
     checkModel(body.model);
     if (body.stream_options && !body.stream) throw badRequest('Stream options can only be defined when `stream=True`.', 'stream_options');
@@ -741,10 +839,12 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     });
     const echoTexts = body.echo ? list.map((p) => (typeof p === 'string' ? p : decodeTokens(p))) : null;
     const so = body.stream_options;
-    await generate('completion', req, reply, choices, prompts, body.stream ?? false, !!so && (so.include_usage ?? true), !!so?.continuous_usage_stats, echoTexts);
+    const hand = await prepareHandoff(body, prompts, choices.length, body.stream ?? false, arrivalModelMs);
+    await generate('completion', req, reply, choices, prompts, body.stream ?? false, !!so && (so.include_usage ?? true), !!so?.continuous_usage_stats, echoTexts, hand);
   });
 
   app.post('/v1/chat/completions', async (req, reply) => {
+    const arrivalModelMs = engine.nowModel();
     const body = parseBody(chatRequestSchema, req.body, 'chat/completions');
     checkModel(body.model);
     if (body.stream_options && !body.stream) throw badRequest('Stream options can only be defined when `stream=True`.', 'stream_options');
@@ -760,7 +860,8 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     const choices: ChoiceSpec[] = [];
     for (let j = 0; j < n; j++) choices.push({ index: j, promptIndex: 0, promptIds: ids, maxTokens: out.n, finishReason: out.finish, ...outputSpec(body, body.logprobs ? (top ?? 0) : null, true, j) });
     const so = body.stream_options;
-    await generate('chat', req, reply, choices, [ids], body.stream ?? false, !!so && (so.include_usage ?? true), !!so?.continuous_usage_stats, null);
+    const hand = await prepareHandoff(body, [ids], choices.length, body.stream ?? false, arrivalModelMs);
+    await generate('chat', req, reply, choices, [ids], body.stream ?? false, !!so && (so.include_usage ?? true), !!so?.continuous_usage_stats, null, hand);
   });
 
   const releasePool = holdTokenizePool();
@@ -788,12 +889,13 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
       app.server.closeAllConnections();
       await closed;
       await kvPub?.close();
+      await pd.close();
       if (redis) await redis.quit().catch(() => redis!.disconnect());
       await releasePool();
     })();
     return closing;
   };
-  return { url: `http://${host}:${port}`, host, port, app, engine, model: served, lmcache: lmcfg, kvEvents: kvPub, close };
+  return { url: `http://${host}:${port}`, host, port, app, engine, model: served, lmcache: lmcfg, kvEvents: kvPub, pd, close };
 }
 
 function headerRequestId(req: FastifyRequest): string | undefined {

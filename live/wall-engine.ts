@@ -108,8 +108,11 @@ export class WallClockEngine {
   /**
    * Hands a request to the engine (after the frontend delay). Returns an error message when it
    * can never run (see `admissible`), else null; progress goes to `sink`.
+   * @param hold optional: given the model time (ms) the request leaves the frontend, returns the
+   *   model time it may join the core (a P/D hand-off: the KV arriving over the P -> D link after
+   *   the frontend, as sim/simulator.ts orders them); called once, synchronously
    */
-  submit(req: CoreRequest, sink: TokenSink): string | null {
+  submit(req: CoreRequest, sink: TokenSink, hold?: (entryModelMs: number) => number): string | null {
     if (this.closed) return 'engine is shut down';
     const bad = this.admissible(req.promptTokens, req.outputTokens);
     if (bad) return bad;
@@ -122,6 +125,7 @@ export class WallClockEngine {
     this.frontFree = entry;
     if (this.served === 0 && (this.opts.coldStart ?? true)) entry += this.spec.profile.coldStartMs;
     this.served++;
+    if (hold) entry = Math.max(entry, hold(entry));
     const enter = (): void => {
       if (this.closed || !this.sinks.has(req.id)) return; // aborted during the frontend delay
       if (!this.core.add(req, this.nowModel())) {
