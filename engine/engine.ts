@@ -9,6 +9,7 @@ import seedrandom from 'seedrandom';
 import { KnowledgeTree } from './doc-order.js';
 import { LinkBook } from './links.js';
 import { LoadBook, type InstanceLoad } from './load.js';
+import { ActiveBlocks } from './active-blocks.js';
 import { Calibrator, scaleProfile, type CalibrationOptions, type StepFactors } from './calibration.js';
 import { curveMs } from './costmodel.js';
 import { OutputLengthPredictor, type OutputLengthOptions } from './output-length.js';
@@ -220,6 +221,8 @@ interface Dispatched {
   inputTokens: number;
   /** 0 = not yet asked to forward, 1 = forwarded to the instance, 2 = waiting in the proxy queue. */
   fwd: 0 | 1 | 2;
+  /** its prompt blocks (held on `decode` from its first token until it finishes). */
+  blocks: readonly number[];
   /** calibration: predicted prefill-group and decode-group work at factor 1 (-1 = not the engine's prediction), KV load, times. */
   pBase: number;
   dBase: number;
@@ -253,6 +256,8 @@ export class Engine {
   readonly outputs: OutputLengthPredictor;
   /** last scraped metrics per instance (null before the first). */
   readonly metrics: (InstanceMetrics | null)[];
+  /** prompt blocks of the requests decoding on each instance (the KV they hold). */
+  readonly holding: ActiveBlocks;
   private readonly rngFn: () => number;
   private readonly matchBuf: Int32Array;
   private readonly predictOnRoute: boolean;
@@ -308,6 +313,7 @@ export class Engine {
     this.up = new Array<boolean>(n).fill(true);
     this.outputs = new OutputLengthPredictor(opts.outputLength);
     this.metrics = new Array<InstanceMetrics | null>(n).fill(null);
+    this.holding = new ActiveBlocks(n);
     this.rngFn = seedrandom(String(opts.seed ?? 1));
     this.matchBuf = new Int32Array(n);
     this.predictOnRoute = opts.predictOnRoute ?? true;
@@ -463,6 +469,7 @@ export class Engine {
       transferTokens: pred.transferTokens,
       inputTokens: req.inputTokens,
       fwd: 0,
+      blocks: req.blocks,
       pBase: engineMade ? (pred.workMs - pred.workDecodeMs - pred.kvLoadMs) / f.prefill : -1,
       dBase: engineMade ? pred.workDecodeMs / f.decode : -1,
       kvLoadMs: pred.kvLoadMs,
@@ -516,7 +523,7 @@ export class Engine {
     if (d.kdn >= 0 && op.transferTokens > 0) this.links.reserve(req.id, d.kdn, d.instance, now, op.transferMs);
     else if (d.peer && op.transferTokens > 0) this.peers.reserve(req.id, d.peer.from, d.instance, now, op.transferMs);
     // another replica's request: booked alike, but this replica does not calibrate on it
-    this.dispatched.set(req.id, { instance: d.instance, decode: D, kdn: d.kdn, transferTokens: op.transferTokens, inputTokens: req.inputTokens, fwd: 0, pBase: -1, dBase: -1, kvLoadMs: 0, readyAt: now, firstAt: -1, cumPAtFirst: 0, batch: 0, batchCtx: 0, slotBound: false });
+    this.dispatched.set(req.id, { instance: d.instance, decode: D, kdn: d.kdn, transferTokens: op.transferTokens, inputTokens: req.inputTokens, fwd: 0, blocks: req.blocks, pBase: -1, dBase: -1, kvLoadMs: 0, readyAt: now, firstAt: -1, cumPAtFirst: 0, batch: 0, batchCtx: 0, slotBound: false });
     if (this.predictOnRoute && req.blocks.length) {
       this.index.add(d.instance, req.blocks);
       if (D !== d.instance) this.index.add(D, req.blocks);
@@ -589,6 +596,10 @@ export class Engine {
     if (!e || e.decode === e.instance) return;
     this.loads.colocate(id, now);
     this.pdLinks.done(id, now);
+    if (e.blocks.length && e.firstAt >= 0) {
+      this.holding.remove(e.decode, e.blocks);
+      this.holding.add(e.instance, e.blocks);
+    }
     e.decode = e.instance;
   }
 
@@ -607,6 +618,7 @@ export class Engine {
         this.cumP[i]! += e.pBase;
       }
       this.lastFirst[i] = now;
+      if (e.blocks.length) this.holding.add(e.decode, e.blocks);
       e.cumPAtFirst = this.cumP[i]!;
       const l = this.loads.loads[i]!;
       e.batch = l.decodeReqs;
@@ -627,6 +639,7 @@ export class Engine {
     if (e && e.decode !== e.instance) this.pdLinks.done(id, now);
     this.dispatched.delete(id);
     if (e) {
+      if (e.blocks.length && e.firstAt >= 0) this.holding.remove(e.decode, e.blocks);
       if (outputTokens !== undefined) this.outputs.observe(e.inputTokens, outputTokens, now);
       if (this.calibrator && outputTokens !== undefined && outputTokens > 1 && e.firstAt >= 0 && e.pBase >= 0 && this.cumP[e.instance] === e.cumPAtFirst) {
         // decode, when no prefill shared its steps (module doc of calibration.ts): k steps at the
@@ -695,7 +708,12 @@ export class Engine {
     this.links.dropInstance(i, now);
     if (this.roles) this.pdLinks.dropInstance(i, now);
     const ids = this.loads.releaseInstance(i, now);
-    for (const id of ids) this.dispatched.delete(id);
+    for (const id of ids) {
+      const e = this.dispatched.get(id);
+      if (e && e.blocks.length && e.firstAt >= 0 && e.decode !== i) this.holding.remove(e.decode, e.blocks);
+      this.dispatched.delete(id);
+    }
+    this.holding.clear(i);
     this.forwarded[i] = 0;
     this.held[i] = [];
     this.heldHead[i] = 0;
@@ -753,7 +771,7 @@ export class Engine {
    * (decisions are not re-entrant): a strategy must not keep it past decide / onDispatch.
    */
   context(req: EngineRequest, now: number): DecideContext {
-    const c = (this.ctxObj ??= new EngineContext(this.cluster, this.view, this.index, this.loads, this.links, this.peers, this.pdLinks, this.up, this.metrics, this.rngFn, this.scratch, this.matchBuf, this.cpuIndex, this.remoteIndex));
+    const c = (this.ctxObj ??= new EngineContext(this.cluster, this.view, this.holding, this.index, this.loads, this.links, this.peers, this.pdLinks, this.up, this.metrics, this.rngFn, this.scratch, this.matchBuf, this.cpuIndex, this.remoteIndex));
     c.reset(req, now, req.maxTokens !== undefined && req.maxTokens > 0 ? req.maxTokens : this.outputs.predict(req.inputTokens, now));
     return c;
   }
@@ -784,6 +802,7 @@ class EngineContext implements DecideContext {
   constructor(
     readonly cluster: ClusterSpec,
     private readonly view: InstanceSpec[],
+    private readonly holding: ActiveBlocks,
     readonly index: PrefixIndex,
     private readonly loads: LoadBook,
     private readonly links: LinkBook,
@@ -942,6 +961,7 @@ class EngineContext implements DecideContext {
     pi.cachedTokens = this.cachedTokens(i);
     pi.cpuTokens = this.cpuTokens(i);
     pi.remoteTokens = this.remoteTokens(i);
+    pi.heldKvTokens = req.blocks.length ? this.holding.distinct[i]! * req.blockSize : undefined;
     pi.intent = intent;
     pi.blendTokens = 0;
     pi.blendRecompute = 0;

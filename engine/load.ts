@@ -26,8 +26,10 @@ export interface InstanceLoad {
   decodeReqs: number;
   /** Σ context tokens of decoding requests at their first token (prompt tokens). */
   decodeCtxTokens: number;
-  /** booked KV footprint: Σ (prompt + output) tokens of inflight requests. */
+  /** booked KV footprint: Σ (prompt + expected output) tokens of inflight requests. */
   kvTokens: number;
+  /** the part of `kvTokens` of the requests decoding now (past their first token): the KV they hold. */
+  decodeKvTokens: number;
   /** predicted prefill work not yet drained (ms), valid at `workAt`. */
   workMs: number;
   workAt: number;
@@ -63,6 +65,7 @@ export class LoadBook {
       decodeReqs: 0,
       decodeCtxTokens: 0,
       kvTokens: 0,
+      decodeKvTokens: 0,
       workMs: 0,
       workAt: 0,
       dispatched: 0,
@@ -125,6 +128,7 @@ export class LoadBook {
     }
     d.decodeReqs++;
     d.decodeCtxTokens += b.ctxTokens;
+    d.decodeKvTokens += b.kvTokens;
   }
 
   /** Completion or abort: everything the request booked is released. Returns false if unknown. */
@@ -140,6 +144,7 @@ export class LoadBook {
     if (b.firstToken) {
       d.decodeReqs--;
       d.decodeCtxTokens -= b.ctxTokens;
+      d.decodeKvTokens -= b.kvTokens;
     } else {
       if (b.decode !== b.instance) {
         l.inflight--;

@@ -4,7 +4,7 @@
  * (instance, intent, reused tokens). Used by every strategy for its `predicted` record and by
  * the `kvlab` strategy as its cost.
  */
-import { curveMs, kvLoadMs, kvWireBytes, prefillAloneMs, slopeLast, tierLoadMs, transferMs } from './costmodel.js';
+import { curveMs, kvLoadMs, kvWireBytes, prefillAloneMs, tierLoadMs, transferMs } from './costmodel.js';
 import type { InstanceLoad } from './load.js';
 import type { Breakdown, Intent, InstanceSpec, KdnSpec, LinkSpec, Profile } from './types.js';
 
@@ -55,6 +55,11 @@ export interface PredictInput {
    */
   cpuTokens?: number;
   remoteTokens?: number;
+  /**
+   * KV tokens the decoding requests of the instance hold now, shared prefix blocks counted
+   * once (engine `held` active blocks × block size); default: their summed prompt tokens.
+   */
+  heldKvTokens?: number;
 }
 
 /** Breakdown plus the quantities the engine books at dispatch. */
@@ -85,7 +90,9 @@ export interface Prediction extends Breakdown {
  *  - prefill = compute of the non-reused tokens alone on the instance (chunked by the token budget,
  *    attention over the cached context), plus interference of the booked decoding requests
  *    (their per-step cost in every chunk step), plus the API overhead;
- *  - a KV-memory overflow (booked footprint beyond capacity) is charged as recompute of the overflow;
+ *  - KV memory: when the KV the decoding requests hold (shared prefix blocks once, plus their
+ *    booked outputs) and this request's uncached prompt and expected output exceed the capacity,
+ *    it waits (queue) for that many tokens of the decoders to finish, at their rate;
  *  - a peer transfer (`peerTokens`) is ready after the peer link's wait + raw-KV transfer, and
  *    the transferred prefix is not recomputed;
  *  - blend: the KV of every document span is transferred and loaded (`blendTokens`); the instance
@@ -223,22 +230,35 @@ export function predictInto(out: Prediction, p: PredictInput): Prediction {
     decodePart = steps * (m.decodeSeqMs * d + m.kvReadMsPerToken * p.load.decodeCtxTokens);
     headShare += ((curvePart + decodePart) * headTokens) / computeTokens; // overlap: the head's share
   }
+  // KV memory: this request needs its uncached prompt and expected output; the decoding requests
+  // hold their (shared-once) prompts and booked outputs. What does not fit waits — vLLM admits
+  // FCFS as memory frees — for that many tokens of the decoders to finish: at their KV per ms,
+  // i.e. held KV over their mean remaining decode time (half their mean output × the decode step).
+  let kvWaitMs = 0;
   const cap = p.inst.engine.kvCapacityTokens;
-  const over = p.load.kvTokens + P + p.outputTokens - cap;
-  if (over > 0 && Number.isFinite(cap)) prefill += over * slopeLast(m);
+  if (Number.isFinite(cap) && d > 0) {
+    const held = p.heldKvTokens ?? p.load.decodeCtxTokens;
+    const decOut = Math.max(0, p.load.decodeKvTokens - p.load.decodeCtxTokens);
+    const over = held + decOut + (P - start) + p.outputTokens - cap;
+    if (over > 0) {
+      const step = m.fixedMs + m.decodeSeqMs * d + curveMs(m, d) + m.kvReadMsPerToken * p.load.decodeCtxTokens;
+      const remaining = Math.max(1, (decOut / d / 2) * step);
+      kvWaitMs = Math.min(over, held + decOut) * (remaining / Math.max(1, held + decOut));
+    }
+  }
   const prefillMs = prefill + decodePart + m.apiMs;
   let queueMs: number;
   let ttft: number;
   if (tailEnd >= 0) {
     // the request enters the instance once its text is ready; the tail crosses the link meanwhile
-    queueMs = Math.max(0, p.backlogMs - prepareMs) + m.frontendMsPerRequest;
+    queueMs = Math.max(0, p.backlogMs - prepareMs) + kvWaitMs + m.frontendMsPerRequest;
     // loading the tail (link + LMCache retrieve) is I/O: it runs beside the head's compute
     const gpu = prepareMs + queueMs + headShare;
     const kv = prepareMs + linkWaitMs + xferMs + loadMs; // the KDN is asked once the knowledge is resolved
     ttft = Math.max(gpu, kv) + (prefillMs - headShare);
   } else {
     const ready = prepareMs + linkWaitMs + xferMs;
-    queueMs = Math.max(0, p.backlogMs - ready) + m.frontendMsPerRequest;
+    queueMs = Math.max(0, p.backlogMs - ready) + kvWaitMs + m.frontendMsPerRequest;
     ttft = ready + queueMs + loadMs + prefillMs;
   }
   out.prepareMs = prepareMs;

@@ -182,3 +182,44 @@ describe('Engine', () => {
     expect(() => createStrategy('round-robin', { intent: 'pigeon' })).toThrow(/intent must be/);
   });
 });
+
+describe('KV memory in the predictor', () => {
+  it('ActiveBlocks counts shared prefix blocks once per instance', async () => {
+    const { ActiveBlocks } = await import('../engine/active-blocks.js');
+    const a = new ActiveBlocks(2);
+    a.add(0, [1, 2, 3]);
+    a.add(0, [1, 2, 9]);
+    a.add(1, [1]);
+    expect(Array.from(a.distinct)).toEqual([4, 1]);
+    a.remove(0, [1, 2, 3]);
+    expect(Array.from(a.distinct)).toEqual([3, 1]);
+    expect(a.counts(1)).toEqual(Int32Array.from([1, 1]));
+    a.clear(0);
+    expect(a.distinct[0]).toBe(0);
+    expect(a.counts(9)).toBeUndefined();
+  });
+
+  it('a request that does not fit beside the decoding requests waits for their KV, less when its prefix is shared', () => {
+    // 300k-token KV; 20 decoding requests of 14.5k tokens (+200 output each) hold 294k
+    const e = new Engine(testCluster(1), createStrategy('least-load'), { seed: 1 });
+    for (let k = 0; k < 20; k++) {
+      const r = mkReq({ id: `d${k}`, blocks: Array.from({ length: 907 }, (_, j) => 100_000 * (k + 1) + j), inputTokens: 14_500 });
+      r.maxTokens = 200;
+      e.onDispatch(r, e.decide(r, 0), 0);
+      e.onFirstToken(`d${k}`, 1);
+    }
+    const big = mkReq({ id: 'big', blocks: Array.from({ length: 1000 }, (_, j) => 5_000_000 + j), inputTokens: 16_000 });
+    big.maxTokens = 100;
+    const small = mkReq({ id: 'small', blocks: Array.from({ length: 10 }, (_, j) => 6_000_000 + j), inputTokens: 160 });
+    small.maxTokens = 100;
+    const pBig = e.context(big, 2).predict(0, 'none');
+    const pSmall = e.context(small, 2).predict(0, 'none');
+    expect(pBig.queueMs).toBeGreaterThan(100);
+    expect(pSmall.queueMs).toBeLessThan(10);
+    // sharing the decoders' prompt blocks: the shared part needs no new KV
+    const shared = mkReq({ id: "shared", blocks: [...Array.from({ length: 907 }, (_, j) => 100_000 + j), ...Array.from({ length: 93 }, (_, j) => 7_000_000 + j)], inputTokens: 16_000 });
+    shared.maxTokens = 100;
+    e.onKvEvent({ instance: 0, kind: 'stored', blocks: shared.blocks.slice(0, 907) });
+    expect(e.context(shared, 2).predict(0, 'none').queueMs).toBeLessThan(pBig.queueMs / 2);
+  });
+});

@@ -29,6 +29,7 @@
  * config; the peer audit measured it does not help at 1.25× the Mooncake rate).
  */
 import { argminUp, type DecideContext, type Strategy, type StrategyChoice } from '../engine.js';
+import { ActiveBlocks } from '../active-blocks.js';
 import type { Alternative, Decision, Intent } from '../types.js';
 
 /** Parameters of `dynamo-kv` (Dynamo KvRouterConfig names). */
@@ -63,8 +64,8 @@ interface Active {
 export class DynamoKvStrategy implements Strategy {
   readonly name = 'dynamo-kv';
   private readonly p: DynamoParams;
-  /** trace block id -> active requests holding it, per instance (deleted when all zero). */
-  private refs = new Map<number, Int32Array>();
+  /** trace block id -> active requests holding it, per instance. */
+  private refs = new ActiveBlocks(0);
   /** per instance: Σ complete engine blocks of distinct active trace blocks (or of every prompt without reuse). */
   private activeBlocks = new Float64Array(0);
   private readonly active = new Map<string, Active>();
@@ -94,7 +95,7 @@ export class DynamoKvStrategy implements Strategy {
       let all = 0;
       for (let j = 0; j < req.blocks.length; j++) {
         const c = counts[j]!;
-        const r = this.refs.get(req.blocks[j]!);
+        const r = this.refs.counts(req.blocks[j]!);
         if (r === undefined) all += c;
         else for (let i = 0; i < ctx.n; i++) if (r[i] === 0) extra[i]! += c;
       }
@@ -149,16 +150,8 @@ export class DynamoKvStrategy implements Strategy {
       this.activeBlocks[i]! += booked;
       return;
     }
-    for (let j = 0; j < req.blocks.length; j++) {
-      const b = req.blocks[j]!;
-      let r = this.refs.get(b);
-      if (r === undefined) {
-        r = new Int32Array(this.n);
-        this.refs.set(b, r);
-      }
-      if (r[i] === 0) this.activeBlocks[i]! += counts[j]!;
-      r[i]!++;
-    }
+    for (let j = 0; j < req.blocks.length; j++) if ((this.refs.counts(req.blocks[j]!)?.[i] ?? 0) === 0) this.activeBlocks[i]! += counts[j]!;
+    this.refs.add(i, req.blocks);
   }
 
   onComplete(id: string): void {
@@ -172,16 +165,8 @@ export class DynamoKvStrategy implements Strategy {
       this.activeBlocks[i] = Math.max(0, this.activeBlocks[i]! - booked);
       return;
     }
-    for (let j = 0; j < a.blocks.length; j++) {
-      const b = a.blocks[j]!;
-      const r = this.refs.get(b);
-      if (!r || r[i] === 0) continue;
-      r[i]!--;
-      if (r[i] === 0) {
-        this.activeBlocks[i]! -= a.counts[j]!;
-        if (r.every((x) => x === 0)) this.refs.delete(b);
-      }
-    }
+    this.refs.remove(i, a.blocks);
+    for (let j = 0; j < a.blocks.length; j++) if ((this.refs.counts(a.blocks[j]!)?.[i] ?? 0) === 0) this.activeBlocks[i]! -= a.counts[j]!;
   }
 
   onInstanceDown(i: number): void {
@@ -208,7 +193,7 @@ export class DynamoKvStrategy implements Strategy {
 
   private init(n: number): void {
     this.n = n;
-    this.refs = new Map();
+    this.refs = new ActiveBlocks(n);
     this.activeBlocks = new Float64Array(n);
     this.cost = new Float64Array(n);
     this.extra = new Float64Array(n);

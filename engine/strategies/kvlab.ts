@@ -75,10 +75,22 @@ export interface KvlabParams {
   ttftSloMs: number;
   /** … or when the chosen instance's predicted TBT (engine/predict.ts `tbtEstimateMs`) exceeds this (ms; 0 = off). */
   tbtSloMs: number;
+  /**
+   * form of the externality: `linear` = the first-order (queueWeight·q_i + arrivalWeight·λ_i·W/2)·W
+   * (default); `busy` = the M/G/1 busy-period marginal delay λ_i·(D_i + W/2)·W / (1 − ρ) ×
+   * externalityWeight (module doc; measured worse on the tuning set, docs/EVALUATION.md).
+   */
+  externality: 'busy' | 'linear';
+  /** weight of the busy-period externality (theory: 1). */
+  externalityWeight: number;
+  /** cap of the utilisation estimate in 1/(1 − ρ) (the busy period of an overloaded queue is unbounded). */
+  rhoMax: number;
+  /** time constant of the utilisation estimate (EWMA of the booked work per ms), ms. */
+  workTauMs: number;
 }
 
 /** Defaults: predicted TTFT plus the queueing and arrival externalities (weights 3), hybrid splits, peer moves, blend and overlap on (where instances declare them), no tie tolerance. */
-export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, arrivalWeight: 3, rateAlpha: 0.02, hybrid: true, peer: true, blend: true, overlap: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity, ttftSloMs: 0, tbtSloMs: 0 };
+export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, arrivalWeight: 3, rateAlpha: 0.02, hybrid: true, peer: true, blend: true, overlap: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity, ttftSloMs: 0, tbtSloMs: 0, externality: 'linear', externalityWeight: 1, rhoMax: 0.95, workTauMs: 60_000 };
 
 /** The `kvlab` strategy (module doc): minimum predicted cost over instances × intents × splits. */
 export class KvlabStrategy implements Strategy {
@@ -88,6 +100,9 @@ export class KvlabStrategy implements Strategy {
   /** EWMA of the inter-arrival gap (ms) and the last arrival time seen. */
   private gapMs = -1;
   private lastArrival = -1;
+  /** booked work (ms) decayed with time constant workTauMs, and when it was last updated. */
+  private workAcc = 0;
+  private workAt = -1;
   constructor(params: Partial<KvlabParams> = {}) {
     this.p = { ...KVLAB_DEFAULTS, ...params };
   }
@@ -100,6 +115,14 @@ export class KvlabStrategy implements Strategy {
     for (let i = 0; i < ctx.n; i++) if (ctx.isUp(i)) ups++;
     const perInstanceRate = this.gapMs > 0 ? 1 / (this.gapMs * Math.max(1, ups)) : 0;
     const aw = this.p.arrivalWeight * perInstanceRate * 0.5;
+    // busy-period externality: utilisation = booked work per ms per instance (EWMA)
+    const p = this.p;
+    const busy = p.externality === 'busy';
+    const decay = this.workAt >= 0 && ctx.now > this.workAt ? Math.exp(-(ctx.now - this.workAt) / p.workTauMs) : 1;
+    const rho = Math.min(p.rhoMax, (this.workAcc * decay) / p.workTauMs / Math.max(1, ups));
+    const kBusy = (p.externalityWeight * perInstanceRate) / (1 - rho);
+    /** the externality of adding work W (ms) to instance i whose prefill backlog is D (ms). */
+    const ext = (i: number, W: number, D: number): number => (busy ? kBusy * (D + W / 2) * W : (p.workWeight + p.queueWeight * ctx.load(i).prefillReqs + aw * W) * W);
     const scratch = this.scratch;
     const bestPred = emptyPrediction();
     let bestI = -1;
@@ -116,7 +139,7 @@ export class KvlabStrategy implements Strategy {
         // the meet point loads nothing (that is text) or everything (that is kvcache)
         if (pred.transferTokens <= 0 || reuse <= ctx.cachedTokens(i)) return;
       }
-      const cost = pred.ttftMs + (this.p.workWeight + this.p.queueWeight * ctx.load(i).prefillReqs + aw * pred.workMs) * pred.workMs;
+      const cost = pred.ttftMs + ext(i, pred.workMs, ctx.backlogMs(i));
       const a: Alternative = { instance: i, intent, score: round3(cost), ttftMs: round3(pred.ttftMs) };
       if (intent === 'hybrid' || intent === 'overlap') a.reusedTokens = reuse;
       alternatives.push(a);
@@ -189,7 +212,7 @@ export class KvlabStrategy implements Strategy {
         const prof = ctx.spec(i).profile;
         const w = prefillAloneMs(prof, peer.tokens, req.inputTokens - peer.tokens);
         const ready = ctx.peerLinkWaitMs(peer.from, i) + transferMs((peer.tokens - ctx.cachedTokens(i)) * prof.model.kvBytesPerToken, link);
-        const lb = Math.max(ready, ctx.backlogMs(i)) + prof.step.frontendMsPerRequest + prof.step.apiMs + w + (this.p.workWeight + this.p.queueWeight * ctx.load(i).prefillReqs + aw * w) * w;
+        const lb = Math.max(ready, ctx.backlogMs(i)) + prof.step.frontendMsPerRequest + prof.step.apiMs + w + ext(i, w, ctx.backlogMs(i));
         const tol = Math.min(this.p.tieMaxMs, Math.max(this.p.tieMs, this.p.tieFrac * bestCost));
         if (lb > bestCost + tol) continue;
         consider(i, intent, 0, peer);
@@ -201,6 +224,8 @@ export class KvlabStrategy implements Strategy {
       this.gapMs = this.gapMs < 0 ? gap : this.gapMs + this.p.rateAlpha * (gap - this.gapMs);
     }
     this.lastArrival = ctx.now;
+    this.workAcc = this.workAcc * decay + bestPred.workMs;
+    this.workAt = ctx.now;
     const choice: StrategyChoice = { instance: bestI, intent: bestIntent, reuseTokens: bestReuse, alternatives, reason: peerPick ? 'min-ttft;peer' : 'min-ttft', prediction: bestPred };
     if (peerPick) choice.peer = peerPick;
     if (this.p.ttftSloMs > 0 && bestPred.ttftMs > this.p.ttftSloMs) choice.reject = `predicted TTFT ${Math.round(bestPred.ttftMs)} ms > SLO ${this.p.ttftSloMs} ms`;
