@@ -9,6 +9,7 @@ import { createStrategy } from '../engine/strategies/index.js';
 import type { Strategy } from '../engine/engine.js';
 import type { TraceRequest } from '../engine/types.js';
 import { KVLAB_VERSION } from '../engine/version.js';
+import { KVLAB_PARAMS_VERSION } from '../engine/strategies/kvlab-params.js';
 import { meanCI95, relativeChange } from '../notebooks/stats.js';
 import { loadTrace, loadWorkload, type WorkloadName } from '../traces/load.js';
 import type { LoadedTrace } from '../traces/schema.js';
@@ -84,6 +85,8 @@ export interface Summary extends SummaryCore {
   sim_requests_per_s: number;
   /** the engine's calibrated step factors at the end of the run (1, 1 without calibration). */
   engine_step_factors: StepFactors;
+  /** version of kvlab's tuned parameters (engine/strategies/kvlab-params.ts). */
+  kvlab_params_version: string;
   /** peak resident set size of the process so far, MiB. */
   peak_rss_mib: number;
   /** router replicas, their sync delay (ms, null = none) and op-log entries exchanged: only when more than one. */
@@ -191,6 +194,7 @@ export function runLoaded(t: LoadedTrace, opts: RunOptions, rc: ResolvedCluster 
     ...core,
     ttft_quantiles_ms: quant,
     engine_step_factors: { prefill: r3(o.stepFactors.prefill), decode: r3(o.stepFactors.decode) },
+    kvlab_params_version: KVLAB_PARAMS_VERSION,
     wall_ms: Math.round(wall),
     sim_requests_per_s: wall > 0 ? Math.round((t.requests.length / wall) * 1000) : 0,
     peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),

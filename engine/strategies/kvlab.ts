@@ -17,13 +17,15 @@
  * saturation it makes cache hits (small W) and short queues worth more than a few ms of one
  * request's TTFT, which keeps prefix affinity instead of spreading every request onto the
  * momentarily shortest queue (the collapse of pure greedy TTFT routing under overload).
- * Both weights are 3 (theory says 1: the measured optimum is higher because the delay cascades
- * beyond the requests directly behind). queueWeight was chosen over {0, 0.5, 1, 2, 3, 4} on the
- * Mooncake conversation trace at 0.5×–1.25× its rate and 8–32 instances (≥ 2 avoids a collapse
- * at 1.25× the rate: 7 s vs 67 s mean TTFT); arrivalWeight over {0, 1, 2, 3, 4} on those and on
- * a generated agent-style trace (templates + multi-turn sessions, 88 % prefix reuse) where
- * pure-TTFT routing lost to SGLang's stickiness. Ties (exactly equal cost by default) go to the
- * smaller booked KV footprint, then a seeded uniform choice.
+ * Both weights are 1, the first-order M/G/1 (Little's law) values; the evaluation protocol's
+ * tuning set (docs/EVALUATION.md; first half of the Mooncake conversation trace and two generated
+ * agent traces) chose them over {1, 2, 3}² (engine/strategies/kvlab-params.ts, versioned). Ties
+ * (exactly equal cost by default) go to the smaller booked KV footprint, then a seeded uniform
+ * choice.
+ *
+ * Options also priced (same cost): moving the longest cached prefix from another instance over
+ * the instance-to-instance link (`peer`, as Mooncake's cache load balancing), and admission
+ * control (`ttftSloMs` / `tbtSloMs`: reject what is predicted to miss the SLO).
  *
  * Hybrid split: with link wait w, transfer t(X) and the instance's backlog b, loading X tokens
  * costs max(w + t(X), b) + load(X) + prefill(rest). Past the point where the transfer stops
@@ -35,6 +37,7 @@ import { kvWireBytes, prefillAloneMs, transferMs } from '../costmodel.js';
 import { PEER_LINK_DEFAULT, type DecideContext, type Strategy, type StrategyChoice } from '../engine.js';
 import { copyPrediction, emptyPrediction, tbtEstimateMs, type Prediction } from '../predict.js';
 import type { Alternative, Intent } from '../types.js';
+import { KVLAB_TUNED } from './kvlab-params.js';
 
 /** Parameters of the `kvlab` strategy (all costs in ms). */
 export interface KvlabParams {
@@ -89,8 +92,12 @@ export interface KvlabParams {
   workTauMs: number;
 }
 
-/** Defaults: predicted TTFT plus the queueing and arrival externalities (weights 3), hybrid splits, peer moves, blend and overlap on (where instances declare them), no tie tolerance. */
-export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, queueWeight: 3, arrivalWeight: 3, rateAlpha: 0.02, hybrid: true, peer: true, blend: true, overlap: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity, ttftSloMs: 0, tbtSloMs: 0, externality: 'linear', externalityWeight: 1, rhoMax: 0.95, workTauMs: 60_000 };
+/**
+ * Defaults: predicted TTFT plus the queueing and arrival externalities with the tuned weights of
+ * engine/strategies/kvlab-params.ts (its version is in every summary), hybrid splits, peer
+ * moves, blend and overlap on (where instances declare them), no tie tolerance, no admission control.
+ */
+export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, ...KVLAB_TUNED, rateAlpha: 0.02, hybrid: true, peer: true, blend: true, overlap: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity, ttftSloMs: 0, tbtSloMs: 0, externality: 'linear', externalityWeight: 1, rhoMax: 0.95, workTauMs: 60_000 };
 
 /** The `kvlab` strategy (module doc): minimum predicted cost over instances × intents × splits. */
 export class KvlabStrategy implements Strategy {

@@ -1,6 +1,7 @@
 /**
- * Generates an agent-style Mooncake JSONL trace (a held-out check for routers tuned on the
- * conversation trace): 60 agent templates (system prompt + tool definitions, 2k–12k tokens,
+ * Generates an agent-style Mooncake JSONL trace (the evaluation protocol, notebooks/analyses/
+ * protocol.ts, tunes on seeds 1 and 2 and evaluates on seeds 101–103; seed 7, the earlier default,
+ * was looked at while kvlab's weights were chosen and is in neither set): 60 agent templates (system prompt + tool definitions, 2k–12k tokens,
  * Zipf 1.1 popularity), sessions of 3–12 turns that each extend the context by 300–3,000 tokens
  * (tool outputs) and produce 20–320 output tokens, Poisson session starts (mean gap 1.4 s), 2–20 s
  * think time between turns. Chained 512-token block ids like the Mooncake traces: a turn shares
