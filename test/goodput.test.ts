@@ -52,7 +52,7 @@ describe('TBT (Mooncake: mean of the longest 10% token gaps)', () => {
 
 describe('goodput in summary.json', () => {
   it('counts completed requests within both SLOs over all requests; admission rejections count against it', () => {
-    const t = generateSynthetic({ requests: 200, seed: 3, rate: 8 });
+    const t = generateSynthetic({ requests: 200, seed: 3, rate: 2 });
     const o = simulate(t.requests, { cluster: testCluster(2), strategy: createStrategy('kvlab'), seed: 1 });
     const obs = observed(o);
     const slo = { ttftMs: 1500, tbtMs: 200 };
