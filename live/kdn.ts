@@ -10,7 +10,7 @@
  * | `POST /knowledge/build_kv` | `{kid}` | item status (builds the KV; 409 naming the field on a builder mismatch) |
  * | `POST /knowledge/search/text` | `{knowledge_ids, need_fields?}` | `{items: [{id, kid, content, length, tokens, kv_ready, meta, created_at}], miss}` |
  * | `POST /knowledge/snapshot` | `{need_fields?, limit?=1e6, offset?=0}` | `{items: [{kid, length, tokens, kv_ready, kv_updated_at, kv_dumped_keys, created_at}], count, limit, offset}` |
- * | `POST /knowledge/inject_ready_kv` | `{request_id?, model?, knowledge_ids, redis_host?, redis_port?, redis_db?, redis_password?, tokens?}` | ACK (see {@link InjectAck}) |
+ * | `POST /knowledge/inject_ready_kv` | `{request_id?, model?, knowledge_ids, redis_host?, redis_port?, redis_db?, redis_password?, tokens?, sequence?=false}` | ACK (see {@link InjectAck}) |
  * | `POST /knowledge/delete` | `{knowledge_ids, delete_kv?=true}` | `{deleted, miss}` |
  * | `POST /knowledge/purge_all` | `{delete_kv?=true}` | `{deleted}` |
  * | `POST /knowledge/pool_status` | `{sample_limit?=5}` | totals and samples |
@@ -35,6 +35,13 @@
  * - neither: the KDN holds text only (`kv_ready` 0): kvcache requests fall back to text.
  * Only full 256-token chunks are keyed, one key pair per rank.
  *
+ * `inject_ready_kv` with `sequence: true` (kvlab extension): the kids are documents in prompt
+ * order at the head of one chat prompt (one system message each, as the gateway places them);
+ * the KDN injects the first document's chunks and then the chunks of that exact sequence (LMCache
+ * chains chunk hashes, so a later document's own KV is useless behind another one), built on
+ * first use (live/kdn-sequences.ts), up to `tokens`. Without it (CacheRoute's semantics) each
+ * kid's own KV is injected.
+ *
  * KDN Redis layout: `kdn:item:<kid>` hash (content, length, tokens, meta, created_at, kv_ready,
  * kv_keys, kv_bytes, kv_updated_at, format), `kdn:kids` sorted set (score = created ms),
  * `kdn:kvkeys:<kid>` list of LMCache key strings, and `kdn:kv:<lmcache key><suffix>` values.
@@ -48,6 +55,7 @@ import { z } from 'zod';
 import type { LinkSpec } from '../engine/types.js';
 import { LinkTable, type LinkTiming } from './link.js';
 import { BuilderMismatch, KvBuilder, type KvBuilderOptions } from './kv-builder.js';
+import { MAX_SEQUENCE_DOCS, SEQKV, SequenceStore } from './kdn-sequences.js';
 import { kvBytesKey, lmcacheChunks, lmcacheConfig, metadataKey, rankChunkBytes, syntheticKvBytes, syntheticMetadata, type LmcacheConfig } from './lmcache.js';
 import { acceptAnyJson, refuseUnreadBody } from './openai.js';
 import { encodePromptAsync, encodeSystemPrefixAsync, holdTokenizePool } from './tokenize-pool.js';
@@ -123,6 +131,10 @@ export interface InjectAck {
   transfer_end_ts: number | null;
   link: { key: string; bandwidth_gbps: number; latency_ms: number; efficiency: number };
   detail: string;
+  /** `sequence: true`: the sequence whose KV was injected beyond the first document (null: none). */
+  sequence_id: string | null;
+  /** ms this request spent building a new sequence's KV on the builder (0 when it was held). */
+  build_ms: number;
 }
 
 /** A running KDN. */
@@ -173,6 +185,7 @@ const injectSchema = z.looseObject({
   redis_db: z.number().int().min(0).nullish(),
   redis_password: z.string().nullish(),
   tokens: z.number().int().min(0).nullish(),
+  sequence: z.boolean().nullish(),
 });
 const deleteSchema = z.looseObject({ knowledge_ids: kidList, delete_kv: z.boolean().nullish() });
 const buildSchema = z.looseObject({ kid: z.string().min(1) });
@@ -237,14 +250,22 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     let ids: number[];
     if (opts.tokenizeUrl) {
       const body = format === 'chat-system' ? { messages: [{ role: 'system', content: text }], add_generation_prompt: false } : { prompt: text, add_special_tokens: true };
-      const res = await request(`${opts.tokenizeUrl.replace(/\/$/, '')}/tokenize`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-      const j = (await res.body.json()) as { tokens?: number[] };
-      if (res.statusCode !== 200 || !Array.isArray(j.tokens)) throw new KdnError(502, `kdn: tokenize via ${opts.tokenizeUrl} failed (HTTP ${res.statusCode})`);
-      ids = j.tokens;
+      ids = await tokenizeVia(opts.tokenizeUrl, body);
     } else ids = format === 'chat-system' ? await encodeSystemPrefixAsync(text) : await encodePromptAsync(text, true);
     if (ids.length > maxDocTokens) throw new KdnError(422, `register_text: content: the document has ${ids.length} tokens, more than this KDN accepts (${maxDocTokens}, --max-document-tokens)`);
     return { ids, keyed: format === 'chat-system' ? ids : ids.slice(0, -1) };
   };
+
+  const sequences = new SequenceStore({
+    redis,
+    lm,
+    bytesPerToken: bpt,
+    source: kvSource,
+    build: builder ? (prompt, expected) => builder!.build(prompt, expected) : undefined,
+    tokenize: opts.tokenizeUrl
+      ? (texts) => tokenizeVia(opts.tokenizeUrl!, { messages: texts.map((content) => ({ role: 'system', content })), add_generation_prompt: false })
+      : undefined,
+  });
 
   /**
    * Builds and stores the KV chunks of an item: from the builder (the document in the gateway's
@@ -420,25 +441,73 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     const maxChunks = b.tokens === null || b.tokens === undefined ? Infinity : Math.floor(b.tokens / lm.chunkSize);
     const miss: string[] = [];
     const textOnly: string[] = [];
-    const plan: Array<{ kid: string; keys: string[]; tokens: number }> = [];
-    for (const kid of b.knowledge_ids) {
-      const h = await readItem(kid);
-      if (!h) {
-        miss.push(kid);
-        continue;
+    // per entry: the LMCache keys to write and where each value sits in this KDN's Redis
+    const plan: Array<{ kids: string[]; keys: string[]; src: (i: number, suffixed: string) => string; tokens: number }> = [];
+    const own = (k: string): string => KV(k);
+    let sequenceId: string | null = null;
+    let buildMs = 0;
+    let seqNote = '';
+    if (b.sequence && b.knowledge_ids.length > 1) {
+      // the documents are one sequence at the prompt head (module doc of live/kdn-sequences.ts):
+      // the first document's own chunks, then the sequence's chunks (built on first use)
+      if (b.knowledge_ids.length > MAX_SEQUENCE_DOCS) throw new KdnError(400, `inject_ready_kv: knowledge_ids: a sequence holds at most ${MAX_SEQUENCE_DOCS} documents (got ${b.knowledge_ids.length})`);
+      const kidsIn = b.knowledge_ids;
+      const hs = await Promise.all(kidsIn.map((kid) => readItem(kid)));
+      kidsIn.forEach((kid, j) => {
+        if (!hs[j]) miss.push(kid);
+      });
+      const h0 = hs[0];
+      const firstKeys = h0 && Number(h0.kv_ready ?? 0) === 1 ? await redis.lrange(KVKEYS(kidsIn[0]!), 0, -1) : [];
+      const firstChunks = firstKeys.length / lm.worldSize;
+      let seqKeys: string[] = [];
+      if (firstKeys.length > 0 && maxChunks > firstChunks) {
+        if (hs.some((h) => !h || (h.format ?? defaultFormat) !== 'chat-system')) seqNote = 'a sequence needs every document registered, in chat-system format: the first document only';
+        else {
+          try {
+            const seq = await sequences.ensure(kidsIn, hs.map((h) => h!.content!), firstChunks);
+            seqKeys = seq.keys;
+            sequenceId = seq.sid;
+            buildMs = seq.buildMs;
+          } catch (e) {
+            seqNote = `sequence KV not available (${(e as Error).message.slice(0, 200)}): the first document only`;
+          }
+        }
       }
-      if (Number(h.kv_ready ?? 0) !== 1) {
-        textOnly.push(kid);
-        continue;
+      let keys = [...firstKeys, ...seqKeys];
+      if (Number.isFinite(maxChunks)) keys = keys.slice(0, maxChunks * lm.worldSize);
+      // which documents the injected chunks reach into (the others go as text)
+      const reach = keys.length / lm.worldSize * lm.chunkSize;
+      const kids: string[] = [];
+      let at = 0;
+      for (const [j, kid] of kidsIn.entries()) {
+        if (!hs[j]) break;
+        if (j > 0 && !sequenceId) break;
+        if (at >= reach) break;
+        kids.push(kid);
+        at += Number(hs[j]!.tokens ?? 0) - (j > 0 ? 1 : 0); // a later block has no BOS
       }
-      const all = await redis.lrange(KVKEYS(kid), 0, -1);
-      const keys = Number.isFinite(maxChunks) ? all.slice(0, maxChunks * lm.worldSize) : all;
-      if (keys.length === 0) {
-        textOnly.push(kid);
-        continue;
+      const sid = sequenceId;
+      if (keys.length > 0) plan.push({ kids, keys, src: (i, k) => (i < firstKeys.length || !sid ? own(k) : SEQKV(sid, k)), tokens: reach });
+      for (const [j, kid] of kidsIn.entries()) if (hs[j] && !kids.includes(kid)) textOnly.push(kid);
+    } else
+      for (const kid of b.knowledge_ids) {
+        const h = await readItem(kid);
+        if (!h) {
+          miss.push(kid);
+          continue;
+        }
+        if (Number(h.kv_ready ?? 0) !== 1) {
+          textOnly.push(kid);
+          continue;
+        }
+        const all = await redis.lrange(KVKEYS(kid), 0, -1);
+        const keys = Number.isFinite(maxChunks) ? all.slice(0, maxChunks * lm.worldSize) : all;
+        if (keys.length === 0) {
+          textOnly.push(kid);
+          continue;
+        }
+        plan.push({ kids: [kid], keys, src: (_i, k) => own(k), tokens: (keys.length / lm.worldSize) * lm.chunkSize });
       }
-      plan.push({ kid, keys, tokens: (keys.length / lm.worldSize) * lm.chunkSize });
-    }
     const tokens = plan.reduce((a, p) => a + p.tokens, 0);
     const wire = tokens * wireBpt;
     const ack: InjectAck = {
@@ -460,7 +529,9 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
       transfer_start_ts: null,
       transfer_end_ts: null,
       link: { key: linkKey, bandwidth_gbps: link.spec.bandwidthGbps, latency_ms: link.spec.latencyMs, efficiency: link.spec.efficiency },
-      detail: plan.length ? '' : 'nothing to inject',
+      detail: plan.length ? seqNote : 'nothing to inject',
+      sequence_id: sequenceId,
+      build_ms: round3(buildMs),
     };
     if (plan.length === 0) return ack;
     const dst = target(host, port, db, b.redis_password);
@@ -468,12 +539,12 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     try {
       const out = await link.run(wire, async () => {
         if (dst.status === 'wait' || dst.status === 'end') await dst.connect();
-        const done: Array<{ kid: string; keys: number; bytes: number; tokens: number }> = [];
-        const failed: Array<{ kid: string; why: string }> = [];
+        const done: Array<{ kids: string[]; keys: number; bytes: number; tokens: number }> = [];
+        const failed: Array<{ kids: string[]; why: string }> = [];
         for (const p of plan) {
           try {
             const src = redis.pipeline();
-            for (const k of p.keys) src.getBuffer(KV(kvBytesKey(k))).getBuffer(KV(metadataKey(k)));
+            p.keys.forEach((k, i) => src.getBuffer(p.src(i, kvBytesKey(k))).getBuffer(p.src(i, metadataKey(k))));
             const vals = (await src.exec()) ?? [];
             const w = dst.pipeline();
             let bytes = 0;
@@ -488,28 +559,28 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
             const res = (await w.exec()) ?? [];
             const err = res.find(([e]) => e);
             if (err) throw err[0];
-            done.push({ kid: p.kid, keys: p.keys.length * 2, bytes, tokens: p.tokens });
+            done.push({ kids: p.kids, keys: p.keys.length * 2, bytes, tokens: p.tokens });
           } catch (e) {
-            failed.push({ kid: p.kid, why: (e as Error).message });
+            failed.push({ kids: p.kids, why: (e as Error).message });
           }
         }
         return { done, failed };
       });
       timing = out.timing;
       for (const d of out.result.done) {
-        ack.injected_kids.push(d.kid);
+        ack.injected_kids.push(...d.kids);
         ack.keys_injected += d.keys;
         ack.payload_bytes += d.bytes;
         ack.tokens_injected += d.tokens;
       }
-      for (const f of out.result.failed) ack.text_only_kids.push(f.kid);
+      for (const f of out.result.failed) ack.text_only_kids.push(...f.kids);
       if (out.result.failed.length) {
         ack.ok = false;
-        ack.detail = out.result.failed.map((f) => `${f.kid}: ${f.why}`).join('; ');
+        ack.detail = out.result.failed.map((f) => `${f.kids.join('+')}: ${f.why}`).join('; ');
       }
     } catch (e) {
       ack.ok = false;
-      ack.text_only_kids.push(...plan.map((p) => p.kid));
+      ack.text_only_kids.push(...plan.flatMap((p) => p.kids));
       ack.detail = `cannot write to target Redis ${linkKey}: ${(e as Error).message}`;
     }
     ack.payload_files = ack.keys_injected;
@@ -570,11 +641,13 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
       text_only: kids.length - ready,
       avg_length: kids.length ? len / kids.length : 0,
       avg_dumped_keys_on_ready: ready ? keysOnReady / ready : 0,
+      sequences: await sequences.count(),
       samples,
     };
   });
 
   const deleteItem = async (kid: string, deleteKv: boolean): Promise<void> => {
+    await sequences.deleteFor(kid); // a sequence without one of its documents is never valid again
     const m = redis.multi();
     if (deleteKv) {
       const keys = await redis.lrange(KVKEYS(kid), 0, -1);
@@ -614,6 +687,14 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
         await releasePool();
       })()),
   };
+}
+
+/** Token ids from a vLLM-compatible server's `POST /tokenize`. @throws KdnError 502 when it fails */
+async function tokenizeVia(url: string, body: unknown): Promise<number[]> {
+  const res = await request(`${url.replace(/\/$/, '')}/tokenize`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const j = (await res.body.json()) as { tokens?: number[] };
+  if (res.statusCode !== 200 || !Array.isArray(j.tokens)) throw new KdnError(502, `kdn: tokenize via ${url} failed (HTTP ${res.statusCode})`);
+  return j.tokens;
 }
 
 const round3 = (x: number): number => Math.round(x * 1000) / 1000;

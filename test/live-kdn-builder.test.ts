@@ -13,6 +13,7 @@ import { startEmulator, type EmulatorHandle } from '../live/emulator.js';
 import { startGateway, type GatewayHandle } from '../live/gateway.js';
 import { startKdn, type KdnHandle } from '../live/kdn.js';
 import { BuilderMismatch, KvBuilder } from '../live/kv-builder.js';
+import { sequenceId, sequencePrefixIds } from '../live/kdn-sequences.js';
 import { kvBytesKey, lmcacheChunks, lmcacheConfig, metadataKey, syntheticKvBytes } from '../live/lmcache.js';
 import { encodeSystemPrefix } from '../live/tokenizer.js';
 import { postJson } from './helpers/live.js';
@@ -21,6 +22,8 @@ import { MODEL, testCluster } from './helpers/stack.js';
 import { describeRedis } from './helpers/system.js';
 import { testProfile } from './helpers/live.js';
 
+const DOC2 = `The Danube flows through ten countries before it reaches the Black Sea. ${'Its valley links old trading towns, vineyards, fortresses and busy river ports. '.repeat(22)}`;
+const DOC3 = `The Alps form an arc of mountains across eight countries. ${'Glaciers, high passes, alpine meadows and ski villages shape the landscape there. '.repeat(22)}`;
 const DOC = `The Arjuna Award is presented at a national ceremony that celebrates sporting achievement. ${'Athletes from many regions and disciplines have received it over the decades, and the recognition often opens doors to better training and support. '.repeat(24)}`;
 
 let redis: RedisServerHandle;
@@ -78,6 +81,52 @@ describeRedis('KDN with a builder', () => {
     for (const k of recorded) expect((await db1.getBuffer(kvBytesKey(k)))!.equals((await db0.getBuffer(kvBytesKey(k)))!)).toBe(true);
     // the bytes are the builder's (its emulator's LMCache store), not a KDN synthesis of its own
     expect((await db1.getBuffer(kvBytesKey(recorded[0]!)))!.equals(syntheticKvBytes(recorded[0]!, 256 * 16))).toBe(true);
+  });
+
+  it('several documents: the KDN builds the sequence on first use and the next request hits every leading document', async () => {
+    // a cluster whose KDN holds document sequences: the engine counts on every leading document
+    const rc = testCluster(1, testProfile());
+    rc.spec.kdns[0]!.sequences = true;
+    const gs = await startGateway({ port: 0, backends: backendSpecs([target.url], [`${redis.url}/1`]), kdnUrl: kdn.url, strategy: 'kv-only', cluster: rc, health: { intervalMs: 200 } });
+    closers.unshift(() => gs.close());
+    const kids: string[] = [];
+    for (const d of [DOC2, DOC3]) kids.push((await postJson(`${kdn.url}/knowledge/register_text`, { content: d })).json.kid);
+    const seqIds = await sequencePrefixIds([DOC2.trim(), DOC3.trim()]);
+    const cfg = lmcacheConfig({ model: MODEL });
+    const all = lmcacheChunks(seqIds, cfg);
+    const first = lmcacheChunks(encodeSystemPrefix(DOC2.trim()), cfg).length;
+    expect(all.length).toBeGreaterThan(first + 1); // the sequence reaches well into the second document
+    const r = await postJson(`${gs.url}/v1/chat/completions`, { model: MODEL, messages: [{ role: 'user', content: 'Which rivers and which mountains?' }], knowledge_ids: kids, Injection_type: 'kvcache', max_tokens: 2 });
+    expect(r.status).toBe(200);
+    // every chunk of the two-document head came from the KDN (the first document's own, then the sequence's)
+    expect(r.json.usage.prompt_tokens_details.cached_tokens).toBe(all.length * 256);
+    const db0 = new Redis(`${redis.url}/0`);
+    const db1 = new Redis(`${redis.url}/1`);
+    closers.push(async () => {
+      db0.disconnect();
+      db1.disconnect();
+    });
+    // the sequence's chunks are the builder's own entries (it computed the two documents in order)
+    const sid = sequenceId(kids);
+    const seqKeys = await db0.lrange(`kdn:seqkeys:${sid}`, 0, -1);
+    expect(seqKeys).toEqual(all.slice(first).map((c) => c.keys[0]));
+    for (const k of seqKeys) {
+      const raw = (await db0.getBuffer(kvBytesKey(k)))!;
+      expect((await db0.getBuffer(`kdn:seqkv:${sid}:${kvBytesKey(k)}`))!.equals(raw)).toBe(true);
+      expect((await db1.getBuffer(kvBytesKey(k)))!.equals(raw)).toBe(true);
+    }
+    // without sequences the engine counts on the first document only: so does the injection
+    const plainCluster = testCluster(1, testProfile());
+    const other = await startEmulator({ profile: testProfile(), model: MODEL, modelPath: MODEL, redisUrl: `${redis.url}/6`, bytesPerToken: 16, coldStart: false });
+    const gp = await startGateway({ port: 0, backends: backendSpecs([other.url], [`${redis.url}/6`]), kdnUrl: kdn.url, strategy: 'kv-only', cluster: plainCluster, health: { intervalMs: 200 } });
+    closers.unshift(() => gp.close(), () => other.close());
+    const p = await postJson(`${gp.url}/v1/chat/completions`, { model: MODEL, messages: [{ role: 'user', content: 'Which rivers?' }], knowledge_ids: kids, Injection_type: 'kvcache', max_tokens: 2 });
+    expect(p.json.usage.prompt_tokens_details.cached_tokens).toBe(first * 256);
+    // deleting a document drops every sequence it is part of
+    expect((await postJson(`${kdn.url}/knowledge/pool_status`, {})).json.sequences).toBe(1);
+    await postJson(`${kdn.url}/knowledge/delete`, { knowledge_ids: [kids[1]] });
+    expect((await postJson(`${kdn.url}/knowledge/pool_status`, {})).json.sequences).toBe(0);
+    expect(await db0.exists(`kdn:seqkv:${sid}:${kvBytesKey(seqKeys[0]!)}`)).toBe(0);
   });
 
   it('refuses a builder keyed for another model, naming the field', async () => {

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { startKdn, knowledgeId, normaliseKnowledge, type KdnHandle } from '../live/kdn.js';
+import { sequenceId, sequencePrefixIds } from '../live/kdn-sequences.js';
 import { startEmulator, type EmulatorHandle } from '../live/emulator.js';
 import { lmcacheChunks } from '../live/lmcache.js';
 import { encodeSystemPrefix } from '../live/tokenizer.js';
@@ -162,6 +163,35 @@ describeRedis('inject_ready_kv into an instance LMCache Redis', () => {
     const em = await emulator(other.url);
     const res = await postJson(`${em.url}/v1/completions`, { prompt: `Completion-format knowledge. ${DOC.trim()}\n\nQuestion: why?`, max_tokens: 1 });
     expect(res.json.usage.prompt_tokens_details).toEqual({ cached_tokens: 256 });
+  });
+
+  it('sequence: the first document\'s chunks, then the chained chunks of the exact sequence (synthesised), up to tokens', async () => {
+    const other = await startTestRedis();
+    closers.push(() => other.stop());
+    const A = `Rome was founded on seven hills. ${'Its forum, temples and aqueducts shaped the ancient city and its long history. '.repeat(16)}`;
+    const B = `Lisbon lies on the Tagus estuary. ${'Trams climb its steep streets between tiled houses and old viewpoints above the river. '.repeat(16)}`;
+    const [ka, kb] = [(await postJson(`${kdn.url}/knowledge/register_text`, { content: A })).json.kid, (await postJson(`${kdn.url}/knowledge/register_text`, { content: B })).json.kid];
+    const seq = lmcacheChunks(await sequencePrefixIds([A.trim(), B.trim()]), kdn.lmcache);
+    const firstA = lmcacheChunks(encodeSystemPrefix(A.trim()), kdn.lmcache);
+    expect(seq.slice(0, firstA.length).map((c) => c.hashHex)).toEqual(firstA.map((c) => c.hashHex)); // same head
+    const inject = (body: Record<string, unknown>) => postJson(`${kdn.url}/knowledge/inject_ready_kv`, { redis_port: other.port, ...body });
+    const full = await inject({ knowledge_ids: [ka, kb], sequence: true });
+    expect(full.json).toMatchObject({ ok: true, injected_kids: [ka, kb], tokens_injected: seq.length * 256, sequence_id: sequenceId([ka, kb]) });
+    const r = new Redis(other.url);
+    closers.push(() => r.quit());
+    expect((await r.keys('vllm@*metadata')).sort()).toEqual(seq.map((c) => `${c.keys[0]}metadata`).sort());
+    // held now: the second time builds nothing; tokens caps it (inside the first document: A only)
+    const capped = await inject({ knowledge_ids: [ka, kb], sequence: true, tokens: 300 });
+    expect(capped.json).toMatchObject({ ok: true, injected_kids: [ka], text_only_kids: [kb], tokens_injected: 256, build_ms: 0 });
+    // without `sequence` (CacheRoute's semantics) each kid's own chunks, B's keyed as if it came first
+    const own = await inject({ knowledge_ids: [ka, kb] });
+    expect(own.json.tokens_injected).toBe((firstA.length + lmcacheChunks(encodeSystemPrefix(B.trim()), kdn.lmcache).length) * 256);
+    // an unknown later document: the first document only
+    const unknown = await inject({ knowledge_ids: [ka, 'f'.repeat(64)], sequence: true });
+    expect(unknown.json).toMatchObject({ ok: true, injected_kids: [ka], miss_kids: ['f'.repeat(64)], tokens_injected: firstA.length * 256 });
+    const tooMany = await inject({ knowledge_ids: Array.from({ length: 65 }, () => ka), sequence: true });
+    expect(tooMany.status).toBe(400);
+    expect(tooMany.json.detail).toMatch(/knowledge_ids: a sequence holds at most 64/);
   });
 
   it('an unreachable target gives ok:false and text_only_kids', async () => {

@@ -1,7 +1,9 @@
 /**
  * Gateway stage "KV injection": for a kvcache/hybrid decision the KDN copies the document's KV
  * chunks into the chosen instance's LMCache Redis (`POST /knowledge/inject_ready_kv`; hybrid:
- * only `reusedTokens` tokens), and its ACK (`queue_ms`, `transfer_ms`, `tokens_injected`,
+ * only `reusedTokens` tokens; when the engine counted on more than the first document — a KDN
+ * that holds document sequences, `KdnSpec.sequences` — every leading document in prompt order
+ * with `sequence: true`, live/kdn-sequences.ts), and its ACK (`queue_ms`, `transfer_ms`, `tokens_injected`,
  * `wire_bytes`) becomes the record's link wait / transfer. The KDN or its target Redis failing →
  * the request falls back to text (the prompt already holds the text) and the record says why
  * (`decision.fallback`). Nothing to move when the engine believes the instance holds the prefix.
@@ -52,14 +54,19 @@ export class KvInjector {
     if (!b.spec.lmcacheRedis) return fall('no-lmcache-redis');
     if (!this.kdnUrl) return fall('no-kdn');
     const target = b.spec.lmcacheRedis;
-    const kid = f.req!.knowledge[0]!.kid;
+    const docs = f.req!.knowledge;
+    const kid = docs[0]!.kid;
+    // beyond the first document the engine counted on the KV of the whole leading sequence
+    // (cluster KdnSpec.sequences): ask for it (the KDN's `sequence` extension, built on first use)
+    const sequence = docs.length > 1 && d.reusedTokens > docs[0]!.tokens;
+    const kids = sequence ? docs.map((k) => k.kid) : [kid];
     let ack: { ok?: boolean; queue_ms?: number; transfer_ms?: number; tokens_injected?: number; wire_bytes?: number; detail?: string; injected_kids?: string[] };
     const tStart = this.now();
     try {
       const res = await undiciRequest(`${this.kdnUrl}/knowledge/inject_ready_kv`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ request_id: f.id, model: this.model() ?? undefined, knowledge_ids: [kid], redis_host: target.host, redis_port: target.port, redis_db: target.db, redis_password: target.password, tokens: d.reusedTokens }),
+        body: JSON.stringify({ request_id: f.id, model: this.model() ?? undefined, knowledge_ids: kids, ...(sequence ? { sequence: true } : {}), redis_host: target.host, redis_port: target.port, redis_db: target.db, redis_password: target.password, tokens: d.reusedTokens }),
         signal: f.attemptSignal(),
         headersTimeout: 120_000,
         bodyTimeout: 120_000,
