@@ -12,7 +12,8 @@
  * SIGINT/SIGTERM (the gateway then fails in-flight requests, and flushes every record and
  * summary.json before exiting).
  */
-import type { Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
+import { parseRoles } from '../engine/pd.js';
 import { backendSpecs, type KvEventSource } from './backends.js';
 import { choiceArg, intArg, keyValueArg, numberArg, outDirArg, outFileArg, seedArg } from '../bin/options.js';
 import { checkStrategyParams } from '../engine/strategies/index.js';
@@ -61,6 +62,7 @@ interface GatewayFlags {
   strategy: string;
   strategyParams?: string;
   cluster?: string;
+  roles?: string;
   profile?: string;
   out?: string;
   timeScale: number;
@@ -98,6 +100,7 @@ function registerGateway(program: Command): void {
     .option('--strategy-params <json>', 'strategy parameters as a JSON object')
     .option('--cluster <file>', "the engine's cluster file (YAML/JSON); its instance count must equal the backends'")
     .option('--profile <name>', 'instance profile when no cluster file is given')
+    .option('--roles <PxDy>', 'P/D roles of the backends in order, e.g. 1P1D (prefill instances first; overrides the cluster file\'s): the gateway then drives disaggregated serving with kv_transfer_params as vLLM\'s proxy does', rolesArg)
     .option('--host <addr>', 'listen address', '127.0.0.1')
     .option('--port <n>', 'listen port (0 = any)', intArg('--port', { min: 0, max: 65535 }), 7001)
     .option('--out <dir>', 'write records.jsonl / summary.json / config.json here (a directory with records is refused unless --append)', outDirArg('--out'))
@@ -139,6 +142,7 @@ function registerGateway(program: Command): void {
         strategy: f.strategy,
         strategyParams,
         cluster: f.cluster,
+        roles: f.roles,
         profile: f.profile,
         out: f.out,
         timeScale: f.timeScale,
@@ -306,4 +310,14 @@ function registerDemo(program: Command): void {
       // everything started was stopped; do not wait for stray timers of closed servers
       process.exit(0);
     });
+}
+
+/** `--roles 1P1D`: checked with engine/pd.ts `parseRoles`, kept as the string. */
+function rolesArg(v: string): string {
+  try {
+    parseRoles(v, '--roles');
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+  return v;
 }

@@ -33,6 +33,7 @@ import { createStrategy } from '../engine/strategies/index.js';
 import { MetricsScraper } from './metrics-scraper.js';
 import type { ClusterSpec, TraceRequest } from '../engine/types.js';
 import { readClusterFile, resolveCluster, type ResolvedCluster } from '../sim/cluster.js';
+import { hasRoles, PD_DEFAULTS } from '../engine/pd.js';
 import { DEFAULT_PROFILE } from '../sim/profiles.js';
 import { Backend, BlockHashMap, HealthMonitor, KvEventSubscriber, loadKvEventModules, type BackendOptions, type BackendSpec, type HealthOptions, type KvEventSource } from './backends.js';
 import { acceptAnyJson, ApiError, badRequest, openAiClientErrorHandler } from './openai.js';
@@ -73,6 +74,13 @@ export interface GatewayOptions {
   cluster?: ResolvedCluster | string;
   /** instance profile when no cluster is given (default rtx5090x8-llama3-70b). */
   profile?: string;
+  /**
+   * P/D roles of the instances in backend order, e.g. `1P1D` (engine/pd.ts `parseRoles`; overrides
+   * a cluster file's). With roles the engine may disaggregate a request: prefill on a `prefill`
+   * instance, decode on a `decode` one, driven as vLLM's disaggregated-serving proxy does
+   * (gateway/pipeline.ts); the hand-off is modelled after the prefill, first token from D.
+   */
+  roles?: string;
   /** model ms per wall ms (match the emulators' --time-scale); default 1. */
   timeScale?: number;
   /** run directory for records.jsonl / summary.json / config.json; none when absent. */
@@ -167,19 +175,34 @@ export interface GatewayHandle {
 }
 
 /** Resolves the engine's cluster: given, from a file, or `profile` × backends with KDN defaults. */
-export function gatewayCluster(opts: Pick<GatewayOptions, 'cluster' | 'profile' | 'backends'>): ResolvedCluster {
+export function gatewayCluster(opts: Pick<GatewayOptions, 'cluster' | 'profile' | 'backends' | 'roles'>): ResolvedCluster {
   let rc: ResolvedCluster;
-  if (opts.cluster && typeof opts.cluster === 'object') rc = opts.cluster;
-  else {
+  if (opts.cluster && typeof opts.cluster === 'object') {
+    if (opts.roles !== undefined) throw new Error('roles: give them in the resolved cluster, not beside it');
+    rc = opts.cluster;
+  } else {
     const file = typeof opts.cluster === 'string' ? readClusterFile(opts.cluster) : null;
-    rc = resolveCluster(file, { profile: opts.profile, instances: file?.instances === undefined ? opts.backends.length : undefined }, DEFAULT_PROFILE);
+    rc = resolveCluster(file, { profile: opts.profile, instances: file?.instances === undefined && opts.roles === undefined ? opts.backends.length : undefined, roles: opts.roles }, DEFAULT_PROFILE);
   }
   if (rc.spec.instances.length !== opts.backends.length) {
     throw new Error(`cluster: ${rc.spec.instances.length} instances but ${opts.backends.length} backends (--backends): they must match one to one`);
   }
   const ov = rc.spec.instances.find((s) => s.overlap);
   if (ov) throw new Error(`cluster: instance ${ov.id}: capabilities.overlap: no serving engine (vLLM + LMCache, kvlab's emulator) computes the head of a prompt while loading the KV of its tail; overlap is a simulator capability`);
-  return rc;
+  return { ...rc, spec: livePd(rc.spec) };
+}
+
+/**
+ * The P/D hand-off as the gateway drives it: after the prefill (not layer-wise), the client's
+ * first token from D (vLLM's disaggregated-serving proxy discards P's one token), so the engine
+ * predicts what the gateway observes. `pd.firstToken` is therefore always `decode` live.
+ * @throws Error for `pd.layerwise: true`, which the gateway cannot drive
+ */
+export function livePd(spec: ClusterSpec): ClusterSpec {
+  if (!hasRoles(spec.instances)) return spec;
+  const pd = spec.pd ?? PD_DEFAULTS;
+  if (pd.layerwise) throw new Error("cluster: pd.layerwise: the live gateway hands the KV off after the prefill (vLLM's disaggregated serving); set pd.layerwise: false");
+  return { ...spec, pd: { ...pd, layerwise: false, firstToken: 'decode' } };
 }
 
 /** Starts the gateway; resolves once it listens. @throws Error for bad options (named). */
@@ -223,7 +246,8 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
         limits,
         backends: backends.map((b) => ({ id: b.spec.id, url: b.url, lmcache_redis: b.spec.lmcacheRedis ? { ...b.spec.lmcacheRedis, password: undefined } : null })),
         cluster: {
-          instances: cluster.instances.map((s) => ({ id: s.id, profile: s.profile.name, engine: { ...s.engine, kvCapacityTokens: Number.isFinite(s.engine.kvCapacityTokens) ? s.engine.kvCapacityTokens : 'inf' } })),
+          instances: cluster.instances.map((s) => ({ id: s.id, profile: s.profile.name, ...(s.role ? { role: s.role } : {}), engine: { ...s.engine, kvCapacityTokens: Number.isFinite(s.engine.kvCapacityTokens) ? s.engine.kvCapacityTokens : 'inf' } })),
+          ...(cluster.pd ? { pd: cluster.pd } : {}),
           kdns: cluster.kdns.map((k) => ({ id: k.id, compression: k.compression, text_fetch_ms: k.textFetchMs })),
           links: cluster.links,
           chunk_tokens: cluster.chunkTokens,
@@ -274,7 +298,8 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     backends,
     (b, reason) => {
       for (const c of inflight.values()) {
-        if (c.booked && c.d && c.d.instance === b.index) {
+        // the instance the attempt is talking to (P during a prefill, D while D streams), else its prefill instance
+        if (c.booked && c.d && (c.upstreamAt >= 0 ? c.upstreamAt : c.d.instance) === b.index) {
           c.instanceLost = reason;
           c.attempt?.abort(new Error(`instance down: ${reason}`));
         }

@@ -64,6 +64,34 @@ export interface RecordObserved {
   kdn_ack_ms?: number | null;
   /** live extras: attempts on other instances after a failure before the first byte. */
   retries?: number;
+  /** P/D hand-off of a disaggregated request (docs/FORMATS.md). */
+  pd?: RecordPdObserved;
+}
+
+/**
+ * Observed P/D hand-off (docs/FORMATS.md; absolute times are model ms of the run's clock). Sim
+ * records fill the transfer window from the link model; live records from the gateway's view
+ * (P's answer, D's send) and D's `x-kvlab-kv-transfer` report (null fields when D sent none).
+ */
+export interface RecordPdObserved {
+  /** D, null when the request fell back to colocated execution on P. */
+  decode_instance: string | null;
+  transfer_bytes: number | null;
+  prefill_done_ms: number | null;
+  link_wait_ms: number | null;
+  transfer_start_ms: number | null;
+  transfer_end_ms: number | null;
+  transfer_ms: number | null;
+  /** live: prefill request sent to P, decode request sent to D (null: never sent). */
+  prefill_sent_ms?: number;
+  decode_sent_ms?: number | null;
+  /** live: P answered with kv_transfer_params (false: D computed the prompt). */
+  kv_transfer_params?: boolean;
+  /** live: prompt tokens D received from P, and why some were recomputed (null: none was). */
+  transfer_tokens?: number | null;
+  miss?: string | null;
+  /** live: why the request ran colocated on P instead (dead D), null otherwise. */
+  fallback?: string | null;
 }
 
 /** Scored options, columnar (docs/FORMATS.md); `ttft_ms` / `reused_tokens` only when computed. */
@@ -95,6 +123,8 @@ export interface RecordDecision {
   planned_intent?: Intent;
   /** live: why execution differed from the decision (e.g. "kdn-unreachable"). */
   fallback?: string | null;
+  /** P/D: the decode instance the engine chose (the prefill instance is the record's `instance`). */
+  decode?: string;
 }
 
 /** One timing record (docs/FORMATS.md records.jsonl). */
@@ -110,10 +140,12 @@ export interface TimingRecord {
   output_tokens: number;
   knowledge_tokens: number;
   instance: string | null;
+  /** P/D: the instance that decoded (the prefill instance is `instance`); absent when colocated. */
+  decode_instance?: string;
   kdn: string | null;
   intent: Intent;
   decision: RecordDecision | null;
-  predicted: RecordPredicted | null;
+  predicted: (RecordPredicted & { pd?: { link_wait_ms: number; transfer_ms: number; tbt_ms: number } }) | null;
   observed: RecordObserved | null;
   source: 'sim' | 'live';
 }

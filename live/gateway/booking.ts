@@ -4,6 +4,11 @@
  * `onKvTransferDone`, `onFirstToken`, and exactly one `onComplete` / `onAbort` per booking,
  * whatever happens (completion, backend failure, retry, client disconnect, instance down,
  * shutdown). A retry unbooks the failed attempt before booking the next one.
+ *
+ * P/D (the decision names a decode instance D != P): the engine books the prefill on P and the
+ * decode on D; P's answer releases the prefill (`onFirstToken`, as the simulator does at P's
+ * first token), D's first token ends the hand-off (`onPdTransferDone`), and a dead D moves the
+ * decode booking to P (`colocate`) before the request runs there.
  */
 import { resolveOption, type Engine } from '../../engine/engine.js';
 import type { Decision, Intent, TraceRequest } from '../../engine/types.js';
@@ -84,7 +89,30 @@ export class EngineBooking {
     ctx.d = d;
     ctx.planned = null;
     ctx.fallback = null;
+    ctx.engineFirst = false;
+    ctx.pdDecode = d.decode !== undefined && d.decode >= 0 && d.decode !== d.instance ? d.decode : -1;
+    ctx.pd = null;
     return d;
+  }
+
+  /** P answered the prefill of disaggregated `ctx`: its prefill load is released (the engine's first-token hook). */
+  prefillDone(ctx: RequestContext): void {
+    if (!ctx.booked || ctx.engineFirst) return;
+    ctx.engineFirst = true;
+    this.engine.onFirstToken(ctx.id, this.now());
+    this.peers?.firstToken(ctx.id);
+  }
+
+  /**
+   * Disaggregated `ctx` falls back to colocated execution on its prefill instance (its decode
+   * instance failed before the first byte): the decode booking moves to P, `reason` goes to the
+   * record (`observed.pd.fallback`).
+   */
+  colocate(ctx: RequestContext, reason: string): void {
+    if (ctx.pdDecode < 0) return;
+    if (ctx.booked) this.engine.colocate(ctx.id, this.now());
+    ctx.pdDecode = -1;
+    if (ctx.pd) ctx.pd.fallback = reason;
   }
 
   /** The KDN's ACK arrived (or the injection was abandoned): the link reservation is corrected. */
@@ -98,7 +126,9 @@ export class EngineBooking {
   firstToken(ctx: RequestContext): boolean {
     if (ctx.tFirst >= 0) return false;
     ctx.tFirst = this.now();
-    if (ctx.booked) {
+    if (ctx.booked && ctx.pdDecode >= 0) this.engine.onPdTransferDone(ctx.id, ctx.tFirst); // D's first token: the hand-off is over
+    if (ctx.booked && !ctx.engineFirst) {
+      ctx.engineFirst = true;
       this.engine.onFirstToken(ctx.id, ctx.tFirst);
       this.peers?.firstToken(ctx.id);
     }

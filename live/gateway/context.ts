@@ -65,6 +65,17 @@ export class RequestContext {
   readonly legs: RequestContext[] = [];
   /** aborts only the current attempt (its instance went down); a retry gets a new one. */
   attempt: AbortController | null = null;
+  /**
+   * P/D: the decode instance D of the current attempt when the engine disaggregated it (the
+   * prefill runs on `d.instance`), -1 when colocated (or after the dead-D fallback).
+   */
+  pdDecode = -1;
+  /** P/D hand-off as the gateway saw it (model ms); null when the attempt was colocated. */
+  pd: PdObserved | null = null;
+  /** the engine's first-token hook ran (P's prefill ended before the client's first token). */
+  engineFirst = false;
+  /** the backend the current upstream call talks to (P, then D), -1 between calls. */
+  upstreamAt = -1;
 
   constructor(
     readonly id: string,
@@ -105,6 +116,23 @@ export class RequestContext {
   checkAborted(): void {
     if (this.abort.signal.aborted) throw new RequestAborted(this.killed ?? (this.clientGone ? 'client disconnected' : 'aborted'));
   }
+}
+
+/** The hand-off of a disaggregated request as the gateway saw it (model ms since gateway start). */
+export interface PdObserved {
+  /** the decode instance the engine chose (kept after a fallback). */
+  decode: number;
+  /** prefill request sent to P, and P's answer received (the prefill is done). */
+  prefillSentMs: number;
+  prefillDoneMs: number;
+  /** decode request sent to D (-1: never sent). */
+  decodeSentMs: number;
+  /** P answered with kv_transfer_params (false: D computed the prompt itself, as vLLM's proxy then does). */
+  params: boolean;
+  /** D's `x-kvlab-kv-transfer` report (emulator), null when D sent none. */
+  transfer: { tokens: number; bytes: number; link_wait_ms: number; transfer_ms: number; start_after_ms: number; miss: string | null } | null;
+  /** why the request fell back to colocated execution on P (dead D), null otherwise. */
+  fallback: string | null;
 }
 
 /** The request was aborted (client disconnected or timed out, gateway closing). */

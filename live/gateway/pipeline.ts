@@ -12,7 +12,11 @@
  *  5. per prompt (a prompt list is split into one engine request per prompt, ids `<id>-<i>`, as
  *     vLLM does): decision + booking (gateway/booking.ts), KV injection (gateway/kv-inject.ts),
  *     the backend call with one retry elsewhere on a failure before the first byte
- *     (gateway/upstream.ts);
+ *     (gateway/upstream.ts); a disaggregated decision (engine `decode` D != P) runs as vLLM's
+ *     disaggregated-serving proxy runs it: the prefill on P (`kv_transfer_params`
+ *     do_remote_decode, max_tokens 1), then the request on D with P's returned parameters, D's
+ *     tokens relayed; a D that fails before its first byte (connection refused, HTTP 5xx) falls
+ *     back to colocated execution on P (the reason in the record's `observed.pd.fallback`);
  *  6. relay to the client (stream, assembled, or direct), then exactly one record per engine
  *     request (gateway/records.ts), which also releases the booking.
  * Anything thrown ends in the app's error handler, which answers in OpenAI's error shape and
@@ -189,6 +193,7 @@ export function registerPipeline(app: FastifyInstance, deps: PipelineDeps): void
         // a strategy with a proxy cap (CacheRoute's READY_CONCURRENCY) may hold it here
         await deps.booking.forwardSlot(leg);
         leg.checkAborted();
+        if (leg.pdDecode >= 0) return await disaggregated(leg, upstreamStream);
         return await deps.upstream.send(leg, leg.built!, upstreamStream);
       } catch (e) {
         if (!(e instanceof RetryableError)) throw e;
@@ -200,6 +205,32 @@ export function registerPipeline(app: FastifyInstance, deps: PipelineDeps): void
         records.retries.inc();
         exclude = i;
       }
+    }
+  };
+
+  /**
+   * A disaggregated leg: prefill on P, then the request with P's `kv_transfer_params` on D. A
+   * failure of P throws (the caller's retry); a failure of D before its first byte colocates the
+   * request on P (booking moved first, then D taken out when it was unreachable) and sends it
+   * there, where the prompt's KV is in P's prefix cache now.
+   */
+  const disaggregated = async (leg: RequestContext, upstreamStream: boolean): Promise<Dispatcher.ResponseData> => {
+    records.pdRequests.inc();
+    const params = await deps.upstream.prefill(leg, leg.built!);
+    deps.booking.prefillDone(leg);
+    leg.checkAborted();
+    const D = leg.pdDecode;
+    leg.pd!.decodeSentMs = deps.now();
+    try {
+      return await deps.upstream.send(leg, leg.built!, upstreamStream, { to: D, ...(params ? { kvTransferParams: params } : {}) });
+    } catch (e) {
+      if (!(e instanceof RetryableError)) throw e;
+      leg.checkAborted();
+      const b = deps.backends[D]!;
+      deps.booking.colocate(leg, `decode instance ${b.spec.id} failed before the first byte: ${e.message}`);
+      records.pdFallbacks.inc();
+      if (e.connect) deps.health.markDown(b, e.message);
+      return await deps.upstream.send(leg, leg.built!, upstreamStream);
     }
   };
 

@@ -12,7 +12,7 @@ import client from 'prom-client';
 import type { Engine } from '../../engine/engine.js';
 import type { Intent } from '../../engine/types.js';
 import type { KvEventSubscriber } from '../backends.js';
-import { columnarAlternatives, Recorder, type RecordObserved, type TimingRecord } from '../recorder.js';
+import { columnarAlternatives, Recorder, type RecordObserved, type RecordPdObserved, type TimingRecord } from '../recorder.js';
 import type { EngineBooking } from './booking.js';
 import type { FinalStatus, RequestContext } from './context.js';
 
@@ -22,6 +22,8 @@ export interface DecisionHeader {
   arrival_ms: number;
   strategy: string;
   instance: string;
+  /** P/D: the decode instance the engine chose (`instance` prefills). */
+  decode?: string;
   kdn: string | null;
   intent: Intent;
   planned_intent?: Intent;
@@ -52,6 +54,9 @@ export class GatewayRecords {
   readonly linkWait: client.Counter<'kdn' | 'instance'>;
   /** HTTP-level errors answered before any route (431 headers too large, 408, malformed HTTP). */
   readonly clientErrors: client.Counter<'status'>;
+  /** disaggregated requests (prefill on P, decode on D) and dead-D fallbacks to colocated on P. */
+  readonly pdRequests: client.Counter;
+  readonly pdFallbacks: client.Counter;
 
   constructor(
     /** the run directory's recorder (null without `--out`). */
@@ -72,6 +77,8 @@ export class GatewayRecords {
     this.rejections = new client.Counter({ name: 'kvlab_gateway_rejections_total', help: 'Requests refused, by reason (limit name, http status of a backend rejection, ...).', labelNames: ['reason'], registers });
     this.linkBusy = new client.Counter({ name: 'kvlab_gateway_kdn_link_busy_seconds_total', help: 'KDN link busy time reported by KDN ACKs (transfer_ms), model seconds.', labelNames: ['kdn', 'instance'], registers });
     this.linkWait = new client.Counter({ name: 'kvlab_gateway_kdn_link_wait_seconds_total', help: 'KDN link queueing reported by KDN ACKs (queue_ms), model seconds.', labelNames: ['kdn', 'instance'], registers });
+    this.pdRequests = new client.Counter({ name: 'kvlab_gateway_pd_prefills_total', help: 'Disaggregated requests whose prefill went to a prefill instance (kv_transfer_params do_remote_decode).', registers });
+    this.pdFallbacks = new client.Counter({ name: 'kvlab_gateway_pd_fallbacks_total', help: 'Disaggregated requests that fell back to colocated execution on the prefill instance (the decode instance failed before its first byte).', registers });
     this.clientErrors = new client.Counter({ name: 'kvlab_gateway_http_client_errors_total', help: 'HTTP-level client errors answered before routing (431 headers too large, 408 timeout, 400 malformed HTTP), by status.', labelNames: ['status'], registers });
   }
 
@@ -193,6 +200,7 @@ export class GatewayRecords {
         kdn_ack_ms: f.ackMs >= 0 ? f.ackMs : null,
         retries: f.retries,
       };
+      if (f.pd) observed.pd = this.pdObserved(f);
     }
     const req = f.req;
     return {
@@ -205,6 +213,7 @@ export class GatewayRecords {
       output_tokens: status === 'ok' ? (f.usage?.completion_tokens ?? f.completionTokens) : (req?.outputTokens ?? 0),
       knowledge_tokens: req?.knowledgeTokens ?? 0,
       instance: d ? ids[d.instance]! : null,
+      ...(d && f.pdDecode >= 0 ? { decode_instance: ids[f.pdDecode]! } : {}),
       kdn: d && d.kdn >= 0 ? this.kdnIds[d.kdn]! : null,
       intent: d ? d.intent : req && req.knowledgeTokens > 0 ? 'text' : 'none',
       decision: d
@@ -215,13 +224,45 @@ export class GatewayRecords {
             cached_tokens: d.cachedTokens,
             alternatives: columnarAlternatives(d.alternatives, ids),
             ...(f.planned ? { planned_intent: f.planned, fallback: f.fallback } : {}),
+            ...(d.decode !== undefined && d.decode >= 0 && d.decode !== d.instance ? { decode: ids[d.decode]! } : {}),
           }
         : null,
       predicted: d
-        ? { prepare_ms: d.predicted.prepareMs, link_wait_ms: d.predicted.linkWaitMs, transfer_ms: d.predicted.transferMs, kv_load_ms: d.predicted.kvLoadMs, queue_ms: d.predicted.queueMs, prefill_ms: d.predicted.prefillMs, ttft_ms: d.predicted.ttftMs }
+        ? {
+            prepare_ms: d.predicted.prepareMs,
+            link_wait_ms: d.predicted.linkWaitMs,
+            transfer_ms: d.predicted.transferMs,
+            kv_load_ms: d.predicted.kvLoadMs,
+            queue_ms: d.predicted.queueMs,
+            prefill_ms: d.predicted.prefillMs,
+            ttft_ms: d.predicted.ttftMs,
+            ...(d.pdPredicted ? { pd: { link_wait_ms: d.pdPredicted.linkWaitMs, transfer_ms: d.pdPredicted.transferMs, tbt_ms: d.pdPredicted.tbtMs } } : {}),
+          }
         : null,
       observed,
       source: 'live',
+    };
+  }
+
+  /** `observed.pd` of a disaggregated request (docs/FORMATS.md): the gateway's times plus D's report. */
+  private pdObserved(f: RequestContext): RecordPdObserved {
+    const p = f.pd!;
+    const t = p.transfer;
+    const start = t && p.decodeSentMs >= 0 ? p.decodeSentMs + t.start_after_ms : null;
+    return {
+      decode_instance: f.pdDecode >= 0 ? this.ids[f.pdDecode]! : null,
+      transfer_bytes: t ? t.bytes : null,
+      prefill_done_ms: p.prefillDoneMs >= 0 ? p.prefillDoneMs : null,
+      link_wait_ms: t ? t.link_wait_ms : null,
+      transfer_start_ms: start,
+      transfer_end_ms: start !== null ? start + t!.transfer_ms : null,
+      transfer_ms: t ? t.transfer_ms : null,
+      prefill_sent_ms: p.prefillSentMs,
+      decode_sent_ms: p.decodeSentMs >= 0 ? p.decodeSentMs : null,
+      kv_transfer_params: p.params,
+      transfer_tokens: t ? t.tokens : null,
+      miss: t ? t.miss : null,
+      fallback: p.fallback,
     };
   }
 
@@ -233,6 +274,7 @@ export class GatewayRecords {
       arrival_ms: r3(f.tArr),
       strategy: d.strategy,
       instance: this.ids[d.instance]!,
+      ...(f.pdDecode >= 0 ? { decode: this.ids[f.pdDecode]! } : {}),
       kdn: d.kdn >= 0 ? this.kdnIds[d.kdn]! : null,
       intent: d.intent,
       ...(f.planned ? { planned_intent: f.planned, fallback: f.fallback } : {}),

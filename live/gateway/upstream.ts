@@ -10,12 +10,22 @@
  *   down) is a {@link RetryableError}; after the first byte a stream ends with an in-band error
  *   event (`data: {"error": …}` then `[DONE]`), a non-streaming client gets a 502.
  * - `Backend.inflight` is held from send to the end of the body, released exactly once.
+ * - P/D ({@link Upstream.prefill}): the prefill request goes to P as vLLM's disaggregated-serving
+ *   proxy sends it (vllm-project/vllm@030ea52e tests/v1/kv_connector/nixl_integration/
+ *   toy_proxy_server.py: `kv_transfer_params` {do_remote_decode: true, do_remote_prefill: false,
+ *   remote_*: null}, `stream: false`, `max_tokens` (and `max_completion_tokens`) 1, no
+ *   `stream_options` / `min_tokens` / `min_completion_tokens`), then the client's request goes to D
+ *   with P's returned `kv_transfer_params` ({@link Upstream.send} `to`, `kvTransferParams`) and
+ *   D's tokens are relayed as any backend's.
  */
 import type { FastifyReply } from 'fastify';
 import type { Dispatcher } from 'undici';
 import { classifyChunk, isConnectError, SseSplitter, type Backend, type HealthMonitor, type StreamUsage } from '../backends.js';
 import { ApiError } from '../openai.js';
 import { RetryableError, type RequestContext } from './context.js';
+
+/** The `kv_transfer_params` of a prefill request (vLLM's proxy sends exactly these). */
+export const PREFILL_KV_TRANSFER_PARAMS = Object.freeze({ do_remote_decode: true, do_remote_prefill: false, remote_engine_id: null, remote_block_ids: null, remote_host: null, remote_port: null });
 import type { BuiltPrompt } from './prompt.js';
 import type { GatewayRecords } from './records.js';
 
@@ -53,18 +63,21 @@ export class Upstream {
   }
 
   /**
-   * Sends `built` to `f`'s decided backend. Resolves with the upstream response at its first
-   * byte (the caller consumes the body), holding a backend slot until {@link release}.
+   * Sends `built` to `f`'s decided backend (or to instance `to`: a disaggregated request's D,
+   * with P's `kvTransferParams`). Resolves with the upstream response at its first byte (the
+   * caller consumes the body), holding a backend slot until {@link release}.
    * @throws RetryableError for a failure before the first byte; RequestAborted when aborted.
    */
-  async send(f: RequestContext, built: BuiltPrompt, upstreamStream: boolean): Promise<Dispatcher.ResponseData> {
-    const b = this.backends[f.d!.instance]!;
+  async send(f: RequestContext, built: BuiltPrompt, upstreamStream: boolean, opts: { to?: number; kvTransferParams?: Record<string, unknown> } = {}): Promise<Dispatcher.ResponseData> {
+    const b = this.backends[opts.to ?? f.d!.instance]!;
     const body = { ...built.body, stream: upstreamStream };
     if (upstreamStream) (body as Record<string, unknown>).stream_options = { ...((built.body.stream_options as object | undefined) ?? {}), include_usage: true };
     else delete (body as Record<string, unknown>).stream_options;
+    if (opts.kvTransferParams) (body as Record<string, unknown>).kv_transfer_params = opts.kvTransferParams;
     f.tSend = this.now();
     b.inflight++;
     f.backendHeld = b.index;
+    f.upstreamAt = b.index;
     f.instanceLost = null;
     try {
       const res = await b.post(built.kind === 'chat' ? '/v1/chat/completions' : '/v1/completions', JSON.stringify(body), { 'x-request-id': f.id }, f.attemptSignal());
@@ -72,12 +85,16 @@ export class Upstream {
         const text = await res.body.text().catch(() => '');
         b.failures++;
         this.release(f);
+        f.upstreamAt = -1;
         throw new RetryableError(`instance ${b.spec.id} answered HTTP ${res.statusCode}: ${text.slice(0, 200)}`, false);
       }
+      const kt = res.headers['x-kvlab-kv-transfer'];
+      if (f.pd && opts.kvTransferParams && typeof kt === 'string') f.pd.transfer = parseTransferHeader(kt);
       return res;
     } catch (e) {
       if (e instanceof RetryableError) throw e;
       this.release(f);
+      f.upstreamAt = -1;
       f.checkAborted();
       if (f.instanceLost) throw new RetryableError(`instance ${b.spec.id} went down before the first byte: ${f.instanceLost}`, false);
       b.failures++;
@@ -86,14 +103,74 @@ export class Upstream {
     }
   }
 
+  /**
+   * The prefill of disaggregated `f` on its prefill instance P (module doc): a non-streamed
+   * request of one token with `kv_transfer_params` asking for a remote decode. Resolves with P's
+   * returned `kv_transfer_params` (null when it sent none: D then computes the prompt, as vLLM's
+   * proxy does). Holds a backend slot on P for the call. Records the times in `f.pd`.
+   * @throws RetryableError for a failure of P (connection, HTTP 5xx, broken answer);
+   *   ApiError with P's status for a 4xx (the request itself is refused); RequestAborted
+   */
+  async prefill(f: RequestContext, built: BuiltPrompt): Promise<Record<string, unknown> | null> {
+    const b = this.backends[f.d!.instance]!;
+    const body: Record<string, unknown> = { ...built.body, kv_transfer_params: { ...PREFILL_KV_TRANSFER_PARAMS }, stream: false, max_tokens: 1 };
+    if ('max_completion_tokens' in body) body.max_completion_tokens = 1;
+    delete body.stream_options;
+    delete body.min_tokens;
+    delete body.min_completion_tokens;
+    f.pd = { decode: f.pdDecode, prefillSentMs: this.now(), prefillDoneMs: -1, decodeSentMs: -1, params: false, transfer: null, fallback: null };
+    b.inflight++;
+    f.backendHeld = b.index;
+    f.upstreamAt = b.index;
+    f.instanceLost = null;
+    let status = 0;
+    let text = '';
+    try {
+      const res = await b.post(built.kind === 'chat' ? '/v1/chat/completions' : '/v1/completions', JSON.stringify(body), { 'x-request-id': f.id }, f.attemptSignal());
+      status = res.statusCode;
+      text = await res.body.text();
+    } catch (e) {
+      this.release(f);
+      f.upstreamAt = -1;
+      f.checkAborted();
+      if (f.instanceLost) throw new RetryableError(`prefill instance ${b.spec.id} went down during the prefill: ${f.instanceLost}`, false);
+      b.failures++;
+      throw new RetryableError(`prefill instance ${b.spec.id} (${b.url}) failed: ${(e as Error).message}`, isConnectError(e));
+    }
+    this.release(f);
+    f.upstreamAt = -1;
+    if (status >= 500) {
+      b.failures++;
+      throw new RetryableError(`prefill instance ${b.spec.id} answered HTTP ${status}: ${text.slice(0, 200)}`, false);
+    }
+    let j: { kv_transfer_params?: unknown; error?: { message?: string; type?: string; param?: string | null } } = {};
+    try {
+      j = JSON.parse(text) as typeof j;
+    } catch {
+      if (status === 200) throw new RetryableError(`prefill instance ${b.spec.id} answered a body that is not JSON: ${text.slice(0, 200)}`, false);
+    }
+    if (status !== 200) throw new ApiError(status, `prefill instance ${b.spec.id}: ${j.error?.message ?? text.slice(0, 200)}`, j.error?.type ?? 'BadRequestError', j.error?.param ?? null);
+    f.pd.prefillDoneMs = this.now();
+    const k = j.kv_transfer_params;
+    const params = k !== null && typeof k === 'object' && !Array.isArray(k) && Object.keys(k).length > 0 ? (k as Record<string, unknown>) : null;
+    f.pd.params = params !== null;
+    return params;
+  }
+
   /** Why the body read of `f` broke: client gone, gateway closing, instance lost, or the backend. */
   private brokenWhy(f: RequestContext, e: unknown, what: string): UpstreamResult {
+    const at = f.upstreamAt >= 0 ? f.upstreamAt : f.d!.instance;
     if (f.killed) return { status: 'failed', error: f.killed };
     if (f.clientGone) return { status: 'aborted', error: 'client disconnected' };
-    if (f.instanceLost) return { status: 'failed', error: `instance ${this.ids[f.d!.instance]} went down: ${f.instanceLost}` };
+    if (f.instanceLost) return { status: 'failed', error: `instance ${this.ids[at]} went down: ${f.instanceLost}` };
     const msg = (e as Error).message;
-    if (isConnectError(e) || /closed|terminated|socket/i.test(msg)) this.health.markDown(this.backends[f.d!.instance]!, msg);
-    return { status: 'failed', error: `instance ${this.ids[f.d!.instance]} failed mid-${what}: ${msg}` };
+    if (isConnectError(e) || /closed|terminated|socket/i.test(msg)) this.health.markDown(this.backends[at]!, msg);
+    return { status: 'failed', error: `instance ${this.ids[at]} failed mid-${what}: ${msg}` };
+  }
+
+  /** The instance `f`'s answer streams from (D of a disaggregated request, else its instance). */
+  private servingId(f: RequestContext): string {
+    return this.ids[f.upstreamAt >= 0 ? f.upstreamAt : f.d!.instance]!;
   }
 
   /** Streams upstream SSE to the client event by event (usage chunk dropped unless asked). */
@@ -138,7 +215,7 @@ export class Upstream {
     } finally {
       this.release(f);
     }
-    if (!sawDone && !result) result = { status: 'failed', error: `instance ${this.ids[f.d!.instance]} closed the stream without [DONE]` };
+    if (!sawDone && !result) result = { status: 'failed', error: `instance ${this.servingId(f)} closed the stream without [DONE]` };
     if (result) {
       if (!out.destroyed && !out.writableEnded) {
         out.write(`data: ${JSON.stringify(new ApiError(502, result.error!, 'BadGatewayError').body())}\n\n`);
@@ -193,7 +270,7 @@ export class Upstream {
     } finally {
       this.release(f);
     }
-    if (!sawDone && !result) result = { status: 'failed', error: `instance ${this.ids[f.d!.instance]} closed the stream without [DONE]` };
+    if (!sawDone && !result) result = { status: 'failed', error: `instance ${this.servingId(f)} closed the stream without [DONE]` };
     f.tDone = this.now();
     return { ...(result ?? { status: 'ok', error: null }), choices, meta };
   }
@@ -251,7 +328,7 @@ export class Upstream {
         } finally {
           this.release(f);
         }
-        if (!sawDone && !result) result = { status: 'failed', error: `instance ${this.ids[f.d!.instance]} closed the stream without [DONE]` };
+        if (!sawDone && !result) result = { status: 'failed', error: `instance ${this.servingId(f)} closed the stream without [DONE]` };
         if (result) write(`data: ${JSON.stringify(new ApiError(502, result.error!, 'BadGatewayError').body())}\n\n`);
         f.tDone = this.now();
         return result ?? { status: 'ok', error: null };
@@ -281,6 +358,18 @@ export class Upstream {
     }
     f.tDone = this.now();
     return { status: 'ok', error: null, text };
+  }
+}
+
+/** Parses a decode instance's `x-kvlab-kv-transfer` header (live/emulator.ts); null when malformed. */
+export function parseTransferHeader(h: string): NonNullable<RequestContext['pd']>['transfer'] {
+  try {
+    const j = JSON.parse(h) as Record<string, unknown>;
+    const num = (k: string): number => (typeof j[k] === 'number' && Number.isFinite(j[k]) ? (j[k] as number) : NaN);
+    const t = { tokens: num('tokens'), bytes: num('bytes'), link_wait_ms: num('link_wait_ms'), transfer_ms: num('transfer_ms'), start_after_ms: num('start_after_ms'), miss: typeof j.miss === 'string' ? j.miss : null };
+    return [t.tokens, t.bytes, t.link_wait_ms, t.transfer_ms, t.start_after_ms].every(Number.isFinite) ? t : null;
+  } catch {
+    return null;
   }
 }
 
