@@ -86,6 +86,7 @@ interface GatewayFlags {
   maxModelLen?: number;
   maxCharsPerToken: number;
   reorderDocuments?: boolean;
+  blendSeparator?: string;
   log: boolean;
 }
 
@@ -109,6 +110,7 @@ function registerGateway(program: Command): void {
     .option('--model <name>', 'served model name (default: asked from the first backend)')
     .option('--seed <n>', 'engine seed', seedArg, 1)
     .option('--no-injection-type', "ignore the body's Injection_type instead of forcing it")
+    .option('--blend-separator <s>', 'LMCache blend_special_str of the instances the cluster file declares blend on (default " # #\\n")')
     .option('--reorder-documents', "the application allows reordering a request's documents: send them in the engine's canonical order (popular / already-dispatched sequences first) unless the body says reorder_documents: false")
     .option('--no-calibrate', "keep the engine's step model as the profile gives it (default: calibrate it online from observed first-token and completion times)")
     .option('--upstream <mode>', 'non-streaming client requests: stream (observe TTFT, assemble) | direct', choiceArg('--upstream', ['stream', 'direct'] as const), 'stream')
@@ -151,6 +153,7 @@ function registerGateway(program: Command): void {
         honorInjectionType: f.injectionType,
         calibrate: f.calibrate,
         reorderDocuments: !!f.reorderDocuments,
+        ...(f.blendSeparator !== undefined ? { blendSeparator: f.blendSeparator.replace(/\\n/g, '\n') } : {}),
         upstreamMode: f.upstream,
         health: { intervalMs: f.healthMs },
         decisionHeader: f.decisionHeader,

@@ -92,6 +92,10 @@ interface EmulateFlags {
   pdBandwidthGbps: number;
   pdLatencyMs: number;
   pdEfficiency: number;
+  blend: boolean;
+  blendRecomputeRatio?: number;
+  blendCheckLayer?: number;
+  blendSeparator?: string;
 }
 
 function registerEmulate(program: Command): void {
@@ -125,8 +129,13 @@ function registerEmulate(program: Command): void {
     .option('--pd-bandwidth-gbps <g>', 'P -> D link bandwidth a decode instance charges a hand-off on, Gbit/s', numberArg('--pd-bandwidth-gbps', { min: 1e-9 }), PD_LINK_DEFAULT.bandwidthGbps)
     .option('--pd-latency-ms <ms>', 'P -> D link latency, ms', numberArg('--pd-latency-ms', { min: 0 }), PD_LINK_DEFAULT.latencyMs)
     .option('--pd-efficiency <e>', 'P -> D link efficiency (0, 1]', numberArg('--pd-efficiency', { min: 1e-9, max: 1 }), PD_LINK_DEFAULT.efficiency)
+    .option('--blend', 'CacheBlend on (LMCache enable_blending): per-segment LMCache keys between separators, loaded segments blended in wherever they sit', false)
+    .option('--blend-recompute-ratio <r>', 'share of the reused tokens recomputed (LMCache blend_recompute_ratios; default 0.15)', numberArg('--blend-recompute-ratio', { min: 0, max: 1 }))
+    .option('--blend-check-layer <n>', 'layer where the deviating tokens are selected (LMCache blend_check_layers; default 1)', intArg('--blend-check-layer', { min: 0 }))
+    .option('--blend-separator <s>', 'LMCache blend_special_str (default " # #\\n": LMCache\'s " # # " does not survive the Llama-3 tokenizer mid-prompt)')
     .option('--log', 'log requests (pino)', false)
     .action(async (f: EmulateFlags) => {
+      if (!f.blend && (f.blendRecomputeRatio !== undefined || f.blendCheckLayer !== undefined || f.blendSeparator !== undefined)) throw new Error('--blend-recompute-ratio / --blend-check-layer / --blend-separator need --blend');
       const engine: Record<string, number> = {};
       if (f.maxModelLen !== undefined) engine.maxModelLen = f.maxModelLen;
       if (f.kvCapacityTokens !== undefined) engine.kvCapacityTokens = f.kvCapacityTokens;
@@ -154,6 +163,7 @@ function registerEmulate(program: Command): void {
         role: f.role,
         engineId: f.engineId,
         pdLink: { bandwidthGbps: f.pdBandwidthGbps, latencyMs: f.pdLatencyMs, efficiency: f.pdEfficiency },
+        ...(f.blend ? { blend: { recomputeRatio: f.blendRecomputeRatio, checkLayer: f.blendCheckLayer, separator: f.blendSeparator?.replace(/\\n/g, '\n') } } : {}),
       });
       process.stderr.write(
         `emulate: model ${em.model} (profile ${f.profile}, time scale ${f.timeScale}, role ${f.role})` +
@@ -191,6 +201,9 @@ interface KdnFlags {
   syntheticKv?: boolean;
   dtype: string;
   log: boolean;
+  blend: boolean;
+  blendBuilder?: string;
+  blendSeparator?: string;
 }
 
 function registerKdn(program: Command): void {
@@ -221,8 +234,12 @@ function registerKdn(program: Command): void {
     .option('--time-scale <x>', 'divide link durations by x', numberArg('--time-scale', { min: 1e-6 }), 1)
     .option('--max-document-bytes <n>', 'largest document (UTF-8 bytes of its text); larger ones are refused with 413 before tokenising', intArg('--max-document-bytes', { min: 1 }), 2 * 1024 * 1024)
     .option('--max-document-tokens <n>', 'largest document in tokens (422 above)', intArg('--max-document-tokens', { min: 1 }), 131_072)
+    .option('--blend', "also keep each document's CacheBlend KV (per-segment LMCache keys) for instances running LMCache with enable_blending (needs --blend-builder or --synthetic-kv)", false)
+    .option('--blend-builder <url>', "a CacheBlend instance (LMCache enable_blending, same blend_special_str) whose LMCache stores into this KDN's Redis: computes the CacheBlend KV")
+    .option('--blend-separator <s>', 'the instances\' LMCache blend_special_str (default " # #\\n")')
     .option('--log', 'log requests (pino)', false)
     .action(async (f: KdnFlags) => {
+      if (!f.blend && (f.blendBuilder || f.blendSeparator !== undefined)) throw new Error('--blend-builder / --blend-separator need --blend');
       const { startKdn } = await import('./kdn.js');
       const kdn = await startKdn({
         host: f.host,
@@ -243,6 +260,7 @@ function registerKdn(program: Command): void {
         maxDocumentBytes: f.maxDocumentBytes,
         maxDocumentTokens: f.maxDocumentTokens,
         logger: f.log,
+        ...(f.blend ? { blend: { separator: f.blendSeparator?.replace(/\\n/g, '\n'), ...(f.blendBuilder ? { builder: { url: f.blendBuilder, model: f.builderModel, timeoutMs: f.builderTimeoutMs } } : {}) } } : {}),
       });
       process.stderr.write(`kdn: model ${f.model}, store ${f.redis}, link ${f.bandwidthGbps} Gbit/s ${f.latencyMs} ms x${f.efficiency}, KV ${kdn.kvSource === 'builder' ? `built on ${f.builder}` : kdn.kvSource === 'synthetic' ? 'synthesised (--synthetic-kv: emulators only)' : 'none: text only (give --builder URL for real KV)'}\n`);
       (await import('./tokenize-pool.js')).warmTokenizePool();

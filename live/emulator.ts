@@ -23,13 +23,14 @@ import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
 import { connectRedis } from './redis-connect.js';
-import type { EngineSettings, InstanceSpec, KvMedium, LinkSpec, Profile } from '../engine/types.js';
+import { BLEND_DEFAULTS, type BlendSpec, type EngineSettings, type InstanceSpec, type KvMedium, type LinkSpec, type Profile } from '../engine/types.js';
 import { DEFAULT_PROFILE, instanceSpecFromProfile, loadProfile } from '../sim/profiles.js';
-import type { ReqState } from '../sim/instance.js';
+import type { CoreRequest, ReqState } from '../sim/instance.js';
 import { fastBlockIds, kvEventHash, vllmBlockHashes } from './block-hash.js';
 import { EmulatorMetrics } from './emulator-metrics.js';
 import { KvEventPublisher, type KvCacheEvent, type KvEventPublisherOptions } from './kv-events.js';
-import { lmcacheChunks, lmcacheConfig, type LmcacheChunk, type LmcacheConfig } from './lmcache.js';
+import { lmcacheChunks, lmcacheConfig, lmcacheSegments, type LmcacheChunk, type LmcacheConfig } from './lmcache.js';
+import { BLEND_SEPARATOR } from './blend-layout.js';
 import { LmcacheRedis } from './lmcache-redis.js';
 import { OutputText, type OutputSpec, type OutputStep } from './emulator-output.js';
 import { EMULATOR_ROLES, parsePdRequest, PdHandoff, type EmulatorRole, type PdLoaded, type PdRequest, type PdWindow } from './emulator-pd.js';
@@ -50,7 +51,7 @@ import {
   toApiError,
   type UsageInfo,
 } from './openai.js';
-import { decodeTokens, fillerToken, tokenString, VOCAB_SIZE, type ChatMessage } from './tokenizer.js';
+import { decodeTokens, encodeText, fillerToken, tokenString, VOCAB_SIZE, type ChatMessage } from './tokenizer.js';
 import { encodeChatAsync, encodePromptAsync, holdTokenizePool } from './tokenize-pool.js';
 import { WallClockEngine } from './wall-engine.js';
 
@@ -74,6 +75,14 @@ export interface EmulatorOptions {
   bytesPerToken?: number;
   /** LMCache key/hash settings (variant, worldSize, chunkSize, dtype, hashSeed). */
   lmcache?: Partial<Omit<LmcacheConfig, 'model'>>;
+  /**
+   * CacheBlend (LMCache `enable_blending: true`): the LMCache keys are per segment between
+   * separators (`blend_special_str`, default live/blend-layout.ts `BLEND_SEPARATOR`), the leading
+   * run of segments present is loaded wherever it sits, and `blend_recompute_ratios` ×
+   * (layers after `blend_check_layers`) of it is computed again (engine/knowledge.ts; LMCache
+   * defaults of its example: 0.15, layer 1). Absent: prefix chunks (CacheBlend off).
+   */
+  blend?: Partial<BlendSpec> & { separator?: string };
   /** publish vLLM KV events on ZMQ (endpoint, replay endpoint, topic). */
   kvEvents?: KvEventPublisherOptions;
   /** model ms per wall ms (default 1; 10 = ten times faster). */
@@ -289,6 +298,10 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   const bytesPerToken = opts.bytesPerToken ?? 64;
   if (!(bytesPerToken > 0)) throw new Error(`bytesPerToken must be > 0 (got ${bytesPerToken})`);
   const lmcfg = lmcacheConfig({ ...opts.lmcache, model: modelPath });
+  const blend = opts.blend ? { spec: { ...BLEND_DEFAULTS, ...(opts.blend.recomputeRatio !== undefined ? { recomputeRatio: opts.blend.recomputeRatio } : {}), ...(opts.blend.checkLayer !== undefined ? { checkLayer: opts.blend.checkLayer } : {}) }, separator: opts.blend.separator ?? BLEND_SEPARATOR } : null;
+  if (blend && (!(blend.spec.recomputeRatio >= 0 && blend.spec.recomputeRatio <= 1) || !Number.isInteger(blend.spec.checkLayer) || blend.spec.checkLayer < 0)) throw new Error(`emulator: blend: recomputeRatio must be in [0, 1] and checkLayer an integer >= 0 (got ${blend.spec.recomputeRatio}, ${blend.spec.checkLayer})`);
+  if (blend && !blend.separator) throw new Error('emulator: blend: the separator must not be empty');
+  const blendSep = blend ? encodeText(blend.separator) : [];
   const details = opts.enablePromptTokensDetails ?? true;
   const defaultMaxTokens = opts.defaultMaxTokens ?? 256;
   const blockSize = spec.engine.blockSizeTokens;
@@ -384,25 +397,34 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     if (received) loadedTokens = received.tokens;
     // P of a hand-off: its KV goes to its LMCache Redis before it answers
     let handOff: Promise<Record<string, unknown>> | null = null;
+    let blended: CoreRequest['blend'];
     if (lmcache && !received) {
-      chunks = lmcacheChunks(ids, lmcfg);
+      // CacheBlend: one key per segment between separators; else prefix-chained chunks
+      chunks = blend ? lmcacheSegments(ids, blendSep, lmcfg) : lmcacheChunks(ids, lmcfg);
       try {
         lmHitChunks = await lmcache.lookup(chunks);
         metrics.inc(metrics.lmcacheRequested, P);
-        metrics.inc(metrics.lmcacheHit, lmHitChunks * lmcfg.chunkSize);
-        const local = engine.localHitTokens(blocks, blockSize);
+        const local = blend ? 0 : engine.localHitTokens(blocks, blockSize);
         const from = Math.min(lmHitChunks, Math.floor(local / lmcfg.chunkSize));
         if (lmHitChunks > from) {
           const r = await lmcache.retrieve(chunks, from, lmHitChunks);
           lmHitChunks = from + r.chunks;
         }
+        metrics.inc(metrics.lmcacheHit, chunks.slice(0, lmHitChunks).reduce((a, c) => a + c.tokens, 0));
       } catch (e) {
         // like LMCache with an unreachable remote backend: log and serve as a miss
         lmcacheErrors++;
         app.log.warn(`LMCache Redis lookup failed (${(e as Error).message}); treating as a miss`);
         lmHitChunks = 0;
       }
-      loadedTokens = Math.min(lmHitChunks * lmcfg.chunkSize, P);
+      if (blend) {
+        // the loaded segments are blended in wherever they sit (the core charges load + recompute)
+        const spans = chunks
+          .slice(0, lmHitChunks)
+          .filter((c) => c.tokens > 0 && c.start < P - 1)
+          .map((c) => [c.start, Math.min(c.start + c.tokens, P - 1)] as const);
+        if (spans.length) blended = { spans, spec: blend.spec };
+      } else loadedTokens = Math.min(lmHitChunks * lmcfg.chunkSize, P);
     }
     if (signal.aborted) throw new ClientGone();
     const coreId = `${reqId}-${ch.index}`;
@@ -440,7 +462,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
       signal.addEventListener('abort', onAbort, { once: true });
       const err = engine.submit(
         // a hand-off's KV lands in GPU memory over the P -> D link (the hold): no LMCache load time
-        { id: coreId, promptTokens: P, outputTokens: ch.maxTokens, blocks, blockSize, loadedTokens, ...(received ? { kvLoadMs: 0 } : {}) },
+        { id: coreId, promptTokens: P, outputTokens: ch.maxTokens, blocks, blockSize, loadedTokens, ...(received ? { kvLoadMs: 0 } : {}), ...(blended ? { blend: blended } : {}) },
         {
           token: (i, st) => {
             if (settled) return;
@@ -740,7 +762,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     steps: engine.core.steps,
     busy_ms: engine.core.busyMs,
     preemptions: preemptionsSeen,
-    lmcache: lmcache ? { redis: opts.redisUrl, ...lmcfg, bytes_per_token: bytesPerToken, errors: lmcacheErrors } : null,
+    lmcache: lmcache ? { redis: opts.redisUrl, ...lmcfg, bytes_per_token: bytesPerToken, errors: lmcacheErrors, blend: blend ? { enable_blending: true, blend_special_str: blend.separator, blend_recompute_ratios: [blend.spec.recomputeRatio], blend_check_layers: [blend.spec.checkLayer] } : null } : null,
     kv_events: kvPub ? { endpoint: kvPub.endpoint, replay_endpoint: kvPub.replayEndpoint ?? null, next_seq: Number(kvPub.nextSeq) } : null,
     role,
     pd: pd.status(),

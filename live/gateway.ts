@@ -49,6 +49,7 @@ import { registerPipeline } from './gateway/pipeline.js';
 import { GatewayRecords } from './gateway/records.js';
 import { Upstream } from './gateway/upstream.js';
 import { defaultReplicaId, PeerSync } from './gateway/peers.js';
+import { BLEND_SEPARATOR } from './blend-layout.js';
 
 export { forceIntent } from './gateway/booking.js';
 export { KdnUnavailable, KnowledgeStore, words, type KnowledgeItem } from './gateway/knowledge.js';
@@ -106,6 +107,13 @@ export interface GatewayOptions {
    * body says `reorder_documents: false`. Default false.
    */
   reorderDocuments?: boolean;
+  /**
+   * LMCache `blend_special_str` of the instances the cluster file declares `blend` on (they run
+   * LMCache with `enable_blending`; default live/blend-layout.ts `BLEND_SEPARATOR`). On them every
+   * KV reuse is a blend: the documents go between separators and the KDN injects each one's
+   * CacheBlend KV.
+   */
+  blendSeparator?: string;
   /** non-streaming client requests: `stream` (default: stream upstream, assemble, observe TTFT) or `direct`. */
   upstreamMode?: 'stream' | 'direct';
   /** output tokens assumed for a chat request without max_tokens (default 256, the emulator's default). */
@@ -390,6 +398,7 @@ export async function startGateway(opts: GatewayOptions): Promise<GatewayHandle>
     upstreamMode: opts.upstreamMode ?? 'stream',
     chatDefaultMaxTokens: opts.defaultChatMaxTokens ?? 256,
     reorderDocuments: !!opts.reorderDocuments,
+    blendSeparator: rc.spec.instances.some((s) => s.blend) ? (opts.blendSeparator ?? BLEND_SEPARATOR) : null,
     retry: opts.retry ?? true,
     routed: keepRequests ? routed : null,
     hashMap,

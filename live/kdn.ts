@@ -10,7 +10,7 @@
  * | `POST /knowledge/build_kv` | `{kid}` | item status (builds the KV; 409 naming the field on a builder mismatch) |
  * | `POST /knowledge/search/text` | `{knowledge_ids, need_fields?}` | `{items: [{id, kid, content, length, tokens, kv_ready, meta, created_at}], miss}` |
  * | `POST /knowledge/snapshot` | `{need_fields?, limit?=1e6, offset?=0}` | `{items: [{kid, length, tokens, kv_ready, kv_updated_at, kv_dumped_keys, created_at}], count, limit, offset}` |
- * | `POST /knowledge/inject_ready_kv` | `{request_id?, model?, knowledge_ids, redis_host?, redis_port?, redis_db?, redis_password?, tokens?, sequence?=false}` | ACK (see {@link InjectAck}) |
+ * | `POST /knowledge/inject_ready_kv` | `{request_id?, model?, knowledge_ids, redis_host?, redis_port?, redis_db?, redis_password?, tokens?, sequence?=false, blend?=false}` | ACK (see {@link InjectAck}) |
  * | `POST /knowledge/delete` | `{knowledge_ids, delete_kv?=true}` | `{deleted, miss}` |
  * | `POST /knowledge/purge_all` | `{delete_kv?=true}` | `{deleted}` |
  * | `POST /knowledge/pool_status` | `{sample_limit?=5}` | totals and samples |
@@ -35,6 +35,9 @@
  * - neither: the KDN holds text only (`kv_ready` 0): kvcache requests fall back to text.
  * Only full 256-token chunks are keyed, one key pair per rank.
  *
+ * `inject_ready_kv` with `blend: true` (kvlab extension, KDN started with `blend`): every kid's
+ * CacheBlend KV (live/kdn-blend.ts: its segment key, valid wherever it sits, plus the layout's
+ * head segment), for instances running LMCache with `enable_blending`.
  * `inject_ready_kv` with `sequence: true` (kvlab extension): the kids are documents in prompt
  * order at the head of one chat prompt (one system message each, as the gateway places them);
  * the KDN injects the first document's chunks and then the chunks of that exact sequence (LMCache
@@ -56,6 +59,8 @@ import type { LinkSpec } from '../engine/types.js';
 import { LinkTable, type LinkTiming } from './link.js';
 import { BuilderMismatch, KvBuilder, type KvBuilderOptions } from './kv-builder.js';
 import { MAX_SEQUENCE_DOCS, SEQKV, SequenceStore } from './kdn-sequences.js';
+import { BKV, BlendStore } from './kdn-blend.js';
+import { BLEND_SEPARATOR } from './blend-layout.js';
 import { kvBytesKey, lmcacheChunks, lmcacheConfig, metadataKey, rankChunkBytes, syntheticKvBytes, syntheticMetadata, type LmcacheConfig } from './lmcache.js';
 import { acceptAnyJson, refuseUnreadBody } from './openai.js';
 import { encodePromptAsync, encodeSystemPrefixAsync, holdTokenizePool } from './tokenize-pool.js';
@@ -97,6 +102,12 @@ export interface KdnOptions {
   maxDocumentTokens?: number;
   /** compute every document's KV on this serving instance (its LMCache remote = this KDN's Redis). */
   builder?: KvBuilderOptions;
+  /**
+   * also keep every document's CacheBlend KV (live/kdn-blend.ts) for instances running LMCache
+   * with `enable_blending`: built on `builder` (a CacheBlend instance whose LMCache stores into
+   * this KDN's Redis) or synthesised with `syntheticKv`; `separator` = their `blend_special_str`.
+   */
+  blend?: { separator?: string; builder?: KvBuilderOptions };
   /** synthesise KV bytes instead (GPU-less tests: garbage for a real vLLM). Exclusive with `builder`. */
   syntheticKv?: boolean;
   logger?: boolean | object;
@@ -186,6 +197,7 @@ const injectSchema = z.looseObject({
   redis_password: z.string().nullish(),
   tokens: z.number().int().min(0).nullish(),
   sequence: z.boolean().nullish(),
+  blend: z.boolean().nullish(),
 });
 const deleteSchema = z.looseObject({ knowledge_ids: kidList, delete_kv: z.boolean().nullish() });
 const buildSchema = z.looseObject({ kid: z.string().min(1) });
@@ -233,6 +245,37 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     }
   }
   const kvSource: KdnHandle['kvSource'] = builder ? 'builder' : opts.syntheticKv ? 'synthetic' : 'none';
+  let blendStore: BlendStore | null = null;
+  if (opts.blend) {
+    if (!opts.blend.builder && !opts.syntheticKv) {
+      redis.disconnect();
+      throw new Error('kdn: --blend needs --blend-builder URL (an instance running LMCache with enable_blending, storing into this KDN\'s Redis) or --synthetic-kv');
+    }
+    const separator = opts.blend.separator ?? BLEND_SEPARATOR;
+    let bb: KvBuilder | null = null;
+    if (opts.blend.builder) {
+      try {
+        bb = await KvBuilder.connect({ ...opts.blend.builder, blendSeparator: separator }, redis, lm);
+      } catch (e) {
+        redis.disconnect();
+        throw e;
+      }
+    }
+    blendStore = new BlendStore({ redis, lm, separator, bytesPerToken: bpt, source: bb ? 'builder' : 'synthetic', build: bb ? (p, e) => bb!.build(p, e) : undefined });
+  }
+  /** Builds an item's CacheBlend KV (no-op without --blend); a failure is kept as blend_error. */
+  const buildBlend = async (kid: string, text: string): Promise<void> => {
+    if (!blendStore) return;
+    let fields: Record<string, string | number>;
+    try {
+      fields = await blendStore.build(kid, text);
+    } catch (e) {
+      fields = { blend_ready: 0, blend_error: e instanceof BuilderMismatch ? `${e.field}: ${e.message}` : (e as Error).message };
+    }
+    const m = redis.multi().hset(ITEM(kid), fields);
+    if (!('blend_error' in fields)) m.hdel(ITEM(kid), 'blend_error');
+    await m.exec();
+  };
   const targets = new Map<string, Redis>();
   const target = (host: string, port: number, db: number, password?: string | null): Redis => {
     const key = `${host}:${port}/${db}`;
@@ -326,6 +369,7 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     kv_tokens: Number(h.kv_tokens ?? 0),
     kv_source: h.kv_source ?? (Number(h.kv_ready ?? 0) === 1 ? 'synthetic' : 'none'),
     ...(h.kv_error ? { kv_error: h.kv_error } : {}),
+    ...(blendStore ? { blend_ready: Number(h.blend_ready ?? 0), blend_tokens: Number(h.blend_tokens ?? 0), ...(h.blend_error ? { blend_error: h.blend_error } : {}) } : {}),
     format: h.format,
     meta: h.meta ? JSON.parse(h.meta) : null,
     created_at: Number(h.created_at),
@@ -378,6 +422,7 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     let kvError: string | undefined;
     try {
       kv.tokens = (await tokenize(text, format)).ids.length;
+      if (b.build_kv ?? true) await buildBlend(kid, text);
       if ((b.build_kv ?? true) && kvSource !== 'none') {
         try {
           kv = await buildKv(kid, text, format);
@@ -400,7 +445,8 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     const b = parse(buildSchema, req.body, 'build_kv');
     const h = await readItem(b.kid);
     if (!h) throw new KdnError(404, `build_kv: kid: unknown knowledge id ${b.kid}`);
-    const kv = await buildKv(b.kid, h.content!, (h.format as KnowledgeFormat) ?? defaultFormat);
+    await buildBlend(b.kid, h.content!);
+    const kv = kvSource === 'none' && blendStore ? { keys: 0, bytes: 0, tokens: Number(h.tokens ?? 0) } : await buildKv(b.kid, h.content!, (h.format as KnowledgeFormat) ?? defaultFormat);
     return { kid: b.kid, status: 'built', kv_ready: kv.keys > 0 ? 1 : 0, kv_keys: kv.keys, kv_bytes: kv.bytes, tokens: kv.tokens };
   });
 
@@ -447,7 +493,23 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
     let sequenceId: string | null = null;
     let buildMs = 0;
     let seqNote = '';
-    if (b.sequence && b.knowledge_ids.length > 1) {
+    if (b.blend) {
+      // CacheBlend: every document's own segment KV, wherever it sits (live/kdn-blend.ts)
+      if (!blendStore) throw new KdnError(409, 'inject_ready_kv: blend: this KDN keeps no CacheBlend KV (start it with --blend)');
+      for (const kid of b.knowledge_ids) {
+        const h = await readItem(kid);
+        if (!h) {
+          miss.push(kid);
+          continue;
+        }
+        const keys = Number(h.blend_ready ?? 0) === 1 ? await blendStore.keys(kid) : [];
+        if (keys.length === 0) {
+          textOnly.push(kid);
+          continue;
+        }
+        plan.push({ kids: [kid], keys, src: (_i, k) => BKV(kid, k), tokens: Number(h.blend_tokens ?? 0) });
+      }
+    } else if (b.sequence && b.knowledge_ids.length > 1) {
       // the documents are one sequence at the prompt head (module doc of live/kdn-sequences.ts):
       // the first document's own chunks, then the sequence's chunks (built on first use)
       if (b.knowledge_ids.length > MAX_SEQUENCE_DOCS) throw new KdnError(400, `inject_ready_kv: knowledge_ids: a sequence holds at most ${MAX_SEQUENCE_DOCS} documents (got ${b.knowledge_ids.length})`);
@@ -648,6 +710,7 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
 
   const deleteItem = async (kid: string, deleteKv: boolean): Promise<void> => {
     await sequences.deleteFor(kid); // a sequence without one of its documents is never valid again
+    if (deleteKv) await blendStore?.delete(kid);
     const m = redis.multi();
     if (deleteKv) {
       const keys = await redis.lrange(KVKEYS(kid), 0, -1);

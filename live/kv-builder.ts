@@ -38,12 +38,18 @@ export interface KvBuilderOptions {
    * first build (default true; a vLLM has no such route and is checked after its first build).
    */
   statusCheck?: boolean;
+  /**
+   * the builder must run CacheBlend (LMCache `enable_blending`) with this `blend_special_str`;
+   * absent: it must not (a blending LMCache keys segments, not prefix chunks). Checked on
+   * kvlab's emulator (`/emulator/status`); a vLLM shows it only by the keys it writes.
+   */
+  blendSeparator?: string;
 }
 
 /** A setting that differs between the builder and this KDN: the field and what each side has. */
 export class BuilderMismatch extends Error {
   constructor(
-    /** `model` | `world_size` | `dtype` | `fmt` | `chunk hashing` | `remote_url` */
+    /** `model` | `world_size` | `dtype` | `fmt` | `chunk hashing` | `remote_url` | `enable_blending` | `blend_special_str` */
     readonly field: string,
     message: string,
   ) {
@@ -128,6 +134,10 @@ export class KvBuilder {
         ['chunk hashing', l.variant, cfg.variant, '--hash-variant'],
         ['chunk hashing', l.hashSeed, cfg.hashSeed, '--hash-seed (PYTHONHASHSEED)'],
       ];
+      const b = (l as { blend?: { blend_special_str?: string } | null }).blend ?? null;
+      if (opts.blendSeparator !== undefined && !b) throw new BuilderMismatch('enable_blending', `kdn: builder ${base}: enable_blending: it does not run CacheBlend, this KDN's blend KV needs it (start it with --blend)`);
+      if (opts.blendSeparator === undefined && b) throw new BuilderMismatch('enable_blending', `kdn: builder ${base}: enable_blending: it runs CacheBlend (per-segment keys), this KDN's prefix KV needs it off (give it as --blend-builder)`);
+      if (b && b.blend_special_str !== opts.blendSeparator) throw new BuilderMismatch('blend_special_str', `kdn: builder ${base}: blend_special_str: it uses ${JSON.stringify(b.blend_special_str)}, this KDN ${JSON.stringify(opts.blendSeparator)} (--blend-separator)`);
       for (const [field, theirs, ours, flag] of checks) {
         if (theirs !== undefined && theirs !== ours) throw new BuilderMismatch(field, `kdn: builder ${base}: ${field}: it uses ${JSON.stringify(theirs)}, this KDN ${JSON.stringify(ours)} (${flag})`);
       }

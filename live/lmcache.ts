@@ -257,3 +257,53 @@ export function syntheticKvBytes(key: string, size: number): Buffer {
   for (let i = 0; i < size; i += seed.length) seed.copy(b, i, 0, Math.min(seed.length, size - i));
   return b;
 }
+
+// ------------------------------------------------------------------------------------------
+// CacheBlend keys (LMCache `enable_blending: true`): LMCache then uses its SegmentTokenDatabase
+// instead of the chunked one (LMCache/LMCache @6b96072, lmcache/v1/token_database.py): the
+// tokens are split at every occurrence of the separator's tokens (`blend_special_str`
+// tokenised, BOS dropped; sliding-window match), and each segment gets ONE key whose hash covers
+// that segment's tokens alone — `hash_func((None, tokens, None))`, no prefix — so a document's
+// KV has the same key wherever it sits. Here the hash follows the chunk recipe of `variant`
+// with a CBOR null prefix (cacheroute: first 8 bytes as unpadded hex; upstream: digest hex).
+// Retrieval still takes the leading run of segments present (LMCache's cache engine breaks at
+// the first missing key), then the blender repairs cross-attention (engine/knowledge.ts).
+
+/** Hash of one CacheBlend segment (see above). */
+export function segmentHash(tokens: readonly number[], cfg: Pick<LmcacheConfig, 'variant'>): string {
+  const d = sha256Cbor([null, tokens as number[], null]);
+  return cfg.variant === 'cacheroute' ? first8(d).toString(16) : d.toString('hex');
+}
+
+/**
+ * The CacheBlend segments of `tokens` split at `sep` (separator token ids), as LMCache's
+ * SegmentTokenDatabase yields them: `[0, m1)`, `[m1 + |sep|, m2)`, …, the rest after the last
+ * separator; each with its per-rank keys. Shaped like {@link LmcacheChunk} so the Redis backend
+ * code serves both (`tokens` = segment length, may be 0).
+ */
+export function lmcacheSegments(tokens: readonly number[], sep: readonly number[], cfg: LmcacheConfig): LmcacheChunk[] {
+  const bounds: Array<[number, number]> = [];
+  let start = 0;
+  if (sep.length > 0) {
+    for (let i = 0; i + sep.length <= tokens.length; i++) {
+      let match = true;
+      for (let j = 0; j < sep.length; j++) {
+        if (tokens[i + j] !== sep[j]) {
+          match = false;
+          break;
+        }
+      }
+      if (!match) continue;
+      bounds.push([start, i]);
+      start = i + sep.length;
+      i = start - 1;
+    }
+  }
+  bounds.push([start, tokens.length]);
+  return bounds.map(([s, e], index) => {
+    const hashHex = segmentHash(tokens.slice(s, e), cfg);
+    const keys: string[] = [];
+    for (let w = 0; w < cfg.worldSize; w++) keys.push(lmcacheKey(cfg, w, hashHex));
+    return { index, start: s, tokens: e - s, hashHex, keys };
+  });
+}

@@ -23,7 +23,7 @@ import type { PeerSync } from './peers.js';
  * `resolveOption`: else kvcache; overlap at the split where compute meets load); no coverage →
  * text. The prediction is recomputed for the forced option.
  */
-export function forceIntent(engine: Engine, req: TraceRequest, d: Decision, forced: Exclude<Intent, 'none'>, now: number): Decision {
+export function forceIntent(engine: Engine, req: TraceRequest, d: Decision, forced: Exclude<Intent, 'none'>, now: number, why = `forced-${forced}`): Decision {
   if (req.knowledgeTokens <= 0 || d.intent === forced) return d;
   const ctx = engine.context(req, now);
   let half: number | undefined;
@@ -41,7 +41,7 @@ export function forceIntent(engine: Engine, req: TraceRequest, d: Decision, forc
     kdn: o.kdn,
     reusedTokens: o.reuse,
     predicted: { prepareMs: p.prepareMs, linkWaitMs: p.linkWaitMs, transferMs: p.transferMs, kvLoadMs: p.kvLoadMs, queueMs: p.queueMs, prefillMs: p.prefillMs, ttftMs: p.ttftMs },
-    reason: `${d.reason};forced-${forced}${o.reason}`,
+    reason: `${d.reason};${why}${o.reason}`,
   };
   delete out.overlapSplit;
   if (o.split >= 0) out.overlapSplit = o.split;
@@ -80,6 +80,9 @@ export class EngineBooking {
       // admission control (Mooncake-style early rejection): never booked, answered 429
       if (d.rejected) throw new ApiError(429, `rejected by admission control: ${d.rejected}`, 'RateLimitError', null);
       if (forced && this.honorInjectionType) d = forceIntent(engine, ctx.req!, d, forced, t);
+      // an instance running LMCache with enable_blending keys KV per segment, never per prefix
+      // chunk: every KV reuse there is a blend (live/blend-layout.ts)
+      if ((d.intent === 'kvcache' || d.intent === 'hybrid') && engine.cluster.instances[d.instance]!.blend) d = forceIntent(engine, ctx.req!, d, 'blend', t, 'lmcache-blend');
       engine.onDispatch(ctx.req!, d, t);
       this.peers?.dispatched(engine.dispatchOp(ctx.req!, d));
     } finally {

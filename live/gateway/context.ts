@@ -24,6 +24,8 @@ export class RequestContext {
   clientId: string | null = null;
   /** the prompt as sent upstream (after knowledge insertion), once built. */
   built: BuiltPrompt | null = null;
+  /** the same request in the CacheBlend layout (live/blend-layout.ts), built on first need; null = none. */
+  blendPrompt: (() => Promise<BuiltPrompt>) | null = null;
   /** the engine's view of the request, once built. */
   req: TraceRequest | null = null;
   /** the decision being executed (the retry's when retried). */

@@ -3,7 +3,8 @@
  * chunks into the chosen instance's LMCache Redis (`POST /knowledge/inject_ready_kv`; hybrid:
  * only `reusedTokens` tokens; when the engine counted on more than the first document — a KDN
  * that holds document sequences, `KdnSpec.sequences` — every leading document in prompt order
- * with `sequence: true`, live/kdn-sequences.ts), and its ACK (`queue_ms`, `transfer_ms`, `tokens_injected`,
+ * with `sequence: true`, live/kdn-sequences.ts; blend, on an instance running LMCache with
+ * `enable_blending`: every document's CacheBlend KV with `blend: true`, live/kdn-blend.ts), and its ACK (`queue_ms`, `transfer_ms`, `tokens_injected`,
  * `wire_bytes`) becomes the record's link wait / transfer. The KDN or its target Redis failing →
  * the request falls back to text (the prompt already holds the text) and the record says why
  * (`decision.fallback`). Nothing to move when the engine believes the instance holds the prefix.
@@ -40,7 +41,7 @@ export class KvInjector {
     f.transferTokens = 0;
     f.wireBytes = 0;
     f.ackMs = -1;
-    if (d.intent !== 'kvcache' && d.intent !== 'hybrid') return;
+    if (d.intent !== 'kvcache' && d.intent !== 'hybrid' && d.intent !== 'blend') return;
     const b = this.backends[d.instance]!;
     const fall = (why: string): void => {
       f.planned = d.intent;
@@ -50,7 +51,7 @@ export class KvInjector {
       this.records.fallbacks.inc({ reason: why.split(':')[0]! });
       this.booking.kvDone(f);
     };
-    if (d.reusedTokens <= d.cachedTokens) return; // the instance holds the prefix already (engine's view): nothing to move
+    if (d.intent !== 'blend' && d.reusedTokens <= d.cachedTokens) return; // the instance holds the prefix already (engine's view): nothing to move
     if (!b.spec.lmcacheRedis) return fall('no-lmcache-redis');
     if (!this.kdnUrl) return fall('no-kdn');
     const target = b.spec.lmcacheRedis;
@@ -58,15 +59,16 @@ export class KvInjector {
     const kid = docs[0]!.kid;
     // beyond the first document the engine counted on the KV of the whole leading sequence
     // (cluster KdnSpec.sequences): ask for it (the KDN's `sequence` extension, built on first use)
-    const sequence = docs.length > 1 && d.reusedTokens > docs[0]!.tokens;
-    const kids = sequence ? docs.map((k) => k.kid) : [kid];
+    const blend = d.intent === 'blend';
+    const sequence = !blend && docs.length > 1 && d.reusedTokens > docs[0]!.tokens;
+    const kids = sequence || blend ? docs.map((k) => k.kid) : [kid];
     let ack: { ok?: boolean; queue_ms?: number; transfer_ms?: number; tokens_injected?: number; wire_bytes?: number; detail?: string; injected_kids?: string[] };
     const tStart = this.now();
     try {
       const res = await undiciRequest(`${this.kdnUrl}/knowledge/inject_ready_kv`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ request_id: f.id, model: this.model() ?? undefined, knowledge_ids: kids, ...(sequence ? { sequence: true } : {}), redis_host: target.host, redis_port: target.port, redis_db: target.db, redis_password: target.password, tokens: d.reusedTokens }),
+        body: JSON.stringify({ request_id: f.id, model: this.model() ?? undefined, knowledge_ids: kids, ...(sequence ? { sequence: true } : {}), ...(blend ? { blend: true } : {}), redis_host: target.host, redis_port: target.port, redis_db: target.db, redis_password: target.password, tokens: d.reusedTokens }),
         signal: f.attemptSignal(),
         headersTimeout: 120_000,
         bodyTimeout: 120_000,
@@ -85,7 +87,7 @@ export class KvInjector {
     const tAck = this.now();
     f.ackMs = tAck - tStart;
     this.booking.kvDone(f);
-    if (!ack.ok || !(ack.injected_kids ?? []).includes(kid)) return fall(`kv-inject-failed: ${(ack.detail ?? 'not injected').slice(0, 160)}`);
+    if (!ack.ok || !(blend ? (ack.injected_kids ?? []).length > 0 : (ack.injected_kids ?? []).includes(kid))) return fall(`kv-inject-failed: ${(ack.detail ?? 'not injected').slice(0, 160)}`);
     f.linkWait = Math.min((ack.queue_ms ?? 0) * this.timeScale, tAck - tStart);
     f.transfer = Math.min((ack.transfer_ms ?? 0) * this.timeScale, tAck - tStart - f.linkWait);
     f.transferTokens = ack.tokens_injected ?? 0;

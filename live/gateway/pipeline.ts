@@ -35,7 +35,7 @@ import { legId, RequestAborted, RequestContext, RetryableError, type Endpoint, t
 import { KdnUnavailable, type KnowledgeItem, type KnowledgeStore } from './knowledge.js';
 import type { KvInjector } from './kv-inject.js';
 import { checkCheapLimits, checkContext, nOf, type GatewayLimits } from './limits.js';
-import { buildChat, buildCompletion, questionOf, type BuiltPrompt } from './prompt.js';
+import { buildBlendPrompt, buildChat, buildCompletion, questionOf, type BuiltPrompt } from './prompt.js';
 import type { GatewayRecords } from './records.js';
 import { parseGenerationRequest, type ParsedRequest } from './request.js';
 import { assembledBody, sumUsage, type AssembledChoice, type Upstream } from './upstream.js';
@@ -66,6 +66,8 @@ export interface PipelineDeps {
   chatDefaultMaxTokens: number;
   /** the application lets the gateway reorder a request's documents (the engine's canonical order). */
   reorderDocuments: boolean;
+  /** LMCache `blend_special_str` of the instances that declare blend; null = none declares it. */
+  blendSeparator: string | null;
   retry: boolean;
   /** routed engine requests are appended here when given (live demo). */
   routed: TraceRequest[] | null;
@@ -182,10 +184,14 @@ export function registerPipeline(app: FastifyInstance, deps: PipelineDeps): void
   /** Decide, book, inject and send one leg, with one retry elsewhere before the first byte. */
   const route = async (leg: RequestContext, p: ParsedRequest, ragReason: string, upstreamStream: boolean): Promise<Dispatcher.ResponseData> => {
     let exclude = -1;
+    let standard: BuiltPrompt | null = null;
     for (;;) {
       leg.checkAborted();
       deps.booking.decide(leg, p.forced, exclude);
       if (ragReason) leg.d!.reason += ragReason;
+      // a blend goes in the CacheBlend layout (documents between separators); else as built
+      standard ??= leg.built;
+      leg.built = leg.d!.intent === 'blend' && leg.blendPrompt ? ((await leg.blendPrompt()) ?? standard) : standard;
       leg.newAttempt();
       try {
         await deps.injector.run(leg);
@@ -274,6 +280,10 @@ export function registerPipeline(app: FastifyInstance, deps: PipelineDeps): void
     }
     legs.forEach((l, i) => {
       l.built = built[i]!;
+      if (items.length && deps.blendSeparator !== null) {
+        let memo: Promise<BuiltPrompt> | null = null;
+        l.blendPrompt = () => (memo ??= buildBlendPrompt(built[i]!, p.body as ChatRequest | CompletionRequest, items, deps.blendSeparator!, p.prompts[i]).then((b) => b ?? built[i]!));
+      }
       l.req = engineRequest(l, built[i]!);
       deps.routed?.push(l.req);
       deps.hashMap?.add(built[i]!.ids, l.req.blocks);

@@ -16,6 +16,7 @@ import type { ChatRequest, CompletionRequest } from '../openai.js';
 import { BOS_ID, renderLlama3Chat, type ChatMessage } from '../tokenizer.js';
 import { encodePromptAsync, encodeTextAsync } from '../tokenize-pool.js';
 import { sysIds, sysTailIds, type KnowledgeItem } from './knowledge.js';
+import { blendCompletionPrefix, blendSystemContent } from '../blend-layout.js';
 
 /** The prompt the backend will see: upstream body, token ids, knowledge refs. */
 export interface BuiltPrompt {
@@ -124,6 +125,34 @@ export async function buildCompletion(body: CompletionRequest, items: KnowledgeI
   up.prompt = upPrompt;
   const given = body.max_tokens;
   return finish('completion', up, ids, knowledge, given ?? 16, given !== null && given !== undefined, body, typeof p === 'string' ? p : '');
+}
+
+/**
+ * The prompt of `base` (built by {@link buildChat} / {@link buildCompletion}) in the CacheBlend
+ * layout for an instance running LMCache with `enable_blending` (live/blend-layout.ts): the
+ * documents in one system message (chat) or before the prompt (completions), between separators,
+ * so each is one LMCache segment whose KV the KDN holds. Engine request and knowledge refs stay
+ * those of `base` (a few separator tokens more). null when the layout does not apply (no
+ * documents, or a token-id completion prompt).
+ */
+export async function buildBlendPrompt(base: BuiltPrompt, body: ChatRequest | CompletionRequest, items: KnowledgeItem[], separator: string, prompt?: string | number[]): Promise<BuiltPrompt | null> {
+  if (items.length === 0) return null;
+  const docs = items.map((it) => it.content);
+  const up = { ...base.body };
+  let ids: number[];
+  if (base.kind === 'chat') {
+    const b = body as ChatRequest;
+    const msgs = [{ role: 'system' as const, content: blendSystemContent(docs, separator) }, ...(b.messages as ChatMessage[])];
+    up.messages = msgs;
+    ids = await encodeTextAsync(renderLlama3Chat(msgs, { addGenerationPrompt: b.add_generation_prompt ?? true, continueFinalMessage: b.continue_final_message ?? false }));
+    if (b.add_special_tokens) ids = [BOS_ID, ...ids];
+  } else {
+    const p = prompt ?? (body as CompletionRequest).prompt;
+    if (typeof p !== 'string') return null;
+    up.prompt = blendCompletionPrefix(docs, separator) + p;
+    ids = await encodePromptAsync(up.prompt as string, (body as CompletionRequest).add_special_tokens ?? true);
+  }
+  return { ...base, body: up, ids };
 }
 
 function finish(kind: 'chat' | 'completion', up: Record<string, unknown>, ids: number[], knowledge: KnowledgeRef[], maxTokens: number, maxTokensGiven: boolean, body: { stream?: boolean | null; stream_options?: { include_usage?: boolean | null } | null }, question: string): BuiltPrompt {
