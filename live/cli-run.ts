@@ -287,6 +287,7 @@ interface DemoFlags {
   profile?: string;
   seed: number;
   kvEvents: boolean;
+  pd: boolean;
 }
 
 function registerDemo(program: Command): void {
@@ -306,9 +307,11 @@ function registerDemo(program: Command): void {
     .option('--profile <name>', 'instance profile')
     .option('--seed <n>', 'workload and engine seed', seedArg, 1)
     .option('--kv-events', 'emulators publish vLLM KV events and the gateway follows them (sim: events without delay)', false)
-    .action(async (f: DemoFlags) => {
+    .option('--pd', 'P/D disaggregation: 1 prefill + 1 decode emulator (roles 1P1D), the gateway drives kv_transfer_params as vLLM\'s proxy does, the sim hands the KV off on the same link model', false)
+    .action(async (f: DemoFlags, cmd: Command) => {
       const { runDemo } = await import('./demo.js');
-      const r = await runDemo({ out: f.out, requests: f.requests, strategy: f.strategy, instances: f.instances, timeScale: f.timeScale, workload: f.workload, rate: f.rate, outputTokens: f.outputTokens, profile: f.profile, seed: f.seed, kvEvents: f.kvEvents });
+      const instances = f.pd && cmd.getOptionValueSource('instances') === 'default' ? undefined : f.instances;
+      const r = await runDemo({ out: f.out, requests: f.requests, strategy: f.strategy, instances, timeScale: f.timeScale, workload: f.workload, rate: f.rate, outputTokens: f.outputTokens, profile: f.profile, seed: f.seed, kvEvents: f.kvEvents, pd: f.pd });
       process.stdout.write(`${r.text}\nlive demo: done in ${(r.wallMs / 1000).toFixed(1)} s; outputs in ${r.out}\n`);
       // everything started was stopped; do not wait for stray timers of closed servers
       process.exit(0);

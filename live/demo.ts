@@ -22,6 +22,11 @@
  *     only, so the simulated engine must too) → DIR/sim;
  *  5. writes DIR/diff.json = `kvlab diff DIR/live DIR/sim` (A = observed) and prints simulated vs
  *     observed TTFT beside the engine's decision-time prediction vs observed.
+ * With `pd` (`kvlab live demo --pd`) the two instances are 1 prefill + 1 decode (roles 1P1D, both
+ * the gateway's engine and the simulator): emulator i0 `--role prefill`, i1 `--role decode` with
+ * the cluster's P -> D link; the gateway drives each request as vLLM's disaggregated-serving proxy
+ * does (prefill on P with kv_transfer_params, decode on D, D's tokens streamed: pd.firstToken
+ * `decode`), and the simulator hands the KV off on the same link model.
  * Every server it started is stopped at the end, on error and on SIGINT/SIGTERM.
  * All times in the outputs are model ms (wall ms × timeScale).
  */
@@ -44,7 +49,7 @@ import type { LoadedTrace } from '../traces/schema.js';
 import { backendSpecs } from './backends.js';
 import { diffRuns, type DiffResult } from './diff.js';
 import { startEmulator, type EmulatorHandle } from './emulator.js';
-import { startGateway, type GatewayHandle } from './gateway.js';
+import { livePd, startGateway, type GatewayHandle } from './gateway.js';
 import { startKdn, type KdnHandle } from './kdn.js';
 import { readRecords, type TimingRecord } from './recorder.js';
 import { freePort, launchRedis, type RedisServerHandle } from './redis-launcher.js';
@@ -78,6 +83,8 @@ export interface DemoOptions {
    * gets its KV events without delay too); default false: predict-on-route only on both sides.
    */
   kvEvents?: boolean;
+  /** 1 prefill + 1 decode instance (roles 1P1D) instead of `instances` mixed ones (module doc). */
+  pd?: boolean;
   /** progress lines (default: stderr). */
   log?: (line: string) => void;
 }
@@ -130,6 +137,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     if (existsSync(join(out, sub, 'records.jsonl'))) throw new Error(`${opts.out} already holds a live demo (${join(out, sub, 'records.jsonl')}); use a new --out directory`);
   }
   mkdirSync(out, { recursive: true });
+  if (opts.pd && opts.instances !== undefined && opts.instances !== 2) throw new Error(`--pd runs 1 prefill + 1 decode instance: --instances must be 2 or absent (got ${opts.instances})`);
   const n = opts.instances ?? 2;
   const ts = opts.timeScale ?? 1;
   const strategy = opts.strategy ?? 'kvlab';
@@ -154,11 +162,14 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
   try {
     const profile = loadProfile(opts.profile ?? DEFAULT_PROFILE);
     // ---- the cluster both the gateway's engine and the simulator use
-    const rc: ResolvedCluster = resolveCluster({ instances: n, sim: { stepNoiseCv: 0 } }, { profile: profile.name, kvEventDelayMs: opts.kvEvents ? 0 : 1e9 }, DEFAULT_PROFILE);
+    const rc0: ResolvedCluster = resolveCluster({ instances: n, sim: { stepNoiseCv: 0 } }, { profile: profile.name, kvEventDelayMs: opts.kvEvents ? 0 : 1e9, ...(opts.pd ? { roles: '1P1D' } : {}) }, DEFAULT_PROFILE);
+    // the hand-off as the gateway drives it (after the prefill, first token from D), on both sides
+    const rc: ResolvedCluster = { ...rc0, spec: livePd(rc0.spec) };
+    const roles = rc.spec.instances.map((s) => s.role ?? 'mixed');
     const kdnSpec = rc.spec.kdns[0]!;
     const link = rc.spec.links[0]![0]!;
 
-    log(`live demo: ${workload} workload, ${opts.requests ?? 40} requests, ${n} × ${profile.name}, strategy ${strategy}, time scale ${ts}; starting Redis, ${n} emulators, a KDN and the gateway`);
+    log(`live demo: ${workload} workload, ${opts.requests ?? 40} requests, ${opts.pd ? '1 prefill + 1 decode' : n} × ${profile.name}, strategy ${strategy}, time scale ${ts}; starting Redis, ${n} emulators, a KDN and the gateway`);
     const { trace, docs } = await demoWorkload({ workload, nqDir, requests: opts.requests ?? 40, rate: opts.rate ?? 0.5, outputTokens: opts.outputTokens ?? 32, seed: opts.seed ?? 1 });
 
     // ---- servers
@@ -169,7 +180,8 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     for (let i = 0; i < n; i++) {
       const kvPort = opts.kvEvents ? await freePort() : 0;
       kvPorts.push(kvPort);
-      const em = await startEmulator({ profile, model: MODEL, modelPath: MODEL_PATH, redisUrl: `${redis.url}/${i + 1}`, timeScale: ts, coldStart: false, ...(opts.kvEvents ? { kvEvents: { endpoint: `tcp://127.0.0.1:${kvPort}` } } : {}) });
+      const pdRole = roles[i] !== 'mixed' ? { role: roles[i], engineId: rc.spec.instances[i]!.id, pdLink: rc.spec.pd!.link } : {};
+      const em = await startEmulator({ profile, model: MODEL, modelPath: MODEL_PATH, redisUrl: `${redis.url}/${i + 1}`, timeScale: ts, coldStart: false, ...pdRole, ...(opts.kvEvents ? { kvEvents: { endpoint: `tcp://127.0.0.1:${kvPort}` } } : {}) });
       stops.push(() => em.close());
       ems.push(em);
     }
@@ -207,7 +219,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
       ...(opts.kvEvents ? { kvEvents: kvPorts.map((p) => ({ endpoint: `tcp://127.0.0.1:${p}` })) } : {}),
     });
     stops.push(() => gw.close());
-    log(`live demo: redis ${redis.url}, emulators ${ems.map((e) => e.url).join(' ')}, KDN ${kdn.url}, gateway ${gw.url}`);
+    log(`live demo: redis ${redis.url}, emulators ${ems.map((e, i) => (roles[i] !== 'mixed' ? `${e.url} (${roles[i]})` : e.url)).join(' ')}, KDN ${kdn.url}, gateway ${gw.url}`);
 
     // ---- knowledge (synthetic kids hash the document name: the requests get the KDN's kids)
     const kidMap = await registerDocuments(kdn.url, docs);
@@ -255,7 +267,8 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     const client = diffRuns(join(out, 'replay'), join(out, 'sim'));
     const live = liveRecs;
     const completed = live.filter((r) => r.status === 'ok').length;
-    const text = demoReport(diff, own, client, live.length, completed, rep.records.length);
+    const pdLine = opts.pd ? pdReport(live, readRecords(join(out, 'sim'))) : null;
+    const text = demoReport(diff, own, client, live.length, completed, rep.records.length) + (pdLine ? `\n${pdLine}` : '');
     return {
       out,
       diff,
@@ -305,13 +318,13 @@ async function warmUp(kdnUrl: string, ems: EmulatorHandle[], redisUrl: string): 
  */
 export class AsDecidedStrategy implements Strategy {
   readonly name: string;
-  private readonly byId = new Map<string, { instance: string; intent: Intent; reused: number }>();
+  private readonly byId = new Map<string, { instance: string; decode: string | null; intent: Intent; reused: number }>();
   constructor(
     private readonly inner: Strategy,
     records: readonly TimingRecord[],
   ) {
     this.name = inner.name;
-    for (const r of records) if (r.instance !== null && r.decision) this.byId.set(r.id, { instance: r.instance, intent: r.intent, reused: r.decision.reused_tokens });
+    for (const r of records) if (r.instance !== null && r.decision) this.byId.set(r.id, { instance: r.instance, decode: r.decode_instance ?? null, intent: r.intent, reused: r.decision.reused_tokens });
   }
   decide(ctx: DecideContext): StrategyChoice {
     const r = this.byId.get(ctx.req.id);
@@ -319,7 +332,9 @@ export class AsDecidedStrategy implements Strategy {
     if (!r || i < 0 || !ctx.isUp(i)) return this.inner.decide(ctx);
     const intent: Intent = ctx.req.knowledgeTokens > 0 ? (r.intent === 'none' ? 'text' : r.intent) : 'none';
     const p = ctx.predict(i, intent, intent === 'kvcache' || intent === 'hybrid' ? r.reused : 0);
-    return { instance: i, intent, reuseTokens: intent === 'kvcache' || intent === 'hybrid' ? r.reused : undefined, alternatives: [{ instance: i, intent, score: p.ttftMs, ttftMs: p.ttftMs }], reason: 'as-live', prediction: p };
+    // P/D: the decode instance the live request really decoded on
+    const D = r.decode !== null ? ctx.cluster.instances.findIndex((s) => s.id === r.decode) : -1;
+    return { instance: i, ...(D >= 0 && ctx.isUp(D) ? { decode: D } : {}), intent, reuseTokens: intent === 'kvcache' || intent === 'hybrid' ? r.reused : undefined, alternatives: [{ instance: i, intent, score: p.ttftMs, ttftMs: p.ttftMs }], reason: 'as-live', prediction: p };
   }
 }
 
@@ -338,6 +353,28 @@ export function simulateAsDecided(t: LoadedTrace, rc: ResolvedCluster, inner: St
   const summary = { kvlab_version: KVLAB_VERSION, source: 'sim', strategy: inner.name, decisions: 'as-live', seed, trace: t.meta.name, instances: rc.spec.instances.length, profile: rc.spec.instances[0]!.profile.name, ...summarize(o, obs) };
   writeFileSync(join(outDir, 'summary.json'), JSON.stringify(summary, null, 1) + '\n');
   writeFileSync(join(outDir, 'config.json'), JSON.stringify({ kvlab_version: KVLAB_VERSION, strategy: inner.name, decisions: 'as-live (the gateway\'s executed instance and intent per request)', seed, sim: { step_noise_cv: 0 }, cluster: { instances: rc.spec.instances.map((s) => s.id), kdns: rc.spec.kdns.map((k) => ({ id: k.id, compression: k.compression, text_fetch_ms: k.textFetchMs })), links: rc.spec.links, kv_event_delay_ms: rc.spec.kvEventDelayMs, chunk_tokens: rc.spec.chunkTokens } }, null, 1) + '\n');
+}
+
+/**
+ * One line on the P/D hand-offs, live (the decode emulator's link report) beside simulated:
+ * disaggregated requests, mean transfer ms, mean ms from P's answer / prefill end to D's first
+ * token, and fallbacks.
+ */
+export function pdReport(live: readonly TimingRecord[], sim: readonly TimingRecord[]): string {
+  const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
+  const side = (rs: readonly TimingRecord[]) => {
+    const pd = rs.filter((r) => r.status === 'ok' && r.observed?.pd && r.decode_instance);
+    return {
+      n: pd.length,
+      transfer: mean(pd.map((r) => r.observed!.pd!.transfer_ms).filter((x): x is number => x !== null)),
+      gap: mean(pd.map((r) => (r.observed!.first_token_at_ms ?? NaN) - (r.observed!.pd!.prefill_done_ms ?? NaN)).filter(Number.isFinite)),
+      fallbacks: rs.filter((r) => r.observed?.pd?.fallback).length,
+    };
+  };
+  const l = side(live);
+  const s = side(sim);
+  const f = (x: number) => (Number.isFinite(x) ? `${x.toFixed(1)} ms` : '—');
+  return `P/D: ${l.n} requests disaggregated live (${l.fallbacks} fell back to P), ${s.n} in the sim; hand-off transfer mean ${f(l.transfer)} live vs ${f(s.transfer)} sim; prefill end -> client's first token mean ${f(l.gap)} live vs ${f(s.gap)} sim`;
 }
 
 function demoReport(d: DiffResult, own: DiffResult, client: DiffResult, total: number, ok: number, sent: number): string {

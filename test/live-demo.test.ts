@@ -61,4 +61,26 @@ describeRedis('live demo', () => {
     await expect(runDemo({ out, requests: 2, workload: 'synthetic', log: () => undefined })).rejects.toThrow(/already holds a live demo .*use a new --out directory/);
     expect(performance.now() - t0).toBeLessThan(1000);
   });
+
+  it('--pd: 1 prefill + 1 decode emulator end to end, every request disaggregated live and in the sim', async () => {
+    const dir = join(out, 'pd');
+    const r = await runDemo({ out: dir, pd: true, requests: 6, rate: 2, timeScale: 4, workload: 'synthetic', outputTokens: 6, log: () => undefined });
+    expect(r.completed).toBe(6);
+    const read = (d: string) => readFileSync(join(dir, d, 'records.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const live = read('live');
+    const sim = new Map(read('sim').map((x) => [x.id, x]));
+    for (const l of live) {
+      expect(l.instance).toBe('i0');
+      expect(l.decode_instance).toBe('i1');
+      expect(l.observed.pd).toMatchObject({ decode_instance: 'i1', kv_transfer_params: true, fallback: null, transfer_tokens: l.input_tokens });
+      // the decode emulator charged the hand-off on the same link model as the simulator
+      const s = sim.get(l.id);
+      expect(s.decode_instance).toBe('i1');
+      expect(l.observed.pd.transfer_bytes).toBe(s.observed.pd.transfer_bytes);
+      expect(l.observed.pd.transfer_ms).toBeCloseTo(s.observed.pd.transfer_ms, 1);
+    }
+    expect(JSON.parse(readFileSync(join(dir, 'diff.json'), 'utf8')).same_instance).toBe(1);
+    expect(r.text).toMatch(/P\/D: 6 requests disaggregated live \(0 fell back to P\), 6 in the sim/);
+    await expect(runDemo({ out: join(out, 'pd3'), pd: true, instances: 3, log: () => undefined })).rejects.toThrow(/--pd runs 1 prefill \+ 1 decode instance/);
+  });
 });

@@ -236,7 +236,7 @@ export function registerPipeline(app: FastifyInstance, deps: PipelineDeps): void
       deps.booking.colocate(leg, `decode instance ${b.spec.id} failed before the first byte: ${e.message}`);
       records.pdFallbacks.inc();
       if (e.connect) deps.health.markDown(b, e.message);
-      return await deps.upstream.send(leg, leg.built!, upstreamStream);
+      return await deps.upstream.send(leg, leg.built!, upstreamStream, { to: leg.d!.instance });
     }
   };
 

@@ -74,7 +74,9 @@ export class Upstream {
     if (upstreamStream) (body as Record<string, unknown>).stream_options = { ...((built.body.stream_options as object | undefined) ?? {}), include_usage: true };
     else delete (body as Record<string, unknown>).stream_options;
     if (opts.kvTransferParams) (body as Record<string, unknown>).kv_transfer_params = opts.kvTransferParams;
-    f.tSend = this.now();
+    // a disaggregated request's send time is its prefill's (the record's prefill_ms then spans
+    // P's prefill, the hand-off and D's first step, as the simulator's with the first token from D)
+    if (opts.to === undefined) f.tSend = this.now();
     b.inflight++;
     f.backendHeld = b.index;
     f.upstreamAt = b.index;
@@ -118,7 +120,8 @@ export class Upstream {
     delete body.stream_options;
     delete body.min_tokens;
     delete body.min_completion_tokens;
-    f.pd = { decode: f.pdDecode, prefillSentMs: this.now(), prefillDoneMs: -1, decodeSentMs: -1, params: false, transfer: null, fallback: null };
+    f.tSend = this.now();
+    f.pd = { decode: f.pdDecode, prefillSentMs: f.tSend, prefillDoneMs: -1, decodeSentMs: -1, params: false, transfer: null, fallback: null };
     b.inflight++;
     f.backendHeld = b.index;
     f.upstreamAt = b.index;
