@@ -10,7 +10,7 @@
  * | `POST /knowledge/build_kv` | `{kid}` | item status (builds the KV; 409 naming the field on a builder mismatch) |
  * | `POST /knowledge/search/text` | `{knowledge_ids, need_fields?}` | `{items: [{id, kid, content, length, tokens, kv_ready, meta, created_at}], miss}` |
  * | `POST /knowledge/snapshot` | `{need_fields?, limit?=1e6, offset?=0}` | `{items: [{kid, length, tokens, kv_ready, kv_updated_at, kv_dumped_keys, created_at}], count, limit, offset}` |
- * | `POST /knowledge/inject_ready_kv` | `{request_id?, model?, knowledge_ids, redis_host?, redis_port?, redis_db?, redis_password?, tokens?, sequence?=false, blend?=false}` | ACK (see {@link InjectAck}) |
+ * | `POST /knowledge/inject_ready_kv` | `{request_id?, model?, knowledge_ids, redis_host?, redis_port?, redis_db?, redis_password?, tokens?, sequence?=false, blend?=false, model_path?}` | ACK (see {@link InjectAck}) |
  * | `POST /knowledge/delete` | `{knowledge_ids, delete_kv?=true}` | `{deleted, miss}` |
  * | `POST /knowledge/purge_all` | `{delete_kv?=true}` | `{deleted}` |
  * | `POST /knowledge/pool_status` | `{sample_limit?=5}` | totals and samples |
@@ -190,6 +190,7 @@ const snapshotSchema = z.looseObject({ need_fields: z.array(z.string()).nullish(
 const injectSchema = z.looseObject({
   request_id: z.union([z.string(), z.number()]).nullish(),
   model: z.string().nullish(),
+  model_path: z.string().nullish(),
   knowledge_ids: kidList,
   redis_host: z.string().min(1).nullish(),
   redis_port: z.number().int().min(1).max(65535).nullish(),
@@ -479,6 +480,8 @@ export async function startKdn(opts: KdnOptions): Promise<KdnHandle> {
   app.post('/knowledge/inject_ready_kv', async (req) => {
     const b = parse(injectSchema, req.body, 'inject_ready_kv');
     if (b.model && !modelNames.has(b.model)) throw new KdnError(400, `inject_ready_kv: model: this KDN builds KV for ${[...modelNames].map((m) => JSON.stringify(m)).join(' / ')}, not ${JSON.stringify(b.model)}`);
+    // the target's model path is its LMCache model_name, part of every key: another one never hits
+    if (b.model_path && b.model_path !== lm.model) throw new KdnError(409, `inject_ready_kv: model_path: the target instance runs ${JSON.stringify(b.model_path)} (its LMCache model_name), this KDN keys KV for ${JSON.stringify(lm.model)} (--model): its chunk keys would never match`);
     const host = b.redis_host ?? '127.0.0.1';
     const port = b.redis_port ?? 6379;
     const db = b.redis_db ?? 0;

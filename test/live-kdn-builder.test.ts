@@ -129,6 +129,22 @@ describeRedis('KDN with a builder', () => {
     expect(await db0.exists(`kdn:seqkv:${sid}:${kvBytesKey(seqKeys[0]!)}`)).toBe(0);
   });
 
+  it('refuses to inject into an instance of another model (model_path): the request goes as text and says why', async () => {
+    const reg = await postJson(`${kdn.url}/knowledge/register_text`, { content: DOC });
+    const other = await startEmulator({ profile: testProfile(), model: MODEL, modelPath: '/models/other-model', redisUrl: `${redis.url}/7`, bytesPerToken: 16, coldStart: false });
+    const g = await startGateway({ port: 0, backends: backendSpecs([other.url], [`${redis.url}/7`]), kdnUrl: kdn.url, strategy: 'kv-only', cluster: testCluster(1, testProfile()), health: { intervalMs: 200 } });
+    closers.unshift(() => g.close(), () => other.close());
+    const r = await postJson(`${g.url}/v1/chat/completions`, { model: MODEL, messages: [{ role: 'user', content: 'Who?' }], knowledge_ids: [reg.json.kid], Injection_type: 'kvcache', max_tokens: 2 });
+    expect(r.status).toBe(200);
+    const d = JSON.parse(r.headers['x-kvlab-decision'] as string);
+    expect(d.intent).toBe('text');
+    expect(d.reason).toMatch(/fallback-text:kdn-http-409: .*model_path: the target instance runs "\/models\/other-model"/);
+    const db7 = new Redis(`${redis.url}/7`);
+    closers.push(async () => db7.disconnect());
+    expect(await db7.keys(`vllm@${MODEL}@*`)).toHaveLength(0); // nothing copied (the instance stored its own computed chunks only)
+    expect((await db7.keys('vllm@/models/other-model@*')).length).toBeGreaterThan(0);
+  });
+
   it('refuses a builder keyed for another model, naming the field', async () => {
     const other = await startEmulator({ profile: testProfile(), model: MODEL, modelPath: '/models/other-model', redisUrl: `${redis.url}/2`, bytesPerToken: 16, coldStart: false });
     closers.push(() => other.close());

@@ -17,6 +17,9 @@ import type { GatewayRecords } from './records.js';
 
 /** Runs the KV injections of gateway requests. */
 export class KvInjector {
+  /** per backend, its model path (`/v1/models` root = vLLM --model = LMCache model_name), once known. */
+  private readonly roots = new Map<number, Promise<string | null>>();
+
   constructor(
     private readonly kdnUrl: string | null,
     private readonly backends: readonly Backend[],
@@ -29,6 +32,27 @@ export class KvInjector {
     /** the served model name (LMCache keys), once known. */
     private readonly model: () => string | null,
   ) {}
+
+  /** Backend i's model path from its `/v1/models` (`root`, else `id`); null when it cannot say (asked again later). */
+  private rootOf(i: number): Promise<string | null> {
+    let p = this.roots.get(i);
+    if (!p) {
+      p = this.backends[i]!.get('/v1/models', 2000).then(
+        (r) => {
+          const card = r.status === 200 ? (JSON.parse(r.text) as { data?: Array<{ id?: string; root?: string }> }).data?.[0] : undefined;
+          const root = card?.root ?? card?.id ?? null;
+          if (root === null) this.roots.delete(i);
+          return root;
+        },
+        () => {
+          this.roots.delete(i);
+          return null;
+        },
+      );
+      this.roots.set(i, p);
+    }
+    return p;
+  }
 
   /**
    * Injects the KV of `f`'s knowledge for its decision (no-op for text/none).
@@ -62,19 +86,21 @@ export class KvInjector {
     const blend = d.intent === 'blend';
     const sequence = !blend && docs.length > 1 && d.reusedTokens > docs[0]!.tokens;
     const kids = sequence || blend ? docs.map((k) => k.kid) : [kid];
+    // the target's model path goes along: the KDN refuses KV keyed for another model (409 naming model_path)
+    const modelPath = await this.rootOf(d.instance);
     let ack: { ok?: boolean; queue_ms?: number; transfer_ms?: number; tokens_injected?: number; wire_bytes?: number; detail?: string; injected_kids?: string[] };
     const tStart = this.now();
     try {
       const res = await undiciRequest(`${this.kdnUrl}/knowledge/inject_ready_kv`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ request_id: f.id, model: this.model() ?? undefined, knowledge_ids: kids, ...(sequence ? { sequence: true } : {}), ...(blend ? { blend: true } : {}), redis_host: target.host, redis_port: target.port, redis_db: target.db, redis_password: target.password, tokens: d.reusedTokens }),
+        body: JSON.stringify({ request_id: f.id, model: this.model() ?? undefined, ...(modelPath ? { model_path: modelPath } : {}), knowledge_ids: kids, ...(sequence ? { sequence: true } : {}), ...(blend ? { blend: true } : {}), redis_host: target.host, redis_port: target.port, redis_db: target.db, redis_password: target.password, tokens: d.reusedTokens }),
         signal: f.attemptSignal(),
         headersTimeout: 120_000,
         bodyTimeout: 120_000,
       });
       const text = await res.body.text();
-      if (res.statusCode !== 200) return fall(`kdn-http-${res.statusCode}: ${text.slice(0, 120)}`);
+      if (res.statusCode !== 200) return fall(`kdn-http-${res.statusCode}: ${kdnDetail(text).slice(0, 200)}`);
       ack = JSON.parse(text);
     } catch (e) {
       if (f.abort.signal.aborted || f.instanceLost) {
@@ -95,5 +121,15 @@ export class KvInjector {
     const labels = { kdn: this.kdnIds[d.kdn] ?? 'kdn', instance: this.ids[d.instance]! };
     this.records.linkBusy.inc(labels, f.transfer / 1000);
     this.records.linkWait.inc(labels, f.linkWait / 1000);
+  }
+}
+
+/** The `detail` of a KDN error body (FastAPI shape), else the text itself. */
+function kdnDetail(text: string): string {
+  try {
+    const d = (JSON.parse(text) as { detail?: unknown }).detail;
+    return typeof d === 'string' ? d : text;
+  } catch {
+    return text;
   }
 }
