@@ -74,6 +74,7 @@ export function registerOps(app: FastifyInstance, d: OpsDeps): void {
       instances: backends.map((b, i) => ({
         id: b.spec.id,
         url: b.url,
+        role: engine.cluster.instances[i]!.role ?? 'mixed',
         up: engine.up[i],
         down_reason: b.downReason,
         inflight: b.inflight,
