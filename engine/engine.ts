@@ -87,6 +87,8 @@ export interface DecideContext {
   role(i: number): InstanceRole;
   /** the cluster's P -> D hand-off settings (defaults when it has no roles). */
   readonly pd: PdSpec;
+  /** the cluster has instances with a P/D role (prefill or decode): decisions may disaggregate. */
+  readonly hasRoles: boolean;
   /** predicted wait (ms) for the P -> D link from -> to for a transfer ready at `at` (ms). */
   pdLinkWaitMs(from: number, to: number, at: number): number;
   /** seeded uniform [0, 1). */
@@ -792,6 +794,7 @@ class EngineContext implements DecideContext {
   private spans: Array<Array<[number, number]>> | null = null;
   private readonly meetScratch = emptyPrediction();
   readonly pd: PdSpec;
+  readonly hasRoles: boolean;
   /** per instance: may take a prefill (role prefill or mixed). */
   private readonly prefillOk: boolean[];
   /** per instance, CPU-tier and remote-tier blocks after the GPU match (valid when `tierReady`). */
@@ -822,6 +825,7 @@ class EngineContext implements DecideContext {
     this.peerLink = cluster.peerLink ?? PEER_LINK_DEFAULT;
     this.pd = cluster.pd ?? PD_DEFAULTS;
     this.prefillOk = cluster.instances.map(prefillCapable);
+    this.hasRoles = hasRoles(cluster.instances);
   }
 
   reset(req: CausalRequest, now: number, expectedOut: number): void {

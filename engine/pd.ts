@@ -15,7 +15,9 @@
  * decode instance gets the request: tests/v1/kv_connector/nixl_integration/toy_proxy_server.py).
  */
 import { transferMs } from './costmodel.js';
+import type { DecideContext } from './engine.js';
 import type { InstanceLoad } from './load.js';
+import { tbtEstimateMs } from './predict.js';
 import type { InstanceRole, InstanceSpec, LinkSpec, PdSpec } from './types.js';
 
 /** Default P -> D link: one 200 Gbit/s RDMA NIC (Mooncake's nodes have four 200 Gbps NICs, §5.1), 0.01 ms, 0.825 efficiency. */
@@ -123,4 +125,84 @@ export function leastLoadedDecode(n: number, prefill: number, spec: (i: number) 
     } else if (l.kvTokens === bestKv && l.decodeReqs === bestReqs && rng() * ++ties < 1) best = i;
   }
   return best;
+}
+
+const arrivalScratch: InstanceLoad = { inflight: 0, prefillReqs: 0, prefillTokens: 0, decodeReqs: 0, decodeCtxTokens: 0, kvTokens: 0, workMs: 0, workAt: 0, dispatched: 0 };
+
+/**
+ * Predicted TBT (ms) of a decode instance for a request that reaches it after its prefill: the
+ * booked load counts a disaggregated request as decoding on D only from its first token
+ * (engine/load.ts), but by the time this one arrives the requests booked on D earlier will be
+ * decoding too, so every in-flight request not prefilling there counts as decoding
+ * (inflight − prefillReqs; their context is not known yet and adds no KV-read time), then
+ * engine/predict.ts `tbtEstimateMs` (one of its longest iterations, this request included).
+ */
+export function decodeTbtMs(inst: InstanceSpec, l: InstanceLoad): number {
+  const a = arrivalScratch;
+  Object.assign(a, l);
+  a.decodeReqs = Math.max(l.decodeReqs, l.inflight - l.prefillReqs);
+  return tbtEstimateMs(inst, a);
+}
+
+/**
+ * Mooncake's `SelectDecodingInstance` (Qin et al., FAST'25, Algorithm 1 line 17; §3.1: "the
+ * decoding node is pre-selected by Conductor based on its current load to ensure it does not
+ * violate the TBT SLO"): the up decode-capable instance other than `prefill` with the smallest
+ * predicted TBT (`decodeTbtMs`: its booked requests past or after their prefill, plus this one;
+ * ties to the lower index).
+ * @returns the instance and its TBT (ms); instance -1 when there is none
+ */
+export function minTbtDecode(n: number, prefill: number, spec: (i: number) => InstanceSpec, alive: (i: number) => boolean, load: (i: number) => InstanceLoad): { instance: number; tbtMs: number } {
+  let best = -1;
+  let bestTbt = Infinity;
+  for (let i = 0; i < n; i++) {
+    if (i === prefill || !alive(i) || !decodeCapable(spec(i))) continue;
+    const t = decodeTbtMs(spec(i), load(i));
+    if (t < bestTbt) {
+      best = i;
+      bestTbt = t;
+    }
+  }
+  return { instance: best, tbtMs: bestTbt };
+}
+
+/** A decode placement priced by `priceDecode`: -1 = colocated on P. */
+export interface DecodePrice {
+  decode: number;
+  /** predicted ms after P's prefill until the last token: hand-off (link wait + exposed transfer) + expected output tokens × TBT on the decode instance. */
+  costMs: number;
+  /** every option priced (instance, cost ms), the colocated one first when P may decode. */
+  options: Array<{ instance: number; costMs: number }>;
+}
+
+/**
+ * kvlab's decode placement for a request prefilled on `P` (ms, same models as the engine's
+ * predictions): colocated on P (when P may decode) costs expectedOut × TBT_P; disaggregated to D
+ * (up, decode-capable, ≠ P) costs pdLinkWait(P→D at prefill end) + pdExposedMs + expectedOut ×
+ * TBT_D, TBT from `decodeTbtMs` (booked requests past or after their prefill plus this one, and
+ * the prefill chunk sharing the step). The minimum wins; exact ties go to the lower index.
+ * @param ttftMs predicted prefill end on P (ms after now); @param prefillMs its compute time (ms)
+ */
+export function priceDecode(ctx: DecideContext, P: number, ttftMs: number, prefillMs: number): DecodePrice {
+  const out = Math.max(1, ctx.expectedOutputTokens);
+  const options: Array<{ instance: number; costMs: number }> = [];
+  let best = -1;
+  let bestCost = Infinity;
+  if (decodeCapable(ctx.cluster.instances[P]!)) {
+    bestCost = out * decodeTbtMs(ctx.spec(P), ctx.load(P));
+    options.push({ instance: P, costMs: bestCost });
+  }
+  const bytes = pdBytes(ctx.spec(P), ctx.req.inputTokens);
+  const layers = ctx.spec(P).profile.model.layers;
+  const handoff = pdExposedMs(bytes, ctx.pd, prefillMs, layers);
+  for (let i = 0; i < ctx.n; i++) {
+    if (i === P || !ctx.alive(i) || !decodeCapable(ctx.cluster.instances[i]!)) continue;
+    const c = ctx.pdLinkWaitMs(P, i, ctx.now + ttftMs) + handoff + out * decodeTbtMs(ctx.spec(i), ctx.load(i));
+    options.push({ instance: i, costMs: c });
+    if (c < bestCost) {
+      best = i;
+      bestCost = c;
+    }
+  }
+  return { decode: best, costMs: bestCost, options };
 }

@@ -195,7 +195,7 @@ describe('P/D roles in cluster files and the CLI', () => {
     expect(recs(mixed)).toBe(recs(plain));
   });
 
-  it('strategies that route only the prefill get a decode instance from the engine; every request completes', () => {
+  it('every strategy places each request on a valid P/D pair or colocated on a decode-capable instance; every request completes', () => {
     const t = generateSynthetic({ requests: 150, seed: 4 });
     const c = testCluster(4);
     c.instances[0]!.role = 'prefill';
@@ -208,6 +208,11 @@ describe('P/D roles in cluster files and the CLI', () => {
       expect(s.completed + s.rejected, name).toBe(150);
       for (let r = 0; r < 150; r++) {
         if (o.decisions.rejectedReason(r)) continue;
+        if (o.decisions.decode[r]! < 0) {
+          // colocated (Dynamo's conditional disaggregation, llm-d's decider): on a decode instance
+          expect([2, 3], name).toContain(o.decisions.instance[r]);
+          continue;
+        }
         expect([0, 1], name).toContain(o.decisions.instance[r]);
         expect([2, 3], name).toContain(o.decisions.decode[r]);
       }

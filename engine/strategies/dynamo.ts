@@ -27,9 +27,29 @@
  * p(w) ∝ exp(−(c_w − c_min) / ((c_max − c_min)·T)) (`softmax_sample`).
  * Not modelled: the router queue (`router_queue_threshold`, unset by default in the v1.4-era
  * config; the peer audit measured it does not help at 1.25× the Mooncake rate).
+ *
+ * P/D (a cluster with roles; docs/components/router/router-disaggregated-serving.md and
+ * lib/kv-router/src/conditional_disagg.rs @ 48bbf30c):
+ * - prefill router: the logit above over the prefill workers (role prefill or mixed) without
+ *   active block tracking ("always disables active block tracking"):
+ *   logit_P(w) = max(0, (active_prefill_tokens(w) + ISL) / bs − overlap credit);
+ * - decode router, plain disaggregation (the default): overlap_score_credit 0,
+ *   assume_kv_reuse false, track_prefill_tokens false, so
+ *   logit_D(w) = potential_decode_blocks(w) = active blocks booked on w (no dedup) + this
+ *   request's complete blocks; the request prefills on argmin logit_P and decodes on argmin
+ *   logit_D (every request is disaggregated);
+ * - conditional disaggregation (`conditionalDisagg`, `--router-conditional-disagg`, off by
+ *   default upstream), policy `isl_bounding`: the decode worker is picked with the full logit
+ *   (overlap credit, KV reuse: it may run the prefill), then with its weighted cache credit c
+ *   (tokens: device + 0.75 host + 0.25 disk blocks, × bs):
+ *   eff_isl = ISL − min(c, ISL); bypass = eff_isl < 2048 AND eff_isl / max(ISL, 1) < 0.7
+ *   (DEFAULT_CONDITIONAL_DISAGG_EFF_ISL_THRESHOLD / _RATIO_THRESHOLD); a bypassed request runs
+ *   colocated on that decode worker (local prefill), the others prefill on argmin logit_P.
+ * Active blocks are booked on the request's decode worker (the prefill pool tracks none).
  */
 import { argminUp, type DecideContext, type Strategy, type StrategyChoice } from '../engine.js';
 import { ActiveBlocks } from '../active-blocks.js';
+import { decodeCapable } from '../pd.js';
 import type { Alternative, Decision, Intent } from '../types.js';
 
 /** Parameters of `dynamo-kv` (Dynamo KvRouterConfig names). */
@@ -45,11 +65,17 @@ export interface DynamoParams {
   hostCacheHitWeight: number;
   /** disk_cache_hit_weight: credit per block found in the remote tier after that. */
   diskCacheHitWeight: number;
+  /** P/D: --router-conditional-disagg (policy isl_bounding); false = every request disaggregated. */
+  conditionalDisagg: boolean;
+  /** --router-conditional-disagg-eff-isl-threshold (tokens). */
+  effIslThreshold: number;
+  /** --router-conditional-disagg-eff-isl-ratio-threshold (effective / raw ISL). */
+  effIslRatioThreshold: number;
   intent: Intent;
 }
 
-/** Dynamo's defaults: overlap_score_weight 1, router_temperature 0, assume_kv_reuse true; 16-token blocks. */
-export const DYNAMO_DEFAULTS: DynamoParams = { overlapScoreWeight: 1, routerTemperature: 0, blockSize: 16, assumeKvReuse: true, hostCacheHitWeight: 0.75, diskCacheHitWeight: 0.25, intent: 'text' };
+/** Dynamo's defaults: overlap_score_weight 1, router_temperature 0, assume_kv_reuse true; 16-token blocks; conditional disaggregation off (2048 tokens, 0.7). */
+export const DYNAMO_DEFAULTS: DynamoParams = { overlapScoreWeight: 1, routerTemperature: 0, blockSize: 16, assumeKvReuse: true, hostCacheHitWeight: 0.75, diskCacheHitWeight: 0.25, conditionalDisagg: false, effIslThreshold: 2048, effIslRatioThreshold: 0.7, intent: 'text' };
 
 interface Active {
   instance: number;
@@ -58,6 +84,8 @@ interface Active {
   counts: Int32Array;
   /** engine blocks booked without dedup (no reuse or no block ids). */
   booked: number;
+  /** booked with shared prefix blocks counted once (assume_kv_reuse). */
+  reuse: boolean;
 }
 
 /** The `dynamo-kv` strategy (module doc): the router's own active-sequence tracking per worker. */
@@ -101,6 +129,7 @@ export class DynamoKvStrategy implements Strategy {
       }
       if (all) for (let i = 0; i < ctx.n; i++) extra[i]! += all;
     }
+    if (ctx.hasRoles) return this.decidePd(ctx, reqBlocks);
     const cost = this.cost;
     const alternatives: Alternative[] = [];
     let cmin = Infinity;
@@ -138,15 +167,69 @@ export class DynamoKvStrategy implements Strategy {
     return { instance: chosen, intent: p.intent, alternatives, reason: 'dynamo-cost' };
   }
 
-  /** Books the request's prompt blocks as active on the chosen worker (released at completion). */
+  /**
+   * P/D decision (module doc): the decode worker, then (conditional disaggregation) the bypass
+   * rule, then the prefill worker. `extra` must hold this request's additional active blocks.
+   */
+  private decidePd(ctx: DecideContext, reqBlocks: number): StrategyChoice {
+    const p = this.p;
+    const req = ctx.req;
+    const bs = p.blockSize;
+    const cost = this.cost;
+    const alternatives: Alternative[] = [];
+    // cache credit (blocks) of worker i: device + weighted tier extensions
+    const credit = (i: number) => (p.overlapScoreWeight === 0 ? 0 : Math.floor(ctx.cachedTokens(i) / bs) + p.hostCacheHitWeight * Math.floor(ctx.cpuTokens(i) / bs) + p.diskCacheHitWeight * Math.floor(ctx.remoteTokens(i) / bs));
+    const prefillLogit = (i: number) => p.overlapScoreWeight * Math.max(0, (ctx.load(i).prefillTokens + req.inputTokens) / bs - credit(i));
+    // decode worker: plain = active blocks (no dedup) + this request's; conditional = the full logit
+    for (let i = 0; i < ctx.n; i++) cost[i] = ctx.alive(i) && decodeCapable(ctx.cluster.instances[i]!) ? (p.conditionalDisagg ? prefillLogit(i) + this.activeBlocks[i]! + this.extra[i]! : this.activeBlocks[i]! + reqBlocks) : Infinity;
+    const D = this.argmin(ctx, cost);
+    if (D >= 0 && p.conditionalDisagg) {
+      const cached = Math.min(credit(D) * bs, req.inputTokens);
+      const eff = req.inputTokens - cached;
+      if (eff < p.effIslThreshold && eff / Math.max(req.inputTokens, 1) < p.effIslRatioThreshold) {
+        alternatives.push({ instance: D, intent: p.intent, score: cost[D]! });
+        return { instance: D, intent: p.intent, alternatives, reason: `dynamo-cost;bypass eff_isl=${eff}` };
+      }
+    }
+    // prefill worker: the prefill logit over the prefill pool
+    for (let i = 0; i < ctx.n; i++) {
+      cost[i] = ctx.isUp(i) ? prefillLogit(i) : Infinity;
+      if (ctx.isUp(i)) alternatives.push({ instance: i, intent: p.intent, score: cost[i]! });
+    }
+    const P = this.argmin(ctx, cost);
+    const choice: StrategyChoice = { instance: P, intent: p.intent, alternatives, reason: 'dynamo-cost;disagg' };
+    if (D >= 0 && D !== P) choice.decode = D;
+    return choice;
+  }
+
+  /** argmin of `cost` over finite entries, exact ties by uniform reservoir sampling; -1 when none. */
+  private argmin(ctx: DecideContext, cost: Float64Array): number {
+    let best = -1;
+    let ties = 0;
+    for (let i = 0; i < ctx.n; i++) {
+      const c = cost[i]!;
+      if (c === Infinity) continue;
+      if (best < 0 || c < cost[best]!) {
+        best = i;
+        ties = 1;
+      } else if (c === cost[best] && ctx.rng() * ++ties < 1) best = i;
+    }
+    return best;
+  }
+
+  /**
+   * Books the request's prompt blocks as active on its decode worker (the chosen worker when
+   * colocated; released at completion). Plain P/D decode routing books them without dedup.
+   */
   onDispatch(ctx: DecideContext, d: Decision): void {
     const req = ctx.req;
     if (this.n !== ctx.n) this.init(ctx.n);
     const counts = this.blockCounts(req.inputTokens, req.blockSize, req.blocks.length).slice(0, req.blocks.length);
-    const i = d.instance;
+    const i = d.decode ?? d.instance;
     const booked = Math.floor(req.inputTokens / this.p.blockSize);
-    this.active.set(req.id, { instance: i, blocks: req.blocks, counts, booked });
-    if (!this.p.assumeKvReuse || req.blocks.length === 0) {
+    const reuse = this.p.assumeKvReuse && (!ctx.hasRoles || this.p.conditionalDisagg);
+    this.active.set(req.id, { instance: i, blocks: req.blocks, counts, booked, reuse });
+    if (!reuse || req.blocks.length === 0) {
       this.activeBlocks[i]! += booked;
       return;
     }
@@ -160,8 +243,8 @@ export class DynamoKvStrategy implements Strategy {
     this.active.delete(id);
     const i = a.instance;
     if (i >= this.n) return;
-    if (!this.p.assumeKvReuse || a.blocks.length === 0) {
-      const booked = a.blocks.length === 0 || !this.p.assumeKvReuse ? a.booked : 0;
+    if (!a.reuse || a.blocks.length === 0) {
+      const booked = a.booked;
       this.activeBlocks[i] = Math.max(0, this.activeBlocks[i]! - booked);
       return;
     }

@@ -32,9 +32,15 @@
  * being hidden behind the backlog, each extra chunk costs transfer time instead of saving
  * prefill, so the optimum is either that point, its neighbour chunk, or an end. We evaluate
  * exactly those candidates (plus 0 and full) with the predictor.
+ *
+ * P/D (a cluster with roles): the prefill instance is the option above (over instances that take
+ * prefills); then colocated vs disaggregated and the decode instance are priced in ms by
+ * engine/pd.ts `priceDecode`: expected output tokens × predicted TBT on the decode instance, plus
+ * for a hand-off the P -> D link wait and the transfer time the client sees; the cheapest wins.
  */
 import { kvWireBytes, prefillAloneMs, transferMs } from '../costmodel.js';
 import { PEER_LINK_DEFAULT, type DecideContext, type Strategy, type StrategyChoice } from '../engine.js';
+import { priceDecode } from '../pd.js';
 import { copyPrediction, emptyPrediction, tbtEstimateMs, type Prediction } from '../predict.js';
 import type { Alternative, Intent } from '../types.js';
 import { KVLAB_TUNED } from './kvlab-params.js';
@@ -235,9 +241,18 @@ export class KvlabStrategy implements Strategy {
     this.workAt = ctx.now;
     const choice: StrategyChoice = { instance: bestI, intent: bestIntent, reuseTokens: bestReuse, alternatives, reason: peerPick ? 'min-ttft;peer' : 'min-ttft', prediction: bestPred };
     if (peerPick) choice.peer = peerPick;
+    let decodeAt = bestI;
+    if (ctx.hasRoles) {
+      const dp = priceDecode(ctx, bestI, bestPred.ttftMs, bestPred.prefillMs);
+      if (dp.decode >= 0) {
+        choice.decode = dp.decode;
+        decodeAt = dp.decode;
+        choice.reason += ';disagg';
+      }
+    }
     if (this.p.ttftSloMs > 0 && bestPred.ttftMs > this.p.ttftSloMs) choice.reject = `predicted TTFT ${Math.round(bestPred.ttftMs)} ms > SLO ${this.p.ttftSloMs} ms`;
     else if (this.p.tbtSloMs > 0) {
-      const tbt = tbtEstimateMs(ctx.spec(bestI), ctx.load(bestI));
+      const tbt = tbtEstimateMs(ctx.spec(decodeAt), ctx.load(decodeAt));
       if (tbt > this.p.tbtSloMs) choice.reject = `predicted TBT ${Math.round(tbt)} ms > SLO ${this.p.tbtSloMs} ms`;
     }
     return choice;

@@ -17,8 +17,23 @@
  * The queue and KV numbers are scraped engine metrics (every 50 ms, `RefreshMetricsInterval`):
  * the driver feeds them (`metricsIntervalMs`), so they are up to 50 ms stale like upstream; an
  * instance not scraped yet counts as empty.
+ *
+ * P/D (a cluster with roles): the `disagg-profile-handler` with the `prefix-based-pd-decider` of
+ * deploy/config/pd-epp-config.yaml (same commit; profilehandler/disagg/pd_profile_handler.go,
+ * prefix_based_pd_decider.go, filter/bylabel/roles.go):
+ *   1. decode profile: decode-filter (role decode, prefill-decode = kvlab's mixed, or no label),
+ *      score 2 · prefix-cache-scorer + 1 · queue-scorer, max-score picker → D;
+ *   2. decider: hit = D's matched blocks × block size, non-cached = input − hit;
+ *      disaggregate iff nonCachedTokens > 0 AND input ≥ nonCachedTokens AND non-cached ≥
+ *      nonCachedTokens (16 in that config; the plugin's own default 0 disables P/D);
+ *   3. disaggregated: prefill profile: prefill-filter (role prefill or prefill-decode), same
+ *      scorers → P; the request prefills on P and decodes on D. Otherwise it runs on D alone.
+ * Upstream counts the input as prompt characters / 4 (the request is not tokenized there); here
+ * the prompt's token count, which the approximation estimates. Both chosen pods get the
+ * request's blocks in the approximate index (P computed them, D holds them after the transfer).
  */
 import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
+import { decodeCapable } from '../pd.js';
 import { PrefixIndex } from '../prefix-index.js';
 import type { Alternative, Decision, Intent } from '../types.js';
 
@@ -29,11 +44,17 @@ export interface LlmdParams {
   kvUtilWeight: number;
   /** metrics scrape interval, ms (RefreshMetricsInterval 50 ms). */
   scrapeMs: number;
+  /** P/D profiles (pd-epp-config.yaml): prefix-cache-scorer weight. */
+  pdPrefixWeight: number;
+  /** P/D profiles: queue-scorer weight. */
+  pdQueueWeight: number;
+  /** prefix-based-pd-decider nonCachedTokens (0 = never disaggregate). */
+  nonCachedTokens: number;
   intent: Intent;
 }
 
-/** llm-d's built-in default profile: prefix 3, queue 2, KV utilisation 2; 50 ms scrapes. */
-export const LLMD_DEFAULTS: LlmdParams = { prefixWeight: 3, queueWeight: 2, kvUtilWeight: 2, scrapeMs: 50, intent: 'text' };
+/** llm-d's built-in default profile: prefix 3, queue 2, KV utilisation 2; 50 ms scrapes; P/D: prefix 2, queue 1, nonCachedTokens 16. */
+export const LLMD_DEFAULTS: LlmdParams = { prefixWeight: 3, queueWeight: 2, kvUtilWeight: 2, scrapeMs: 50, pdPrefixWeight: 2, pdQueueWeight: 1, nonCachedTokens: 16, intent: 'text' };
 
 /** The `llm-d` strategy (module doc); keeps its own approximate prefix index. */
 export class LlmdStrategy implements Strategy {
@@ -59,6 +80,7 @@ export class LlmdStrategy implements Strategy {
     }
     this.buf.fill(0);
     if (req.blocks.length) this.index.match(req.blocks, this.buf);
+    if (ctx.hasRoles) return this.decidePd(ctx);
     let minQ = Infinity;
     let maxQ = -Infinity;
     for (let i = 0; i < ctx.n; i++) {
@@ -95,8 +117,56 @@ export class LlmdStrategy implements Strategy {
     return { instance: best, intent: p.intent, alternatives, reason: 'max-score' };
   }
 
+  /** The P/D profile handler (module doc); `buf` holds the request's matched blocks per pod. */
+  private decidePd(ctx: DecideContext): StrategyChoice {
+    const p = this.p;
+    const req = ctx.req;
+    const alternatives: Alternative[] = [];
+    const D = this.pick(ctx, (i) => ctx.alive(i) && decodeCapable(ctx.cluster.instances[i]!), alternatives);
+    const hit = D >= 0 ? Math.min(req.inputTokens, this.buf[D]! * req.blockSize) : 0;
+    const nonCached = req.inputTokens - hit;
+    const disagg = p.nonCachedTokens > 0 && D >= 0 && req.inputTokens >= p.nonCachedTokens && nonCached >= p.nonCachedTokens;
+    if (!disagg) return { instance: D, intent: p.intent, alternatives, reason: `max-score;decode-only non-cached=${nonCached}` };
+    const P = this.pick(ctx, (i) => ctx.isUp(i), alternatives);
+    const choice: StrategyChoice = { instance: P, intent: p.intent, alternatives, reason: `max-score;prefill-decode non-cached=${nonCached}` };
+    if (P !== D) choice.decode = D;
+    return choice;
+  }
+
+  /** max-score picker over the pods `ok` admits: pdPrefixWeight · prefix + pdQueueWeight · queue. */
+  private pick(ctx: DecideContext, ok: (i: number) => boolean, alternatives: Alternative[]): number {
+    const p = this.p;
+    const total = ctx.req.blocks.length;
+    let minQ = Infinity;
+    let maxQ = -Infinity;
+    for (let i = 0; i < ctx.n; i++) {
+      if (!ok(i)) continue;
+      const q = ctx.metrics(i)?.waiting ?? 0;
+      if (q < minQ) minQ = q;
+      if (q > maxQ) maxQ = q;
+    }
+    let best = -1;
+    let bestS = -Infinity;
+    let ties = 0;
+    for (let i = 0; i < ctx.n; i++) {
+      if (!ok(i)) continue;
+      const prefix = total > 0 ? this.buf[i]! / total : 0;
+      const queue = maxQ === minQ ? 1 : (maxQ - (ctx.metrics(i)?.waiting ?? 0)) / (maxQ - minQ);
+      const s = p.pdPrefixWeight * prefix + p.pdQueueWeight * queue;
+      alternatives.push({ instance: i, intent: p.intent, score: -s });
+      if (best < 0 || s > bestS) {
+        best = i;
+        bestS = s;
+        ties = 1;
+      } else if (s === bestS && ctx.rng() * ++ties < 1) best = i;
+    }
+    return best;
+  }
+
   onDispatch(ctx: DecideContext, d: Decision): void {
-    if (this.index && ctx.req.blocks.length) this.index.add(d.instance, ctx.req.blocks);
+    if (!this.index || !ctx.req.blocks.length) return;
+    this.index.add(d.instance, ctx.req.blocks);
+    if (d.decode !== undefined && d.decode !== d.instance) this.index.add(d.decode, ctx.req.blocks);
   }
 
   onInstanceDown(i: number): void {

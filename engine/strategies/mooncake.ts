@@ -4,7 +4,7 @@
  * FAST25-release/Mooncake-FAST25.pdf). The scheduler itself is not open source (the repository's
  * Conductor is the KV indexer it queries, docs/source/design/conductor/); we follow the paper.
  *
- * For every prefill instance (here: every instance; kvlab's instances are not disaggregated):
+ * For every prefill instance (role prefill or mixed; every instance when the cluster has no roles):
  *   best_len, best_instance = the longest cached prefix of the request over all instances
  *   if best_len / instance.prefix_len > kvcache_balancing_threshold (`mooncake` only):
  *       prefix_len = best_len, T_transfer = EstimateKVCacheTransferTime(best_len − prefix_len)
@@ -20,9 +20,11 @@
  * caches it (the simulator loads it into the target's KV memory).
  * Early rejection (Algorithm 1 lines 17–19, the 429 of §4.1): with `ttftSloMs` / `tbtSloMs`
  * set, a request whose best TTFT or whose decode TBT estimate exceeds its SLO is rejected.
- * TBT: kvlab's instances run prefill and decode together, so the decoding instance is the
- * chosen one; its TBT estimate is one of its longest iterations (engine/predict.ts
- * `tbtEstimateMs`, the same estimate kvlab's admission control uses). Off by default (0).
+ * Decode selection (line 17, `SelectDecodingInstance(D)`): with P/D roles, the decode instance
+ * with the smallest predicted TBT (engine/pd.ts `minTbtDecode`, `decodeTbtMs`; a mixed prefill instance keeps the
+ * request when its own TBT is smaller); without roles the chosen instance decodes. The TBT
+ * estimate is one of its longest iterations (engine/predict.ts `tbtEstimateMs`, the same estimate
+ * kvlab's admission control uses). Early rejection is off by default (0).
  * KV tiers: an instance's prefix_len is what its GPU and its CPU tier hold (Mooncake's prefill
  * nodes keep their prefix cache in the node's DRAM, §3.2), as its tier-tagged KV events report.
  * The threshold is "adjusted manually" in the paper (no value is published); default 1 = move
@@ -32,6 +34,7 @@ import { transferMs } from '../costmodel.js';
 import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
 import { PEER_LINK_DEFAULT } from '../engine.js';
 import { mooncakeFit, mooncakePrefillMs } from '../peer-models.js';
+import { decodeTbtMs, minTbtDecode } from '../pd.js';
 import { predictionOf, tbtEstimateMs } from '../predict.js';
 import type { Alternative } from '../types.js';
 
@@ -125,11 +128,19 @@ export class MooncakeStrategy implements Strategy {
     const intent = req.knowledgeTokens > 0 ? 'text' : 'none';
     const choice: StrategyChoice = { instance: chosen, intent, alternatives, reason: cMove ? 'min-ttft;transfer' : 'min-ttft', prediction: pred };
     if (cMove) choice.peer = { from: bestInst, tokens: bestLen };
+    // d, TBT = SelectDecodingInstance(D) (line 17): the decode instance with the smallest predicted
+    // TBT; colocated clusters decode where they prefill
+    let tbt: number;
+    if (ctx.hasRoles && chosen >= 0) {
+      const d = minTbtDecode(ctx.n, chosen, (i) => ctx.cluster.instances[i]!, (i) => ctx.alive(i), (i) => ctx.load(i));
+      if (d.instance >= 0 && (ctx.role(chosen) === 'prefill' || d.tbtMs < decodeTbtMs(ctx.cluster.instances[chosen]!, ctx.load(chosen)))) {
+        choice.decode = d.instance;
+        tbt = d.tbtMs;
+      } else tbt = decodeTbtMs(ctx.cluster.instances[chosen]!, ctx.load(chosen));
+    } else tbt = p.tbtSloMs > 0 && chosen >= 0 ? tbtEstimateMs(ctx.cluster.instances[chosen]!, ctx.load(chosen)) : 0;
+    // lines 18-19: early rejection
     if (p.ttftSloMs > 0 && ttft > p.ttftSloMs) choice.reject = `predicted TTFT ${Math.round(ttft)} ms > SLO ${p.ttftSloMs} ms`;
-    else if (p.tbtSloMs > 0) {
-      const tbt = tbtEstimateMs(ctx.cluster.instances[chosen]!, ctx.load(chosen));
-      if (tbt > p.tbtSloMs) choice.reject = `predicted TBT ${Math.round(tbt)} ms > SLO ${p.tbtSloMs} ms`;
-    }
+    else if (p.tbtSloMs > 0 && tbt > p.tbtSloMs) choice.reject = `predicted TBT ${Math.round(tbt)} ms > SLO ${p.tbtSloMs} ms`;
     return choice;
   }
 }
