@@ -2,25 +2,14 @@ import { describe, expect, it } from 'vitest';
 import { Engine } from '../engine/engine.js';
 import { priceDecode } from '../engine/pd.js';
 import { createStrategy } from '../engine/strategies/index.js';
-import type { ClusterSpec, InstanceRole, Profile, TraceRequest } from '../engine/types.js';
+import type { ClusterSpec, InstanceRole, TraceRequest } from '../engine/types.js';
 import { instanceSpecFromProfile } from '../sim/profiles.js';
-import { mkReq, testProfile } from './helpers/sim.js';
+import { mkReq, pdHandProfile } from './helpers/sim.js';
 
-/** Step 10 ms + 1 ms per new token (so a TBT is 10 ms + 1 ms per decoding request), 125,000 KV bytes per token. */
-function handProfile(): Profile {
-  const p = testProfile();
-  return {
-    ...p,
-    name: 'hand',
-    model: { ...p.model, layers: 80, kvBytesPerToken: 125_000 },
-    engine: { maxNumBatchedTokens: 4096, maxNumSeqs: 8, maxModelLen: 100_000, kvCapacityTokens: 1_000_000, blockSizeTokens: 16, longPrefillTokenThreshold: 0, asyncScheduling: false },
-    step: { fixedMs: 10, prefillSeqMs: 0, decodeSeqMs: 0, knots: [0, 1000], values: [0, 1000], attnTokens: 1e15, kvReadMsPerToken: 0, apiMs: 0, frontendMsPerRequest: 0 },
-  };
-}
 
 /** Instances of the hand profile with these roles; P -> D link 10 Gbit/s, efficiency 1, 1 ms. */
 function cluster(roles: InstanceRole[]): ClusterSpec {
-  const prof = handProfile();
+  const prof = pdHandProfile();
   const instances = roles.map((role, i) => {
     const s = instanceSpecFromProfile(prof, i);
     if (role !== 'mixed') s.role = role;

@@ -5,32 +5,18 @@ import { describe, expect, it } from 'vitest';
 import { LoadBook } from '../engine/load.js';
 import { parseRoles, pdExposedMs, pdTransferWindow } from '../engine/pd.js';
 import { createStrategy } from '../engine/strategies/index.js';
-import type { ClusterSpec, InstanceRole, PdSpec, Profile } from '../engine/types.js';
+import type { ClusterSpec, InstanceRole, PdSpec } from '../engine/types.js';
 import { readClusterFile, resolveCluster } from '../sim/cluster.js';
 import { observed, recordsJsonl, summarize } from '../sim/metrics.js';
 import { instanceSpecFromProfile } from '../sim/profiles.js';
 import { simulate } from '../sim/simulator.js';
 import { generateSynthetic } from '../traces/synthetic.js';
-import { mkReq, testCluster, testProfile } from './helpers/sim.js';
+import { mkReq, pdHandProfile, testCluster } from './helpers/sim.js';
 
-/**
- * A profile whose step time is 10 ms + 1 ms per new token (no attention, KV read, API or
- * frontend cost), 125,000 KV bytes per token: every timeline below is computed by hand.
- */
-function handProfile(): Profile {
-  const p = testProfile();
-  return {
-    ...p,
-    name: 'hand',
-    model: { ...p.model, layers: 80, kvBytesPerToken: 125_000 },
-    engine: { maxNumBatchedTokens: 4096, maxNumSeqs: 8, maxModelLen: 100_000, kvCapacityTokens: 1_000_000, blockSizeTokens: 16, longPrefillTokenThreshold: 0, asyncScheduling: false },
-    step: { fixedMs: 10, prefillSeqMs: 0, decodeSeqMs: 0, knots: [0, 1000], values: [0, 1000], attnTokens: 1e15, kvReadMsPerToken: 0, apiMs: 0, frontendMsPerRequest: 0 },
-  };
-}
 
 /** 1 prefill + 1 decode instance of the hand profile, P -> D link of `gbps` (efficiency 1, 1 ms). */
 function pdCluster(gbps = 10, pd: Partial<PdSpec> = {}, roles: InstanceRole[] = ['prefill', 'decode']): ClusterSpec {
-  const prof = handProfile();
+  const prof = pdHandProfile();
   const instances = roles.map((role, i) => {
     const s = instanceSpecFromProfile(prof, i);
     if (role !== 'mixed') s.role = role;

@@ -47,3 +47,18 @@ export function mkReq(o: Partial<TraceRequest> & { blocks?: number[] } = {}): Tr
     knowledgeTokens: o.knowledgeTokens ?? 0,
   };
 }
+
+/**
+ * A P/D test profile whose step time is 10 ms + 1 ms per new token (no attention, KV read, API or
+ * frontend cost), 80 layers, 125,000 KV bytes per token: timelines and TBTs computed by hand.
+ */
+export function pdHandProfile(): Profile {
+  const p = testProfile();
+  return {
+    ...p,
+    name: 'hand',
+    model: { ...p.model, layers: 80, kvBytesPerToken: 125_000 },
+    engine: { maxNumBatchedTokens: 4096, maxNumSeqs: 8, maxModelLen: 100_000, kvCapacityTokens: 1_000_000, blockSizeTokens: 16, longPrefillTokenThreshold: 0, asyncScheduling: false },
+    step: { fixedMs: 10, prefillSeqMs: 0, decodeSeqMs: 0, knots: [0, 1000], values: [0, 1000], attnTokens: 1e15, kvReadMsPerToken: 0, apiMs: 0, frontendMsPerRequest: 0 },
+  };
+}
