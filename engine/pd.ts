@@ -127,7 +127,7 @@ export function leastLoadedDecode(n: number, prefill: number, spec: (i: number) 
   return best;
 }
 
-const arrivalScratch: InstanceLoad = { inflight: 0, prefillReqs: 0, prefillTokens: 0, decodeReqs: 0, decodeCtxTokens: 0, kvTokens: 0, workMs: 0, workAt: 0, dispatched: 0 };
+const arrivalScratch: InstanceLoad = { inflight: 0, prefillReqs: 0, prefillTokens: 0, decodeReqs: 0, decodeCtxTokens: 0, decodeKvTokens: 0, kvTokens: 0, workMs: 0, workAt: 0, dispatched: 0 };
 
 /**
  * Predicted TBT (ms) of a decode instance for a request that reaches it after its prefill: the
