@@ -288,6 +288,7 @@ interface DemoFlags {
   seed: number;
   kvEvents: boolean;
   pd: boolean;
+  blend: boolean;
 }
 
 function registerDemo(program: Command): void {
@@ -308,10 +309,11 @@ function registerDemo(program: Command): void {
     .option('--seed <n>', 'workload and engine seed', seedArg, 1)
     .option('--kv-events', 'emulators publish vLLM KV events and the gateway follows them (sim: events without delay)', false)
     .option('--pd', 'P/D disaggregation: 1 prefill + 1 decode emulator (roles 1P1D), the gateway drives kv_transfer_params as vLLM\'s proxy does, the sim hands the KV off on the same link model', false)
+    .option('--blend', 'multi-document RAG (3–5 documents per request, synthetic workload) on instances running CacheBlend: a CacheBlend builder computes every document\'s segment KV, the gateway blends them in (the sim likewise)', false)
     .action(async (f: DemoFlags, cmd: Command) => {
       const { runDemo } = await import('./demo.js');
       const instances = f.pd && cmd.getOptionValueSource('instances') === 'default' ? undefined : f.instances;
-      const r = await runDemo({ out: f.out, requests: f.requests, strategy: f.strategy, instances, timeScale: f.timeScale, workload: f.workload, rate: f.rate, outputTokens: f.outputTokens, profile: f.profile, seed: f.seed, kvEvents: f.kvEvents, pd: f.pd });
+      const r = await runDemo({ out: f.out, requests: f.requests, strategy: f.strategy, instances, timeScale: f.timeScale, workload: f.workload, rate: f.rate, outputTokens: f.outputTokens, profile: f.profile, seed: f.seed, kvEvents: f.kvEvents, pd: f.pd, blend: f.blend });
       process.stdout.write(`${r.text}\nlive demo: done in ${(r.wallMs / 1000).toFixed(1)} s; outputs in ${r.out}\n`);
       // everything started was stopped; do not wait for stray timers of closed servers
       process.exit(0);

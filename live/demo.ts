@@ -22,6 +22,10 @@
  *     only, so the simulated engine must too) → DIR/sim;
  *  5. writes DIR/diff.json = `kvlab diff DIR/live DIR/sim` (A = observed) and prints simulated vs
  *     observed TTFT beside the engine's decision-time prediction vs observed.
+ * With `blend` (`kvlab live demo --blend`) the workload has 3–5 documents per request (the `rag`
+ * preset's retrieval) and every instance runs CacheBlend on both sides: emulators `blend`, a
+ * CacheBlend builder computing each document's segment KV for the KDN (live/kdn-blend.ts), the
+ * cluster's `blend` capability for the gateway's engine and the simulator.
  * With `pd` (`kvlab live demo --pd`) the two instances are 1 prefill + 1 decode (roles 1P1D, both
  * the gateway's engine and the simulator): emulator i0 `--role prefill`, i1 `--role decode` with
  * the cluster's P -> D link; the gateway drives each request as vLLM's disaggregated-serving proxy
@@ -85,6 +89,11 @@ export interface DemoOptions {
   kvEvents?: boolean;
   /** 1 prefill + 1 decode instance (roles 1P1D) instead of `instances` mixed ones (module doc). */
   pd?: boolean;
+  /**
+   * multi-document RAG with CacheBlend (module doc): the synthetic workload with 3–5 documents per
+   * request (the `rag` preset's retrieval), every instance running CacheBlend on both sides.
+   */
+  blend?: boolean;
   /** progress lines (default: stderr). */
   log?: (line: string) => void;
 }
@@ -104,7 +113,7 @@ export interface DemoResult {
   requests: number;
   completed: number;
   /** documents registered in the KDN, and those whose KV the builder computed (kv_source builder). */
-  documents: { registered: number; builtKv: number };
+  documents: { registered: number; builtKv: number; builtBlendKv: number };
   wallMs: number;
   text: string;
 }
@@ -115,12 +124,24 @@ const BUILDER_TIME_SCALE = 50;
 const MODEL_PATH = '/models/Meta-Llama-3-70B-Instruct';
 
 /** Builds the demo workload (NQ or synthetic) with the demo's sizes and its documents. */
-async function demoWorkload(o: Required<Pick<DemoOptions, 'requests' | 'rate' | 'outputTokens' | 'seed'>> & { workload: 'nq' | 'synthetic'; nqDir: string }): Promise<{ trace: LoadedTrace; docs: KnowledgeDoc[] }> {
+async function demoWorkload(o: Required<Pick<DemoOptions, 'requests' | 'rate' | 'outputTokens' | 'seed'>> & { workload: 'nq' | 'synthetic'; nqDir: string; multiDoc: boolean }): Promise<{ trace: LoadedTrace; docs: KnowledgeDoc[] }> {
   if (o.workload === 'nq') {
     const trace = await loadNq(o.nqDir, { requests: o.requests, rate: o.rate, outputTokens: o.outputTokens, seed: o.seed, zipfS: 1.0 });
     return { trace, docs: workloadDocuments(trace.requests, 'nq', { dir: o.nqDir }) };
   }
-  const wo = { requests: o.requests, rate: o.rate, seed: o.seed, docs: 50, docMaxTokens: 3000, outputMedianTokens: o.outputTokens, outputSigma: 0, outputMinTokens: o.outputTokens, outputMaxTokens: o.outputTokens };
+  const wo = {
+    requests: o.requests,
+    rate: o.rate,
+    seed: o.seed,
+    docs: 50,
+    docMaxTokens: 3000,
+    outputMedianTokens: o.outputTokens,
+    outputSigma: 0,
+    outputMinTokens: o.outputTokens,
+    outputMaxTokens: o.outputTokens,
+    // the `rag` preset's retrieval: 3–5 passages of median 400 tokens, query-specific order
+    ...(o.multiDoc ? { docsPerRequest: 3, docsPerRequestMax: 5, docOrder: 'shuffled' as const, docMedianTokens: 400, docMaxTokens: 1500 } : {}),
+  };
   const trace = generateSynthetic(wo);
   return { trace, docs: workloadDocuments(trace.requests, 'synthetic', wo) };
 }
@@ -142,7 +163,9 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
   const ts = opts.timeScale ?? 1;
   const strategy = opts.strategy ?? 'kvlab';
   const nqDir = opts.nqDir ?? defaultNqDir();
-  const workload = opts.workload ?? (existsSync(join(nqDir, 'workload_nq.json')) ? 'nq' : 'synthetic');
+  const workload = opts.workload ?? (opts.blend ? 'synthetic' : existsSync(join(nqDir, 'workload_nq.json')) ? 'nq' : 'synthetic');
+  if (opts.blend && workload !== 'synthetic') throw new Error('--blend runs the multi-document synthetic workload: --workload must be synthetic or absent');
+  if (opts.blend && opts.pd) throw new Error('--blend and --pd are separate demos: give one of them');
   if (!Number.isInteger(n) || n < 1) throw new Error(`--instances must be an integer >= 1 (got ${opts.instances})`);
   if (!(ts > 0)) throw new Error(`--time-scale must be > 0 (got ${opts.timeScale})`);
   const t0 = performance.now();
@@ -162,7 +185,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
   try {
     const profile = loadProfile(opts.profile ?? DEFAULT_PROFILE);
     // ---- the cluster both the gateway's engine and the simulator use
-    const rc0: ResolvedCluster = resolveCluster({ instances: n, sim: { stepNoiseCv: 0 } }, { profile: profile.name, kvEventDelayMs: opts.kvEvents ? 0 : 1e9, ...(opts.pd ? { roles: '1P1D' } : {}) }, DEFAULT_PROFILE);
+    const rc0: ResolvedCluster = resolveCluster({ instances: n, sim: { stepNoiseCv: 0 } }, { profile: profile.name, kvEventDelayMs: opts.kvEvents ? 0 : 1e9, ...(opts.pd ? { roles: '1P1D' } : {}), ...(opts.blend ? { blend: true } : {}) }, DEFAULT_PROFILE);
     // the hand-off as the gateway drives it (after the prefill, first token from D), on both sides
     const rc: ResolvedCluster = { ...rc0, spec: livePd(rc0.spec) };
     const roles = rc.spec.instances.map((s) => s.role ?? 'mixed');
@@ -170,7 +193,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     const link = rc.spec.links[0]![0]!;
 
     log(`live demo: ${workload} workload, ${opts.requests ?? 40} requests, ${opts.pd ? '1 prefill + 1 decode' : n} × ${profile.name}, strategy ${strategy}, time scale ${ts}; starting Redis, ${n} emulators, a KDN and the gateway`);
-    const { trace, docs } = await demoWorkload({ workload, nqDir, requests: opts.requests ?? 40, rate: opts.rate ?? 0.5, outputTokens: opts.outputTokens ?? 32, seed: opts.seed ?? 1 });
+    const { trace, docs } = await demoWorkload({ workload, nqDir, requests: opts.requests ?? 40, rate: opts.rate ?? 0.5, outputTokens: opts.outputTokens ?? 32, seed: opts.seed ?? 1, multiDoc: !!opts.blend });
 
     // ---- servers
     const redis: RedisServerHandle = await launchRedis({ maxmemory: '1gb' });
@@ -181,19 +204,23 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
       const kvPort = opts.kvEvents ? await freePort() : 0;
       kvPorts.push(kvPort);
       const pdRole = roles[i] !== 'mixed' ? { role: roles[i], engineId: rc.spec.instances[i]!.id, pdLink: rc.spec.pd!.link } : {};
-      const em = await startEmulator({ profile, model: MODEL, modelPath: MODEL_PATH, redisUrl: `${redis.url}/${i + 1}`, timeScale: ts, coldStart: false, ...pdRole, ...(opts.kvEvents ? { kvEvents: { endpoint: `tcp://127.0.0.1:${kvPort}` } } : {}) });
+      const em = await startEmulator({ profile, model: MODEL, modelPath: MODEL_PATH, redisUrl: `${redis.url}/${i + 1}`, timeScale: ts, coldStart: false, ...pdRole, ...(opts.blend ? { blend: { ...rc.spec.instances[i]!.blend } } : {}), ...(opts.kvEvents ? { kvEvents: { endpoint: `tcp://127.0.0.1:${kvPort}` } } : {}) });
       stops.push(() => em.close());
       ems.push(em);
     }
     // the builder: an emulator whose LMCache stores into the KDN's store (db 0), fast-forwarded
     const builder = await startEmulator({ profile, model: MODEL, modelPath: MODEL_PATH, redisUrl: `${redis.url}/0`, timeScale: Math.max(ts, BUILDER_TIME_SCALE), coldStart: false });
     stops.push(() => builder.close());
+    // --blend: a CacheBlend builder too (LMCache enable_blending, same db 0) for the documents' segment KV
+    const blendBuilder = opts.blend ? await startEmulator({ profile, model: MODEL, modelPath: MODEL_PATH, redisUrl: `${redis.url}/0`, timeScale: Math.max(ts, BUILDER_TIME_SCALE), coldStart: false, blend: {} }) : null;
+    if (blendBuilder) stops.push(() => blendBuilder.close());
     const kdn: KdnHandle = await startKdn({
       port: 0,
       redisUrl: `${redis.url}/0`,
       model: MODEL_PATH,
       modelAliases: [MODEL],
       builder: { url: builder.url },
+      ...(blendBuilder ? { blend: { builder: { url: blendBuilder.url } } } : {}),
       wireBytesPerToken: profile.model.kvBytesPerToken / kdnSpec.compression,
       link,
       timeScale: ts,
@@ -224,11 +251,11 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     // ---- knowledge (synthetic kids hash the document name: the requests get the KDN's kids)
     const kidMap = await registerDocuments(kdn.url, docs);
     const requests = renameKnowledge(trace.requests, kidMap);
-    const snap = (await (await fetch(`${kdn.url}/knowledge/snapshot`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ need_fields: ['kv_source'] }) })).json()) as { items: Array<{ kid: string; kv_source?: string }> };
+    const snap = (await (await fetch(`${kdn.url}/knowledge/snapshot`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ need_fields: ['kv_source', 'blend_ready'] }) })).json()) as { items: Array<{ kid: string; kv_source?: string; blend_ready?: number }> };
     const ours = new Set(kidMap.values());
-    const documents = { registered: ours.size, builtKv: snap.items.filter((i) => ours.has(i.kid) && i.kv_source === 'builder').length };
+    const documents = { registered: ours.size, builtKv: snap.items.filter((i) => ours.has(i.kid) && i.kv_source === 'builder').length, builtBlendKv: snap.items.filter((i) => ours.has(i.kid) && i.blend_ready === 1).length };
     await gw.prefetchKnowledge([...kidMap.values()]);
-    log(`live demo: registered ${docs.length} documents in the KDN, their KV built on ${builder.url} (gateway cache warmed)`);
+    log(`live demo: registered ${docs.length} documents in the KDN, their KV built on ${builder.url}${blendBuilder ? ` and their CacheBlend KV on ${blendBuilder.url} (${documents.builtBlendKv} of ${documents.registered})` : ''} (gateway cache warmed)`);
     await warmUp(kdn.url, ems, redis.url);
 
     // ---- replay through the gateway

@@ -83,4 +83,22 @@ describeRedis('live demo', () => {
     expect(r.text).toMatch(/P\/D: 6 requests disaggregated live \(0 fell back to P\), 6 in the sim/);
     await expect(runDemo({ out: join(out, 'pd3'), pd: true, instances: 3, log: () => undefined })).rejects.toThrow(/--pd runs 1 prefill \+ 1 decode instance/);
   });
+
+  it('--blend: several documents per request blended in live from builder-computed CacheBlend KV, and in the sim', async () => {
+    const dir = join(out, 'blend');
+    const r = await runDemo({ out: dir, blend: true, requests: 6, rate: 2, timeScale: 4, outputTokens: 6, log: () => undefined });
+    expect(r.completed).toBe(6);
+    // every document the requests use got its CacheBlend KV from the CacheBlend builder
+    expect(r.documents.builtBlendKv).toBe(r.documents.registered);
+    const live = readFileSync(join(dir, 'live', 'records.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const blended = live.filter((l) => l.intent === 'blend');
+    expect(blended.length).toBeGreaterThan(0);
+    for (const l of blended) {
+      expect(l.decision.reused_tokens).toBeGreaterThan(0);
+      // LMCache (the emulator's, enable_blending) found the injected documents: more than a prefix hit could
+      expect(l.observed.cached_tokens).toBeGreaterThanOrEqual(l.decision.reused_tokens);
+    }
+    expect(live.every((l) => l.knowledge_tokens > 0)).toBe(true);
+    await expect(runDemo({ out: join(out, 'blend-nq'), blend: true, workload: 'nq', log: () => undefined })).rejects.toThrow(/--blend runs the multi-document synthetic workload/);
+  });
 });
