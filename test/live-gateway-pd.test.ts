@@ -172,3 +172,33 @@ describeRedis('gateway P/D flow (kv_transfer_params) against a prefill and a dec
     expect(idle(g)).toBe(true);
   });
 });
+
+describeRedis('gateway replicas and P/D', () => {
+  it('a replica books a peer\'s disaggregated request as decoding on D, and nothing stays booked', async () => {
+    const mk = async (id: string) =>
+      startGateway({ port: 0, backends: backendSpecs([P.url, D.url], [`${redis.url}/1`, `${redis.url}/2`]), strategy: 'round-robin', cluster: pdCluster(), model: MODEL, calibrate: false, health: { intervalMs: 0 }, peers: { url: `${redis.url}/6`, replicaId: id } });
+    const a = await mk('pd-a');
+    gws.push(a);
+    const b = await mk('pd-b');
+    gws.push(b);
+    let onD = 0;
+    let onP = 0;
+    let polling = true;
+    const watch = (async () => {
+      while (polling) {
+        onD = Math.max(onD, b.engine.loads.loads[1]!.decodeReqs);
+        onP = Math.max(onP, b.engine.loads.loads[0]!.decodeReqs);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    })();
+    const r = await postJson(`${a.url}/v1/completions`, { prompt: prompt('estuaries'), max_tokens: 60 });
+    expect(r.status).toBe(200);
+    await new Promise((res) => setTimeout(res, 100)); // the completion entry reaches b
+    polling = false;
+    await watch;
+    expect(onD).toBe(1);
+    expect(onP).toBe(0);
+    expect(idle(a)).toBe(true);
+    expect(idle(b)).toBe(true);
+  });
+});

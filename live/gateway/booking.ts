@@ -113,7 +113,10 @@ export class EngineBooking {
    */
   colocate(ctx: RequestContext, reason: string): void {
     if (ctx.pdDecode < 0) return;
-    if (ctx.booked) this.engine.colocate(ctx.id, this.now());
+    if (ctx.booked) {
+      this.engine.colocate(ctx.id, this.now());
+      this.peers?.colocated(ctx.id);
+    }
     ctx.pdDecode = -1;
     if (ctx.pd) ctx.pd.fallback = reason;
   }
@@ -129,7 +132,11 @@ export class EngineBooking {
   firstToken(ctx: RequestContext): boolean {
     if (ctx.tFirst >= 0) return false;
     ctx.tFirst = this.now();
-    if (ctx.booked && ctx.pdDecode >= 0) this.engine.onPdTransferDone(ctx.id, ctx.tFirst); // D's first token: the hand-off is over
+    if (ctx.booked && ctx.pdDecode >= 0) {
+      // D's first token: the hand-off is over
+      this.engine.onPdTransferDone(ctx.id, ctx.tFirst);
+      this.peers?.pdDone(ctx.id);
+    }
     if (ctx.booked && !ctx.engineFirst) {
       ctx.engineFirst = true;
       this.engine.onFirstToken(ctx.id, ctx.tFirst);

@@ -5,7 +5,9 @@
  * Every replica appends its engine bookkeeping to the stream `kvlab:gateway:oplog` as entries
  * {o: origin replica, s: sequence number (1, 2, ... per origin), k: kind, b: JSON body}:
  * `d` dispatch (the request, the decision and what it booked: engine `dispatchOp`), `x` KV
- * transfer done, `f` first token, `c` completion (output tokens), `a` abort, `kv` a KV event it
+ * transfer done, `f` first token (a disaggregated request's: P's answer), `p` P/D hand-off done
+ * (D's first token), `co` a disaggregated request fell back to colocated on P (dead D; the
+ * dispatch carries the decode instance), `c` completion (output tokens), `a` abort, `kv` a KV event it
  * consumed and mapped to engine block ids, `h` heartbeat, `r` restart (a replica that starts
  * again under the same id continues its sequence numbers and voids its earlier bookings). Every replica reads the stream and
  * applies the other origins' entries, in order per origin and exactly once (an entry whose
@@ -72,7 +74,7 @@ interface PeerState {
 /** The wire form of a dispatch (no alternatives: they are this replica's explanation only). */
 interface DispatchBody {
   req: EngineRequest;
-  d: Pick<Decision, 'requestId' | 'strategy' | 'instance' | 'kdn' | 'intent' | 'reusedTokens' | 'cachedTokens' | 'expectedOutputTokens' | 'peer'>;
+  d: Pick<Decision, 'requestId' | 'strategy' | 'instance' | 'kdn' | 'intent' | 'reusedTokens' | 'cachedTokens' | 'expectedOutputTokens' | 'peer' | 'decode'>;
   c: number;
   w: number;
   tt: number;
@@ -160,7 +162,7 @@ export class PeerSync {
     const d = op.decision;
     const body: DispatchBody = {
       req: op.req,
-      d: { requestId: d.requestId, strategy: d.strategy, instance: d.instance, kdn: d.kdn, intent: d.intent, reusedTokens: d.reusedTokens, cachedTokens: d.cachedTokens, expectedOutputTokens: d.expectedOutputTokens, ...(d.peer ? { peer: d.peer } : {}) },
+      d: { requestId: d.requestId, strategy: d.strategy, instance: d.instance, kdn: d.kdn, intent: d.intent, reusedTokens: d.reusedTokens, cachedTokens: d.cachedTokens, expectedOutputTokens: d.expectedOutputTokens, ...(d.peer ? { peer: d.peer } : {}), ...(d.decode !== undefined && d.decode >= 0 && d.decode !== d.instance ? { decode: d.decode } : {}) },
       c: op.computeTokens,
       w: op.workMs,
       tt: op.transferTokens,
@@ -181,6 +183,13 @@ export class PeerSync {
   }
   aborted(id: string): void {
     this.publish('a', JSON.stringify({ id }));
+  }
+  /** P/D: the hand-off of request `id` ended (D's first token); `id` fell back to colocated on its prefill instance. */
+  pdDone(id: string): void {
+    this.publish('p', JSON.stringify({ id }));
+  }
+  colocated(id: string): void {
+    this.publish('co', JSON.stringify({ id }));
   }
   /** A KV event this replica consumed, as engine block ids. */
   kvEvent(ev: KvEvent): void {
@@ -295,6 +304,12 @@ export class PeerSync {
         return;
       case 'f':
         engine.onFirstToken(ns(b['id']), t);
+        return;
+      case 'p':
+        engine.onPdTransferDone(ns(b['id']), t);
+        return;
+      case 'co':
+        engine.colocate(ns(b['id']), t);
         return;
       case 'c':
         engine.onComplete(ns(b['id']), t, typeof b['n'] === 'number' ? b['n'] : undefined);
