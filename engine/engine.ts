@@ -404,8 +404,12 @@ export class Engine {
       const tbt = tbtEstimateMs(ctx.spec(decode), ctx.load(decode));
       d.decode = decode;
       d.pdPredicted = { linkWaitMs: wait, transferMs: exposed, tbtMs: tbt };
-      // vLLM's proxy streams D's tokens: the first one comes after the hand-off and a step on D
-      if (pd.firstToken === 'decode') d.predicted.ttftMs += wait + exposed + tbt;
+      // vLLM's proxy streams D's tokens: the first one comes after the hand-off, D's API
+      // frontend, a step on D and D's API delay (sim/simulator.ts times it so)
+      if (pd.firstToken === 'decode') {
+        const ds = ctx.spec(decode).profile.step;
+        d.predicted.ttftMs += wait + exposed + tbt + ds.frontendMsPerRequest + ds.apiMs;
+      }
     }
     if (c.reject) {
       d.rejected = c.reject;

@@ -63,9 +63,20 @@ describe('P/D disaggregation in the simulator', () => {
     const r = recs[0]!;
     // P's token is dropped; D recomputes the last prompt token: 1010 + 101 + 11
     expect(r.observed.ttft_ms).toBeCloseTo(1122, 6);
+    // the engine's decision-time prediction on the idle cluster: the same timeline
+    expect(r.predicted.ttft_ms).toBeCloseTo(r.observed.ttft_ms, 3);
     expect(r.observed.prefill_ms).toBeCloseTo(1010, 6);
     expect(r.observed.e2e_ms).toBeCloseTo(1155, 6);
     expect(obs.tbt[0]).toBeCloseTo(11, 6);
+  });
+
+  it("firstToken 'decode': the engine predicts the client's TTFT with both API delays and D's frontend", () => {
+    const c = pdCluster(10, { firstToken: 'decode' });
+    for (const s of c.instances) s.profile = { ...s.profile, step: { ...s.profile.step, apiMs: 5, frontendMsPerRequest: 2 } };
+    const r = run(c).recs[0]!;
+    // P: frontend 2 + prefill 1010 + API 5; D: frontend 2 + transfer 101 + one step 11 + API 5
+    expect(r.observed.ttft_ms).toBeCloseTo(1136, 6);
+    expect(r.predicted.ttft_ms).toBeCloseTo(1136, 3);
   });
 
   it('layer-wise transfer overlaps the prefill: only the last layer waits', () => {
