@@ -194,8 +194,10 @@ export class LoadBook {
     if (b.firstToken) {
       d.decodeReqs--;
       d.decodeCtxTokens -= b.ctxTokens;
+      d.decodeKvTokens -= b.kvTokens;
       l.decodeReqs++;
       l.decodeCtxTokens += b.ctxTokens;
+      l.decodeKvTokens += b.kvTokens;
       l.inflight++;
       l.kvTokens += b.kvTokens;
     } else l.kvTokens += b.kvTokens - b.ctxTokens;

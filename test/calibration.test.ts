@@ -30,6 +30,24 @@ describe('Calibrator (ratio of sums per group)', () => {
     expect(c.fits).toBeGreaterThan(10);
   });
 
+  it('keeps the decode factor when the decode group is a sliver of the decode steps (not identifiable)', () => {
+    // decode steps 97 % prefill group (weights read), the lane factor 2 % off: the ratio of sums
+    // would put αd at (Σobs − 1.02·ΣP)/ΣD ≈ 1 − 0.02·32 = 0.35; the guard keeps it at 1
+    const c = new Calibrator({ refreshEvery: 8, minEquations: 16 });
+    for (let k = 0; k < 200; k++) {
+      c.addLane(1000, 0, 1020);
+      c.addDecode(970, 30, 970 + 30);
+    }
+    expect(c.factors.prefill).toBeCloseTo(1.02, 3);
+    expect(c.factors.decode).toBe(1);
+    const loose = new Calibrator({ refreshEvery: 8, minEquations: 16, minDecodeShare: 0 });
+    for (let k = 0; k < 200; k++) {
+      loose.addLane(1000, 0, 1020);
+      loose.addDecode(970, 30, 1000);
+    }
+    expect(loose.factors.decode).toBeCloseTo(1 - (0.02 * 970) / 30, 2);
+  });
+
   it('ignores non-finite or negative equations and clamps the factors', () => {
     const c = new Calibrator({ refreshEvery: 1, minEquations: 1, maxFactor: 3 });
     expect(c.addLane(NaN, 0, 5)).toBe(false);

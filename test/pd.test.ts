@@ -138,8 +138,10 @@ describe('P/D disaggregation in the simulator', () => {
     b.book('y', 0, 30, 900, 1100, 1000, 50, 1);
     b.firstToken('y', 40);
     b.colocate('y', 41);
-    expect(b.loads[0]).toMatchObject({ inflight: 1, kvTokens: 1100, decodeReqs: 1 });
-    expect(b.loads[1]).toMatchObject({ inflight: 0, kvTokens: 0, decodeReqs: 0 });
+    expect(b.loads[0]).toMatchObject({ inflight: 1, kvTokens: 1100, decodeReqs: 1, decodeKvTokens: 1100 });
+    expect(b.loads[1]).toMatchObject({ inflight: 0, kvTokens: 0, decodeReqs: 0, decodeKvTokens: 0 });
+    b.release('y', 50);
+    expect(b.loads[0]).toMatchObject({ inflight: 0, kvTokens: 0, decodeReqs: 0, decodeKvTokens: 0 });
   });
 
   it('the transfer window helper: after the prefill, or layer-wise from its start', () => {

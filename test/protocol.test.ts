@@ -41,6 +41,6 @@ describe('evaluation protocol', () => {
     const ag = { ...SCENARIOS.find((s) => s.id === 'agent-tune')! };
     const inputs = scenarioInputs(ag, out, join(out, 'no-shared-here'))!;
     expect(inputs.map((i) => i.seed)).toEqual([1, 2]);
-    expect(inputs[0]!.trace).toMatch(/agent-1\.jsonl$/);
+    expect(inputs[0]!.trace).toMatch(/agent-1-2600\.jsonl$/);
   });
 });

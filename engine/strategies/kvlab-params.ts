@@ -22,6 +22,18 @@ export const KVLAB_PARAMS_VERSION = '2026-12-01.2';
 /** The tuned values (see the module doc). */
 export const KVLAB_TUNED: Pick<KvlabParams, 'queueWeight' | 'arrivalWeight'> = { queueWeight: 1, arrivalWeight: 1 };
 
+/** kvlab's cost parameters that are not feature switches (engine/strategies/kvlab.ts `KvlabParams`). */
+export type KvlabCostParams = Pick<KvlabParams, 'workWeight' | 'queueWeight' | 'arrivalWeight' | 'rateAlpha' | 'tieMs' | 'tieFrac' | 'tieMaxMs' | 'externality' | 'externalityWeight' | 'rhoMax' | 'workTauMs'>;
+
+/**
+ * Every cost parameter of kvlab, in one place: the tuned weights above; the rest fixed, not tuned:
+ * workWeight 0 (no cost per ms of work beyond the externality), rateAlpha 0.02 (the arrival-rate
+ * EWMA remembers ~50 arrivals), exact ties only (tie* 0 / ∞), the first-order (`linear`)
+ * externality (the busy-period form and its ρ estimate, externalityWeight / rhoMax / workTauMs,
+ * measured worse on the tuning set, docs/EVALUATION.md).
+ */
+export const KVLAB_COST: KvlabCostParams = { workWeight: 0, ...KVLAB_TUNED, rateAlpha: 0.02, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity, externality: 'linear', externalityWeight: 1, rhoMax: 0.95, workTauMs: 60_000 };
+
 /** The weights before the protocol existed (chosen by hand on traces the README reported), for comparison. */
 export const KVLAB_PREVIOUS: Pick<KvlabParams, 'queueWeight' | 'arrivalWeight'> = { queueWeight: 3, arrivalWeight: 3 };
 

@@ -43,7 +43,7 @@ import { PEER_LINK_DEFAULT, type DecideContext, type Strategy, type StrategyChoi
 import { priceDecode } from '../pd.js';
 import { copyPrediction, emptyPrediction, tbtEstimateMs, type Prediction } from '../predict.js';
 import type { Alternative, Intent } from '../types.js';
-import { KVLAB_TUNED } from './kvlab-params.js';
+import { KVLAB_COST } from './kvlab-params.js';
 
 /** Parameters of the `kvlab` strategy (all costs in ms). */
 export interface KvlabParams {
@@ -99,11 +99,11 @@ export interface KvlabParams {
 }
 
 /**
- * Defaults: predicted TTFT plus the queueing and arrival externalities with the tuned weights of
- * engine/strategies/kvlab-params.ts (its version is in every summary), hybrid splits, peer
- * moves, blend and overlap on (where instances declare them), no tie tolerance, no admission control.
+ * Defaults: the cost parameters of engine/strategies/kvlab-params.ts (`KVLAB_COST`, the one
+ * versioned place; its version is in every summary), hybrid splits, peer moves, blend and overlap
+ * on (where instances declare them), no admission control.
  */
-export const KVLAB_DEFAULTS: KvlabParams = { workWeight: 0, ...KVLAB_TUNED, rateAlpha: 0.02, hybrid: true, peer: true, blend: true, overlap: true, tieMs: 0, tieFrac: 0, tieMaxMs: Infinity, ttftSloMs: 0, tbtSloMs: 0, externality: 'linear', externalityWeight: 1, rhoMax: 0.95, workTauMs: 60_000 };
+export const KVLAB_DEFAULTS: KvlabParams = { ...KVLAB_COST, hybrid: true, peer: true, blend: true, overlap: true, ttftSloMs: 0, tbtSloMs: 0 };
 
 /** The `kvlab` strategy (module doc): minimum predicted cost over instances × intents × splits. */
 export class KvlabStrategy implements Strategy {

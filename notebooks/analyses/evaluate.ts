@@ -10,7 +10,8 @@
  *        [--scenarios id,id] [--jobs N] [--quick]
  *
  * Writes OUT/results.json (every number, with the protocol and parameter versions and the peer
- * versions) and OUT/results.md (the tables); --readme replaces the README's text between
+ * versions; rewritten after every scenario and size with `partial: true` until the end) and
+ * OUT/results.md (the tables); --readme replaces the README's text between
  * `<!-- results:begin -->` and `<!-- results:end -->` with the tables. --quick (one seed, three
  * loads) is for trying it out, not for the README. Progress on stderr.
  */
@@ -47,6 +48,26 @@ async function main(): Promise<void> {
   const t0 = Date.now();
   const results: Record<string, { scenario: Scenario; sizes: SizeResult[]; skipped?: string }> = {};
 
+  const write = (partial: boolean): string => {
+    const doc = {
+      kvlab_version: KVLAB_VERSION,
+      protocol_version: PROTOCOL_VERSION,
+      kvlab_params_version: KVLAB_PARAMS_VERSION,
+      kvlab_tuned: KVLAB_TUNED,
+      kvlab_theory: KVLAB_THEORY,
+      peer_versions: PEER_VERSIONS,
+      slo: { ttft_ms: SLO.ttftMs, tbt_ms: SLO.tbtMs },
+      target: TARGET,
+      quick: !!o.quick,
+      partial,
+      wall_ms: Date.now() - t0,
+      scenarios: results,
+    };
+    writeFileSync(join(out, 'results.json'), JSON.stringify(doc, null, 1) + '\n');
+    const md = resultsMarkdown(doc.scenarios, !!o.quick);
+    writeFileSync(join(out, 'results.md'), md);
+    return md;
+  };
   for (const s of scenarios) {
     let inputs = scenarioInputs(s, out, resolve(o.shared));
     if (!inputs) {
@@ -56,25 +77,13 @@ async function main(): Promise<void> {
     }
     if (o.quick) inputs = inputs.slice(0, 1);
     const sizes: SizeResult[] = [];
-    for (const n of s.instances) sizes.push(await measureSize(s, inputs, n, arms, { loads: s.loads ?? loads, concurrency, out, log: (m) => process.stderr.write(`evaluate: ${m}\n`) }));
     results[s.id] = { scenario: s, sizes };
+    for (const n of s.instances) {
+      sizes.push(await measureSize(s, inputs, n, arms, { loads: s.loads ?? loads, concurrency, out, log: (m) => process.stderr.write(`evaluate: ${m}\n`) }));
+      write(true); // what is done so far survives an interrupted run (results.json "partial": true)
+    }
   }
-  const doc = {
-    kvlab_version: KVLAB_VERSION,
-    protocol_version: PROTOCOL_VERSION,
-    kvlab_params_version: KVLAB_PARAMS_VERSION,
-    kvlab_tuned: KVLAB_TUNED,
-    kvlab_theory: KVLAB_THEORY,
-    peer_versions: PEER_VERSIONS,
-    slo: { ttft_ms: SLO.ttftMs, tbt_ms: SLO.tbtMs },
-    target: TARGET,
-    quick: !!o.quick,
-    wall_ms: Date.now() - t0,
-    scenarios: results,
-  };
-  writeFileSync(join(out, 'results.json'), JSON.stringify(doc, null, 1) + '\n');
-  const md = resultsMarkdown(doc.scenarios, !!o.quick);
-  writeFileSync(join(out, 'results.md'), md);
+  const md = write(false);
   if (o.readme) replaceBetweenMarkers(o.readme, md);
   process.stderr.write(`evaluate: wrote ${join(out, 'results.json')} and results.md in ${fmtDuration(Date.now() - t0)}\n`);
 }
@@ -89,7 +98,7 @@ export function resultsMarkdown(scenarios: Record<string, { scenario: Scenario; 
     .map(([k, v]) => `\`${k}\` ${v}`)
     .join('; ');
   const same = KVLAB_TUNED.queueWeight === KVLAB_THEORY.queueWeight && KVLAB_TUNED.arrivalWeight === KVLAB_THEORY.arrivalWeight;
-  lines.push(`Protocol ${PROTOCOL_VERSION} (notebooks/analyses/protocol.ts), kvlab parameters ${KVLAB_PARAMS_VERSION} (tuned queueWeight ${KVLAB_TUNED.queueWeight}, arrivalWeight ${KVLAB_TUNED.arrivalWeight}${same ? ': the theory weights' : `; theory ${KVLAB_THEORY.queueWeight}, ${KVLAB_THEORY.arrivalWeight}`}; \`kvlab (3, 3)\` = the hand-picked weights before the protocol), SLO TTFT <= ${SLO.ttftMs} ms and TBT <= ${SLO.tbtMs} ms, goodput target ${TARGET}${quick ? ' — QUICK RUN (one seed), not for the README' : ''}. Loads are offered prefill work / cluster prefill capacity (no cache); ± = 95 % CI half-width across seeds. Peers: ${peersLine}.`);
+  lines.push(`Protocol ${PROTOCOL_VERSION} (notebooks/analyses/protocol.ts), kvlab parameters ${KVLAB_PARAMS_VERSION} (tuned queueWeight ${KVLAB_TUNED.queueWeight}, arrivalWeight ${KVLAB_TUNED.arrivalWeight}${same ? ': the theory weights' : `; theory ${KVLAB_THEORY.queueWeight}, ${KVLAB_THEORY.arrivalWeight}`}), SLO TTFT <= ${SLO.ttftMs} ms and TBT <= ${SLO.tbtMs} ms, goodput target ${TARGET}${quick ? ' — QUICK RUN (one seed), not for the README' : ''}. Loads are offered prefill work / cluster prefill capacity (no cache); ± = 95 % CI half-width across seeds. Peers: ${peersLine}.`);
   lines.push('');
   for (const set of ['evaluation', 'tuning'] as const) {
     const ss = Object.values(scenarios).filter((x) => x.scenario.set === set);

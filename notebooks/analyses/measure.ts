@@ -3,7 +3,9 @@
  * README tables) and notebooks/analyses/tune.ts (the tuning set): for one scenario and cluster
  * size, every arm's mean TTFT, p99, goodput and hit ratio at each load and seed, and its capacity
  * under the SLO (the highest offered load with goodput >= the target: bisection per arm and seed,
- * all bisections advancing together in rounds of parallel runs on the sweep's worker pool).
+ * all bisections advancing together in rounds of parallel runs on the sweep's worker pool). A run
+ * is a function of (arm, input, load) — the simulator is deterministic — so a bisection point that
+ * the TTFT table already ran (load 1, the bisection's start) is not run again.
  */
 import { offeredLoad } from '../../sim/capacity.js';
 import { clusterFor, loadInput } from '../../sim/run.js';
@@ -89,12 +91,15 @@ export async function measureSize(s: Scenario, inputs: Input[], n: number, arms:
   const first = await loadInput({ trace: inputs[0]!.trace, workload: inputs[0]!.workload, workloadOptions: inputs[0]!.workloadOptions }, inputs[0]!.seed);
   const base = offeredLoad(first.requests, clusterFor(first, { strategy: 'kvlab', instances: n, profile: s.profile }));
   const sr: SizeResult = { instances: n, base, ttft: {}, capacity: {} };
+  /** goodput of the runs done so far, by (arm, input, load). */
+  const goodputOf = new Map<string, number>();
+  const runKey = (arm: Arm, input: Input, load: number): string => `${arm.label}|${input.seed}|${input.trace ?? JSON.stringify(input.workloadOptions)}|${load}`;
   const job = (index: number, arm: Arm, input: Input, load: number): SweepJob => ({ index, params: { load }, strategy: arm.label, seed: input.seed, sim: simOptions(s, input, n, arm, load, base) as never, outDir: o.out });
   // TTFT tables: every arm x load x seed
-  const keys: { arm: Arm; load: number }[] = [];
+  const keys: { arm: Arm; load: number; input: Input }[] = [];
   const jobs: SweepJob[] = [];
   for (const arm of arms) for (const L of o.loads) for (const input of inputs) {
-    keys.push({ arm, load: L });
+    keys.push({ arm, load: L, input });
     jobs.push(job(jobs.length, arm, input, L));
   }
   if (jobs.length) {
@@ -104,6 +109,7 @@ export async function measureSize(s: Scenario, inputs: Input[], n: number, arms:
       if (!e.summary) throw new Error(`${label}: ${jobs[k]!.strategy} at load ${keys[k]!.load}: ${e.error}`);
       const key = `${keys[k]!.arm.label}|${keys[k]!.load}`;
       acc.set(key, [...(acc.get(key) ?? []), e.summary as never]);
+      goodputOf.set(runKey(keys[k]!.arm, keys[k]!.input, keys[k]!.load), (e.summary as unknown as { goodput: number }).goodput);
     });
     for (const arm of arms) {
       sr.ttft[arm.label] = o.loads.map((L) => {
@@ -141,14 +147,30 @@ export async function measureSize(s: Scenario, inputs: Input[], n: number, arms:
     else c.hi = L;
     if (c.hi / c.lo <= 1 + CAPACITY_TOL) c.phase = 'done';
   };
+  // points already run (by the TTFT table or an earlier round) advance a bisection without a run
+  const advanceCached = (): void => {
+    for (let moved = true; moved; ) {
+      moved = false;
+      for (const c of cells) {
+        const L = next(c);
+        const g = L === null ? undefined : goodputOf.get(runKey(c.arm, c.input, L));
+        if (g === undefined) continue;
+        update(c, L!, g >= TARGET);
+        moved = true;
+      }
+    }
+  };
   for (let round = 1; ; round++) {
+    advanceCached();
     const todo = cells.map((c) => ({ c, L: next(c) })).filter((x): x is { c: Cell; L: number } => x.L !== null);
     if (todo.length === 0) break;
     const rjobs = todo.map((x, k) => job(k, x.c.arm, x.c.input, x.L));
     const r = await runJobs(rjobs, { concurrency: o.concurrency });
     r.entries.forEach((e, k) => {
       if (!e.summary) throw new Error(`${label}: capacity ${rjobs[k]!.strategy}: ${e.error}`);
-      update(todo[k]!.c, todo[k]!.L, (e.summary as unknown as { goodput: number }).goodput >= TARGET);
+      const g = (e.summary as unknown as { goodput: number }).goodput;
+      goodputOf.set(runKey(todo[k]!.c.arm, todo[k]!.c.input, todo[k]!.L), g);
+      update(todo[k]!.c, todo[k]!.L, g >= TARGET);
     });
     log(`${label}: capacity round ${round}: ${todo.length} runs (${fmtDuration(Date.now() - t0)})`);
   }
