@@ -6,7 +6,7 @@
  * separately. Runs go through the sweep's worker pool (notebooks/sweep.ts `runJobs`), the
  * capacity bisections advance in parallel rounds.
  *
- *   node dist/notebooks/analyses/evaluate.js --out runs/eval [--readme README.md] [--set evaluation|tuning|all]
+ *   node dist/notebooks/analyses/evaluate.js --out runs/eval [--readme README.md] [--set readme|evaluation|tuning|all]
  *        [--scenarios id,id] [--jobs N] [--quick]
  *
  * Writes OUT/results.json (every number, with the protocol and parameter versions and the peer
@@ -23,14 +23,14 @@ import { PEER_VERSIONS } from '../../engine/strategies/index.js';
 import { KVLAB_VERSION } from '../../engine/version.js';
 import { fmtDuration } from '../sweep.js';
 import { measureSize, type Arm, type SizeResult } from './measure.js';
-import { KVLAB_VARIANTS, LOADS, PEERS, PROTOCOL_VERSION, SCENARIOS, SLO, TARGET, scenarioInputs, type Scenario } from './protocol.js';
+import { CAPACITY_TOL, KVLAB_VARIANTS, LOADS, PEERS, PROTOCOL_VERSION, SCENARIOS, SLO, TARGET, scenarioInputs, type Scenario } from './protocol.js';
 
 async function main(): Promise<void> {
   const o = new Command('evaluate')
     .description('regenerate the results tables of the README (evaluation protocol)')
     .requiredOption('-o, --out <dir>', 'output directory')
     .option('--shared <dir>', 'the shared data directory', resolve('..', 'shared', 'data'))
-    .option('--set <set>', 'evaluation | tuning | all', 'all')
+    .option('--set <set>', "readme (the README's tables, sized for 2 cores) | evaluation | tuning | all", 'readme')
     .option('--scenarios <ids>', 'only these scenarios (comma-separated ids)')
     .option('--jobs <n>', 'parallel simulations (default: all cores)')
     .option('--readme <file>', 'replace the tables between <!-- results:begin --> and <!-- results:end --> in this file')
@@ -42,7 +42,8 @@ async function main(): Promise<void> {
   const arms: Arm[] = [...PEERS.map((p) => ({ label: p, strategy: p, params: {} })), ...KVLAB_VARIANTS];
   const loads = o.quick ? [0.5, 1, 1.5] : LOADS;
   const only = o.scenarios ? new Set(o.scenarios.split(',')) : null;
-  const scenarios = SCENARIOS.filter((s) => (o.set === 'all' || s.set === o.set) && (!only || only.has(s.id)));
+  if (!['readme', 'evaluation', 'tuning', 'all'].includes(o.set)) throw new Error(`--set must be readme, evaluation, tuning or all (got "${o.set}")`);
+  const scenarios = SCENARIOS.filter((s) => (o.set === 'all' || (o.set === 'readme' ? s.readme === true : s.set === o.set)) && (!only || only.has(s.id)));
   if (scenarios.length === 0) throw new Error('no scenario selected');
   const concurrency = o.jobs ? Number(o.jobs) : undefined;
   const t0 = Date.now();
@@ -79,7 +80,8 @@ async function main(): Promise<void> {
     const sizes: SizeResult[] = [];
     results[s.id] = { scenario: s, sizes };
     for (const n of s.instances) {
-      sizes.push(await measureSize(s, inputs, n, arms, { loads: s.loads ?? loads, concurrency, out, log: (m) => process.stderr.write(`evaluate: ${m}\n`) }));
+      const sl = o.quick ? loads : (s.sizeLoads?.[n] ?? s.loads ?? loads);
+      sizes.push(await measureSize(s, inputs, n, arms, { loads: sl, capacity: !s.capacityInstances || s.capacityInstances.includes(n), concurrency, out, log: (m) => process.stderr.write(`evaluate: ${m}\n`) }));
       write(true); // what is done so far survives an interrupted run (results.json "partial": true)
     }
   }
@@ -112,14 +114,17 @@ export function resultsMarkdown(scenarios: Record<string, { scenario: Scenario; 
       for (const sr of x.sizes) cols.push({ title: `${x.scenario.title}, ${sr.instances} × ${x.scenario.profile}`, sr });
     }
     if (cols.length === 0) continue;
-    const labels = Object.keys(cols[0]!.sr.capacity);
-    lines.push(`Capacity under the SLO (highest offered load with goodput >= ${TARGET}; bold = best):`);
-    lines.push('');
-    lines.push(`| strategy | ${cols.map((c) => c.title).join(' | ')} |`);
-    lines.push(`|---|${cols.map(() => '---').join('|')}|`);
-    const bestCap = cols.map((c) => Math.max(...labels.map((l) => c.sr.capacity[l]!.mean)));
-    for (const l of labels) lines.push(`| ${l} | ${cols.map((c, j) => { const st = c.sr.capacity[l]!; const t = `${f2(st.mean)} ± ${f2(st.half)}`; return st.mean === bestCap[j] ? `**${t}**` : t; }).join(' | ')} |`);
-    lines.push('');
+    const labels = Object.keys(cols[0]!.sr.ttft).length ? Object.keys(cols[0]!.sr.ttft) : Object.keys(cols[0]!.sr.capacity);
+    const capCols = cols.filter((c) => Object.keys(c.sr.capacity).length > 0);
+    if (capCols.length) {
+      lines.push(`Capacity under the SLO (highest offered load with goodput >= ${TARGET}, per seed to ${Math.round(CAPACITY_TOL * 100)} %; mean ± 95 % CI; bold = best):`);
+      lines.push('');
+      lines.push(`| strategy | ${capCols.map((c) => c.title).join(' | ')} |`);
+      lines.push(`|---|${capCols.map(() => '---').join('|')}|`);
+      const bestCap = capCols.map((c) => Math.max(...labels.map((l) => c.sr.capacity[l]!.mean)));
+      for (const l of labels) lines.push(`| ${l} | ${capCols.map((c, j) => { const st = c.sr.capacity[l]!; const t = `${f2(st.mean)} ± ${f2(st.half)}`; return st.mean === bestCap[j] ? `**${t}**` : t; }).join(' | ')} |`);
+      lines.push('');
+    }
     for (const c of cols) {
       const pts0 = c.sr.ttft[labels[0]!] ?? [];
       if (pts0.length === 0) continue;
