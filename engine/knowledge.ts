@@ -8,7 +8,9 @@
  *   (`KdnSpec.sequences`) covers the leading run of documents it holds. Chunk-aligned as
  *   CacheRoute's eff = floor(K/256)·256 (reference/cacheroute.md §4.8, template offset ignored).
  * - blended reuse (`blend`, CacheBlend): every document's KV is reused wherever it sits in the
- *   prompt; each document contributes its full chunks, [start, start + floor(L/C)·C) of its span.
+ *   prompt, the whole document: LMCache with `enable_blending` keys one segment per document,
+ *   whatever its length (SegmentTokenDatabase, LMCache/LMCache @6b96072
+ *   lmcache/v1/token_database.py; live/lmcache.ts `lmcacheSegments`), not 256-token chunks.
  *
  * Pure functions; tokens throughout.
  */
@@ -41,18 +43,19 @@ export function kdnCoverage(cluster: ClusterSpec, req: CausalRequest): number[] 
 }
 
 /**
- * The prompt spans [start, end) whose KV `kdn` can provide to a blending instance: the full
- * chunks of every document it holds, wherever it sits (module doc), capped at prompt - 1.
- * Empty when it holds none (or the request has no per-document knowledge).
+ * The prompt spans [start, end) whose KV `kdn` can provide to a blending instance: every
+ * document it holds, whole, wherever it sits (module doc), capped at prompt - 1. Empty when it
+ * holds none (or the request has no per-document knowledge). `_chunk` is unused (kept for the
+ * callers' signature: prefix reuse is chunk-aligned, blended reuse is not).
  */
-export function blendSpans(kdn: KdnSpec, req: CausalRequest, chunk: number): Array<[number, number]> {
+export function blendSpans(kdn: KdnSpec, req: CausalRequest, _chunk: number): Array<[number, number]> {
   const out: Array<[number, number]> = [];
   const spans = documentSpans(req);
   const cap = req.inputTokens - 1;
   for (let j = 0; j < req.knowledge.length; j++) {
     if (kdn.knowledge !== null && !kdn.knowledge.has(req.knowledge[j]!.kid)) continue;
     const [s] = spans[j]!;
-    const e = Math.min(s + Math.floor(req.knowledge[j]!.tokens / chunk) * chunk, cap);
+    const e = Math.min(s + req.knowledge[j]!.tokens, cap);
     if (e > s) out.push([s, e]);
   }
   return out;

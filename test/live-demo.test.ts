@@ -95,8 +95,10 @@ describeRedis('live demo', () => {
     expect(blended.length).toBeGreaterThan(0);
     for (const l of blended) {
       expect(l.decision.reused_tokens).toBeGreaterThan(0);
-      // LMCache (the emulator's, enable_blending) found the injected documents: more than a prefix hit could
-      expect(l.observed.cached_tokens).toBeGreaterThanOrEqual(l.decision.reused_tokens);
+      // LMCache (the emulator's, enable_blending) found every injected document: the engine's
+      // reuse counts each document's system-message block, the segments hold the document alone
+      // (a few template tokens fewer per document)
+      expect(l.observed.cached_tokens).toBeGreaterThan(0.95 * l.decision.reused_tokens);
     }
     expect(live.every((l) => l.knowledge_tokens > 0)).toBe(true);
     await expect(runDemo({ out: join(out, 'blend-nq'), blend: true, workload: 'nq', log: () => undefined })).rejects.toThrow(/--blend runs the multi-document synthetic workload/);

@@ -64,14 +64,14 @@ describe('prefix reuse follows the document sequence', () => {
     expect(kdnCoverage(c, r)).toEqual([512]);
   });
 
-  it('blend spans: every document the KDN holds, full chunks of each, wherever it sits', () => {
+  it('blend spans: every document the KDN holds, whole (one LMCache segment each), wherever it sits', () => {
     const r = rag(0, [A, B, C], 40);
     const kd = { id: 'k', compression: 1, knowledge: new Set([A.kid, C.kid]), textFetchMs: 0 };
     expect(blendSpans(kd, r, 256)).toEqual([
-      [25, 537],
-      [1225, 1737],
+      [25, 625],
+      [1225, 1825],
     ]);
-    expect(spanTokensFrom(blendSpans(kd, r, 256), 512)).toBe(25 + 512);
+    expect(spanTokensFrom(blendSpans(kd, r, 256), 512)).toBe(625 - 512 + 600);
   });
 
   it('reorderRequest rebuilds the block ids of the new order', () => {
@@ -131,33 +131,37 @@ describe('blend (CacheBlend)', () => {
   it('prices a hand-computable case: transfer + hidden load + recompute + the rest', () => {
     const prof = testProfile();
     const inst = { ...instanceSpecFromProfile(prof, 0), blend: { ...BLEND_DEFAULTS } };
-    const r = rag(0, [A, B], 75); // P = 25 + 1200 + 75 = 1300; spans [25,537) [625,1137) → 1024 tokens
+    const r = rag(0, [A, B], 75); // P = 25 + 1200 + 75 = 1300; spans [25,625) [625,1225) → 1200 tokens
     const spans = blendSpans({ id: 'k', compression: 3.41, knowledge: null, textFetchMs: 4 }, r, 256);
     const loaded = spanTokensFrom(spans, 0);
-    expect(loaded).toBe(1024);
+    expect(loaded).toBe(1200);
     const p: PredictInput = {
       ...idleInput(inst, r, 'blend', 0, { id: 'k', compression: 3.41, knowledge: null, textFetchMs: 4 }, { bandwidthGbps: 10, latencyMs: 0.5, efficiency: 0.825 }),
       blendTokens: loaded,
       blendRecompute: blendRecomputeTokens(loaded, inst.blend, 80),
     };
     const out = predictInto(emptyPrediction(), p);
-    expect(out.transferTokens).toBe(1024);
-    expect(out.computeTokens).toBe(1300 - 1024 + 176);
-    // wire 1024 × 327,680 / 3.41 B at 10 Gbit/s × 0.825 = 1,031,250 B/ms, + 0.5 ms
-    expect(out.transferMs).toBeCloseTo((1024 * 327680) / 3.41 / 1_031_250 + 0.5, 6);
-    // load 12.46 + 2764.34 × 1024 × 40,960 / 2^30 = 120.44 ms < recompute of 176 tokens (161 ms): hidden
+    // recompute: ceil(1200 × (2/80 + 0.15 × 78/80)) = ceil(205.5) = 206
+    expect(p.blendRecompute).toBe(206);
+    expect(out.transferTokens).toBe(1200);
+    expect(out.computeTokens).toBe(1300 - 1200 + 206);
+    // wire 1200 × 327,680 / 3.41 B at 10 Gbit/s × 0.825 = 1,031,250 B/ms, + 0.5 ms
+    expect(out.transferMs).toBeCloseTo((1200 * 327680) / 3.41 / 1_031_250 + 0.5, 6);
+    // load 12.46 + 2764.34 × 1200 × 40,960 / 2^30 = 139.0 ms < recompute of 206 tokens: hidden
     expect(out.kvLoadMs).toBe(0);
-    // the 452 computed tokens in one chunk from position 848:
-    // 23.5 + 8 + curve(452) = 200 + 1200·196/768 + attention 1.456705729 · 452·(848 + 226)/53,800
+    // the 306 computed tokens in one chunk from position 994:
+    // 23.5 + 8 + curve(306) = 200 + 1200·50/768 + attention 1.456705729 · 306·(994 + 153)/53,800
     const slope = 17900 / 12288;
-    const prefill = 23.5 + 8 + 200 + (1200 * 196) / 768 + (slope * 452 * (848 + 226)) / 53800;
+    const prefill = 23.5 + 8 + 200 + (1200 * 50) / 768 + (slope * 306 * (994 + 153)) / 53800;
     expect(out.prefillMs).toBeCloseTo(prefill + 15, 6);
-    expect(out.ttftMs).toBeCloseTo(4 + out.transferMs + 3 + prefill + 15, 6);
+    // every knowledge token comes as KV: no text fetch from the KDN (prepare 0)
+    expect(out.prepareMs).toBe(0);
+    expect(out.ttftMs).toBeCloseTo(out.transferMs + 3 + prefill + 15, 6);
     // and the simulated instance charges the same
     const c: ClusterSpec = { ...testCluster(1), instances: [inst] };
     const o = simulate([r], { cluster: c, strategy: createStrategy('round-robin', { intent: 'blend' }) });
     expect(o.decisions.intent(0)).toBe('blend');
-    expect(o.loadTokens[0]).toBe(1024);
+    expect(o.loadTokens[0]).toBe(1200);
     expect(observed(o).ttft[0]).toBeCloseTo(out.ttftMs, 6);
   });
 
@@ -175,7 +179,7 @@ describe('blend (CacheBlend)', () => {
     const e = new Engine(c, createStrategy('kvlab'));
     const d = e.decide(rag(0, [A, B, C], 40), 0);
     expect(d.intent).toBe('blend');
-    expect(d.reusedTokens).toBe(3 * 512);
+    expect(d.reusedTokens).toBe(3 * 600);
     expect(d.alternatives.some((a) => a.intent === 'blend')).toBe(true);
     const plain = new Engine(testCluster(2), createStrategy('kvlab')).decide(rag(0, [A, B, C], 40), 0);
     expect(plain.alternatives.some((a) => a.intent === 'blend')).toBe(false);
