@@ -361,10 +361,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     {
       running: () => engine.load.running,
       waiting: () => engine.load.waiting + Math.max(0, engine.inflight - engine.load.running - engine.load.waiting),
-      kvUsage: () => {
-        const kv = engine.core.kv;
-        return Math.max(0, Math.min(1, (kv.used - kv.evictable) / kv.capacityTokens));
-      },
+      kvUsage: () => engine.core.kv.usage(),
     },
   );
 

@@ -209,6 +209,18 @@ export class KvCache {
   }
 
   /**
+   * KV cache usage as vLLM reports it (`vllm:kv_cache_usage_perc`, 0..1): the share of the
+   * capacity held by referenced blocks and private tokens. Cached blocks no request references
+   * count as free, as in vLLM V1 (vllm-project/vllm vllm/v1/core/block_pool.py @ 002f3491
+   * `get_usage` = 1 − free-queue blocks / GPU blocks, and `free_blocks` puts a block with no
+   * reference on the free queue while it stays cached). 0 for an unlimited cache.
+   */
+  usage(): number {
+    if (!Number.isFinite(this.capacityTokens) || this.capacityTokens <= 0) return 0;
+    return Math.max(0, Math.min(1, (this.used - this.evictable) / this.capacityTokens));
+  }
+
+  /**
    * Number of leading block ids of `ids` present in the cache (contiguous prefix match).
    * Does not touch LRU order.
    */

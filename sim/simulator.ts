@@ -399,7 +399,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
     for (let i = 0; i < nI; i++) {
       const c = cores[i]!;
       const l = c.load;
-      const m = { waiting: l.waiting, running: l.running, kvUsage: Number.isFinite(c.kv.capacityTokens) ? c.kv.used / c.kv.capacityTokens : 0, at: t };
+      const m = { waiting: l.waiting, running: l.running, kvUsage: c.kv.usage(), at: t };
       for (let j = 0; j < R; j++) engines[j]!.onInstanceMetrics(i, m);
     }
   };

@@ -219,6 +219,21 @@ describe('KvCache', () => {
     expect(kv.used).toBeLessThanOrEqual(100);
   });
 
+  it("usage() is vLLM's kv_cache_usage_perc: cached blocks no request references count as free (block_pool.py get_usage)", () => {
+    const kv = new KvCache(1000);
+    kv.allocate(300); // a running request's tokens: 100 private, 200 of a computed prompt block
+    const e = kv.register(7, 200); // which becomes the cached block 7 (it references it)
+    expect(kv.usage()).toBeCloseTo(0.3, 12);
+    kv.unref(e); // request done: block 7 stays cached (reusable) but is on vLLM's free queue
+    kv.release(100);
+    expect(kv.blocks.has(7)).toBe(true);
+    expect(kv.used).toBe(200);
+    expect(kv.usage()).toBe(0);
+    kv.ref(e); // a prefix hit references it again
+    expect(kv.usage()).toBeCloseTo(0.2, 12);
+    expect(new KvCache(Infinity).usage()).toBe(0);
+  });
+
   it('whole-entry eviction when the granularity is Infinity', () => {
     const kv = new KvCache(100, undefined, Infinity);
     kv.allocate(60);

@@ -11,6 +11,8 @@ import { CACHEROUTE_DEFAULTS } from '../engine/strategies/cacheroute.js';
 import { DYNAMO_DEFAULTS } from '../engine/strategies/dynamo.js';
 import { createStrategy } from '../engine/strategies/index.js';
 import { LLMD_DEFAULTS } from '../engine/strategies/llmd.js';
+import { ApproxPrefixIndex } from '../engine/strategies/llmd-prefix.js';
+import type { Strategy } from '../engine/engine.js';
 import { MOONCAKE_DEFAULTS } from '../engine/strategies/mooncake.js';
 import { SGLANG_DEFAULTS } from '../engine/strategies/sglang.js';
 import type { TraceRequest } from '../engine/types.js';
@@ -330,6 +332,72 @@ describe('llm-d (default profile: prefix 3, queue 2, KV utilisation 2)', () => {
     expect(-scoreOf(d, x)).toBeCloseTo(3 * 0.5 + 2 * 0 + 2 * 0.5, 9);
     expect(-scoreOf(d, y)).toBeCloseTo(0 + 2 * 1 + 2 * 0.9, 9);
     expect(d.instance).toBe(y);
+  });
+
+  it('hashes only the first 4,096 prompt tokens (defaultMaxPrefixBlocks 256 × 16 tokens): total = 4096 / block size', () => {
+    expect(LLMD_DEFAULTS.maxPrefixTokens).toBe(4096);
+    const e = new Engine(testCluster(2), createStrategy('llm-d'), { seed: 1 });
+    // 512-token trace blocks: 8 are hashed; a 20-block prompt whose first 8 blocks pod x holds
+    const x = route(e, mkReq({ id: 'a', blocks: range(1, 20), blockSize: 512, inputTokens: 20 * 512 })).instance;
+    const d = e.decide(mkReq({ id: 'b', blocks: [...range(1, 8), ...range(500, 12)], blockSize: 512, inputTokens: 20 * 512 }), 1);
+    expect(-scoreOf(d, x)).toBeCloseTo(3 * 1 + 2 + 2, 9); // 8/8 matched, not 8/20
+    expect(-scoreOf(d, 1 - x)).toBeCloseTo(0 + 2 + 2, 9);
+    // without the cut (maxPrefixTokens = Infinity) the same request scores 8/20
+    const f = new Engine(testCluster(2), createStrategy('llm-d', { maxPrefixTokens: Infinity }), { seed: 1 });
+    const y = route(f, mkReq({ id: 'a', blocks: range(1, 20), blockSize: 512, inputTokens: 20 * 512 })).instance;
+    expect(-scoreOf(f.decide(mkReq({ id: 'b', blocks: [...range(1, 8), ...range(500, 12)], blockSize: 512, inputTokens: 20 * 512 }), 1), y)).toBeCloseTo(3 * 0.4 + 4, 9);
+  });
+
+  it('approximate index: per-pod LRU (re-adding refreshes, golang-lru Add) and upstream matchLongestPrefix', () => {
+    const ix = new ApproxPrefixIndex(2, [3, 3]);
+    ix.add(0, [1, 2, 3]);
+    ix.add(0, [1]); // 1 becomes most recent: 2 is now the least recent
+    ix.add(0, [9]);
+    expect([ix.has(0, 1), ix.has(0, 2), ix.has(0, 3), ix.has(0, 9)]).toEqual([true, false, true, true]);
+    expect(ix.size(0)).toBe(3);
+    // match walks the hashes and stops at the first one no pod holds; a pod is credited for every
+    // hash it holds before that point (pod 0 lacks 2 but pod 1 holds it)
+    ix.add(1, [1, 2]);
+    const out = new Int32Array(2);
+    ix.match([1, 2, 3, 4], out);
+    expect([...out]).toEqual([2, 2]);
+    ix.clear(0);
+    ix.match([1, 2, 3], out);
+    expect([...out]).toEqual([0, 2]);
+    expect(() => new ApproxPrefixIndex(2, [1])).toThrow(/2 capacities/);
+  });
+
+  it('keeps a hot shared first block on a pod that keeps receiving it (LRU, not insertion order)', () => {
+    // pod bound 4 blocks; every request = shared block 0 + 3 unique blocks: with FIFO the shared
+    // block would be evicted by the second request, with LRU it stays matched
+    const c = testCluster(1, { kvCapacityTokens: 4 * 16 });
+    const e = new Engine(c, createStrategy('llm-d'), { seed: 1 });
+    for (let k = 0; k < 5; k++) route(e, mkReq({ id: `h${k}`, blocks: [0, 100 + 3 * k, 101 + 3 * k, 102 + 3 * k], inputTokens: 64 }), k);
+    const d = e.decide(mkReq({ id: 'q', blocks: [0, 7777], inputTokens: 32 }), 9);
+    expect(-scoreOf(d, 0)).toBeCloseTo(3 * 0.5 + 2 + 2, 9);
+  });
+
+  it("the simulator feeds vLLM's KV usage: a finished request's cached blocks do not count as used", () => {
+    const inner = createStrategy('round-robin');
+    const seen: number[] = [];
+    const probe: Strategy = {
+      name: 'probe',
+      metricsIntervalMs: 50,
+      decide(ctx) {
+        const m = ctx.metrics(0);
+        if (m) seen.push(m.kvUsage);
+        return inner.decide(ctx);
+      },
+    };
+    const c = testCluster(1);
+    const reqs = [
+      mkReq({ id: 'a', blocks: range(1, 32), inputTokens: 512, outputTokens: 4, arrivalMs: 0 }),
+      mkReq({ id: 'b', blocks: range(1, 32), inputTokens: 512, outputTokens: 4, arrivalMs: 60_000 }),
+    ];
+    const o = simulate(reqs, { cluster: c, strategy: probe, seed: 1 });
+    expect(o.hitTokens[1]).toBeGreaterThan(0); // a's blocks are still cached when b arrives
+    expect(seen).toHaveLength(2);
+    expect(seen[1]).toBe(0);
   });
 
   it('herds a burst onto one pod between scrapes (no booked load: upstream GIE #1700)', () => {

@@ -113,6 +113,7 @@ export const STRATEGY_PARAMS: Record<string, ParamSchema> = {
     pdPrefixWeight: num('P/D profiles: weight of the prefix-cache scorer', { min: 0 }),
     pdQueueWeight: num('P/D profiles: weight of the queue scorer', { min: 0 }),
     nonCachedTokens: num('P/D: prefix-based-pd-decider nonCachedTokens (disaggregate at or above this many uncached tokens; 0 = never)', { min: 0, int: true }),
+    maxPrefixTokens: num('prompt tokens the approximate prefix index hashes (MaxPrefixBlocksToMatch × block size; 4,096)', { min: 1, allowInfinity: true }),
     intent: INTENT_PARAM,
   },
   mooncake: MOONCAKE_SCHEMA,

@@ -9,8 +9,11 @@
  *   matched blocks / total blocks of the prompt, from the approximate prefix producer
  *   (requestcontrol/dataproducer/approximateprefix): a per-pod LRU index of the blocks routed to
  *   each pod, updated right after the decision (`PreRequest`), capacity auto-tuned to the pod's
- *   KV cache (`autoTune`: vLLM's cache blocks), no engine events. Here: the trace's blocks, a
- *   per-pod bound of KV capacity / block size (evicting the oldest insertions).
+ *   KV cache (`autoTune`: vLLM's cache blocks), no engine events; only the prompt's first
+ *   256 blocks × 16 tokens = 4,096 tokens are hashed (`defaultMaxPrefixBlocks`, `hashPrompt`), so
+ *   "total" is at most 4,096 tokens' worth. Here (engine/strategies/llmd-prefix.ts): the trace's
+ *   blocks cut to `maxPrefixTokens`, a per-pod LRU (re-adding a block refreshes it) bounded at
+ *   KV capacity / block size, and upstream's match walk.
  * - queue-scorer (scorer/queuedepth/queue.go): (max_q − q) / (max_q − min_q) over the pods'
  *   `vllm:num_requests_waiting`, 1 when all are equal.
  * - kv-cache-utilization-scorer (scorer/kvcacheutilization): 1 − `vllm:kv_cache_usage_perc`.
@@ -34,8 +37,8 @@
  */
 import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
 import { decodeCapable } from '../pd.js';
-import { PrefixIndex } from '../prefix-index.js';
 import type { Alternative, Decision, Intent } from '../types.js';
+import { ApproxPrefixIndex } from './llmd-prefix.js';
 
 /** Parameters of `llm-d` (scorer weights of the default profile). */
 export interface LlmdParams {
@@ -50,18 +53,25 @@ export interface LlmdParams {
   pdQueueWeight: number;
   /** prefix-based-pd-decider nonCachedTokens (0 = never disaggregate). */
   nonCachedTokens: number;
+  /**
+   * Prompt tokens the approximate prefix index hashes, tokens: upstream truncates the prompt to
+   * `MaxPrefixBlocksToMatch` (256) blocks of the auto-tuned block size (vLLM's 16) = 4,096 tokens
+   * (approximateprefix/types.go `defaultMaxPrefixBlocks`, hashing.go `hashPrompt`). Here
+   * floor(maxPrefixTokens / trace block size) leading trace blocks (at least 1).
+   */
+  maxPrefixTokens: number;
   intent: Intent;
 }
 
-/** llm-d's built-in default profile: prefix 3, queue 2, KV utilisation 2; 50 ms scrapes; P/D: prefix 2, queue 1, nonCachedTokens 16. */
-export const LLMD_DEFAULTS: LlmdParams = { prefixWeight: 3, queueWeight: 2, kvUtilWeight: 2, scrapeMs: 50, pdPrefixWeight: 2, pdQueueWeight: 1, nonCachedTokens: 16, intent: 'text' };
+/** llm-d's built-in default profile: prefix 3, queue 2, KV utilisation 2; 50 ms scrapes; 4,096 prompt tokens hashed; P/D: prefix 2, queue 1, nonCachedTokens 16. */
+export const LLMD_DEFAULTS: LlmdParams = { prefixWeight: 3, queueWeight: 2, kvUtilWeight: 2, scrapeMs: 50, pdPrefixWeight: 2, pdQueueWeight: 1, nonCachedTokens: 16, maxPrefixTokens: 256 * 16, intent: 'text' };
 
 /** The `llm-d` strategy (module doc); keeps its own approximate prefix index. */
 export class LlmdStrategy implements Strategy {
   readonly name = 'llm-d';
   readonly metricsIntervalMs: number;
   private readonly p: LlmdParams;
-  private index: PrefixIndex | null = null;
+  private index: ApproxPrefixIndex | null = null;
   private buf = new Int32Array(0);
   private order: number[] = [];
 
@@ -75,12 +85,13 @@ export class LlmdStrategy implements Strategy {
     const req = ctx.req;
     if (!this.index) {
       const caps = ctx.cluster.instances.map((s) => (Number.isFinite(s.engine.kvCapacityTokens) ? Math.max(1, Math.floor(s.engine.kvCapacityTokens / req.blockSize)) : Infinity));
-      this.index = new PrefixIndex(ctx.n, caps);
+      this.index = new ApproxPrefixIndex(ctx.n, caps);
       this.buf = new Int32Array(ctx.n);
     }
     this.buf.fill(0);
-    if (req.blocks.length) this.index.match(req.blocks, this.buf);
-    if (ctx.hasRoles) return this.decidePd(ctx);
+    const blocks = this.hashed(req.blocks, req.blockSize);
+    if (blocks.length) this.index.match(blocks, this.buf);
+    if (ctx.hasRoles) return this.decidePd(ctx, blocks.length);
     let minQ = Infinity;
     let maxQ = -Infinity;
     for (let i = 0; i < ctx.n; i++) {
@@ -89,7 +100,7 @@ export class LlmdStrategy implements Strategy {
       if (q < minQ) minQ = q;
       if (q > maxQ) maxQ = q;
     }
-    const total = req.blocks.length;
+    const total = blocks.length;
     const order = this.order;
     order.length = 0;
     const alternatives: Alternative[] = [];
@@ -117,26 +128,35 @@ export class LlmdStrategy implements Strategy {
     return { instance: best, intent: p.intent, alternatives, reason: 'max-score' };
   }
 
-  /** The P/D profile handler (module doc); `buf` holds the request's matched blocks per pod. */
-  private decidePd(ctx: DecideContext): StrategyChoice {
+  /**
+   * The leading blocks the approximate prefix index hashes (`maxPrefixTokens`, module doc): the
+   * prompt's trace blocks cut to floor(maxPrefixTokens / blockSize) >= 1 (no copy when shorter).
+   * @param blockSize tokens per trace block
+   */
+  private hashed(blocks: readonly number[], blockSize: number): readonly number[] {
+    const max = Math.max(1, Math.floor(this.p.maxPrefixTokens / Math.max(1, blockSize)));
+    return blocks.length > max ? blocks.slice(0, max) : blocks;
+  }
+
+  /** The P/D profile handler (module doc); `buf` holds the request's matched blocks per pod, of `total` hashed blocks. */
+  private decidePd(ctx: DecideContext, total: number): StrategyChoice {
     const p = this.p;
     const req = ctx.req;
     const alternatives: Alternative[] = [];
-    const D = this.pick(ctx, (i) => ctx.alive(i) && decodeCapable(ctx.cluster.instances[i]!), alternatives);
+    const D = this.pick(ctx, (i) => ctx.alive(i) && decodeCapable(ctx.cluster.instances[i]!), alternatives, total);
     const hit = D >= 0 ? Math.min(req.inputTokens, this.buf[D]! * req.blockSize) : 0;
     const nonCached = req.inputTokens - hit;
     const disagg = p.nonCachedTokens > 0 && D >= 0 && req.inputTokens >= p.nonCachedTokens && nonCached >= p.nonCachedTokens;
     if (!disagg) return { instance: D, intent: p.intent, alternatives, reason: `max-score;decode-only non-cached=${nonCached}` };
-    const P = this.pick(ctx, (i) => ctx.isUp(i), alternatives);
+    const P = this.pick(ctx, (i) => ctx.isUp(i), alternatives, total);
     const choice: StrategyChoice = { instance: P, intent: p.intent, alternatives, reason: `max-score;prefill-decode non-cached=${nonCached}` };
     if (P !== D) choice.decode = D;
     return choice;
   }
 
   /** max-score picker over the pods `ok` admits: pdPrefixWeight · prefix + pdQueueWeight · queue. */
-  private pick(ctx: DecideContext, ok: (i: number) => boolean, alternatives: Alternative[]): number {
+  private pick(ctx: DecideContext, ok: (i: number) => boolean, alternatives: Alternative[], total: number): number {
     const p = this.p;
-    const total = ctx.req.blocks.length;
     let minQ = Infinity;
     let maxQ = -Infinity;
     for (let i = 0; i < ctx.n; i++) {
@@ -165,8 +185,9 @@ export class LlmdStrategy implements Strategy {
 
   onDispatch(ctx: DecideContext, d: Decision): void {
     if (!this.index || !ctx.req.blocks.length) return;
-    this.index.add(d.instance, ctx.req.blocks);
-    if (d.decode !== undefined && d.decode !== d.instance) this.index.add(d.decode, ctx.req.blocks);
+    const blocks = this.hashed(ctx.req.blocks, ctx.req.blockSize);
+    this.index.add(d.instance, blocks);
+    if (d.decode !== undefined && d.decode !== d.instance) this.index.add(d.decode, blocks);
   }
 
   onInstanceDown(i: number): void {
