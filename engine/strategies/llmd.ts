@@ -34,6 +34,17 @@
  * Upstream counts the input as prompt characters / 4 (the request is not tokenized there); here
  * the prompt's token count, which the approximation estimates. Both chosen pods get the
  * request's blocks in the approximate index (P computed them, D holds them after the transfer).
+ *
+ * Behaviour that is upstream's own, on the Mooncake conversation trace (checked 2026-12-01; the
+ * README's "Why llm-d trails on this trace"): the profile's load signals are the waiting count
+ * and KV usage, and neither sees prefill work already admitted. Under chunked prefill a new
+ * request is admitted at once, so waiting is mostly 0 and KV usage stays below 0.1 on the
+ * h100x8 profile. The prefix scorer (weight 3) therefore dominates, and because every request
+ * of that trace shares its first block, a pod that did not receive it early is starved (≥ 3 ×
+ * 1/8 behind on every request). Mean TTFT is about 2.3 s against least-load's 0.95 s at load
+ * 0.5 on 8 instances. The earlier 3.0 s also came from deviations since fixed: the simulator's
+ * KV usage counting cached free blocks (vLLM does not), no 4,096-token hash cut, and a FIFO
+ * index instead of an LRU.
  */
 import type { DecideContext, Strategy, StrategyChoice } from '../engine.js';
 import { decodeCapable } from '../pd.js';
