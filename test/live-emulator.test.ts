@@ -345,10 +345,17 @@ describe('concurrency and timing', () => {
 });
 
 describe('graceful shutdown', () => {
+  /** Resolves once the emulator's instance model holds a request (the stream is running), at most 10 s. */
+  const untilRunning = async (e: EmulatorHandle): Promise<void> => {
+    const end = Date.now() + 10_000;
+    while (e.engine.inflight === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+    expect(e.engine.inflight).toBeGreaterThan(0);
+  };
+
   it('lets running streams finish, then refuses new connections', async () => {
     const e = await startEmulator({ profile: testProfile() });
     const p = postSse(`${e.url}/v1/completions`, { prompt: 'long answer please', max_tokens: 40, stream: true });
-    await new Promise((r) => setTimeout(r, 30));
+    await untilRunning(e); // a fixed sleep was not enough on a loaded machine: the close came before the request
     await e.close();
     const r = await p;
     expect(r.data.at(-1)).toBe('[DONE]');
@@ -359,7 +366,7 @@ describe('graceful shutdown', () => {
   it('after the grace period, unfinished streams end with an in-band error and [DONE]', async () => {
     const e = await startEmulator({ profile: testProfile() });
     const p = postSse(`${e.url}/v1/completions`, { prompt: 'never ending', max_tokens: 2000, stream: true });
-    await new Promise((r) => setTimeout(r, 30));
+    await untilRunning(e);
     await e.close(50);
     const r = await p;
     expect(r.raw).toMatch(/^(data: [^\n]+\n\n)+$/);

@@ -9,9 +9,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import llama3Tokenizer from 'llama3-tokenizer-js';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { getText, parseProm, postBigWhilePolling, postJson, promSum, sleep } from './helpers/live.js';
+import { getText, healthStalls, parseProm, postBigWhilePolling, postJson, promSum, sleep } from './helpers/live.js';
 import { MODEL, startStack, type Stack } from './helpers/stack.js';
 import { describeRedis } from './helpers/system.js';
 
@@ -46,21 +47,20 @@ function expectError(r: { status: number; json: any }, status: number, param?: s
 }
 
 describeRedis('limits before any expensive work', () => {
-  it('a 50 MB body is refused with 413 within 1 s while /health answers within 50 ms', async () => {
+  it('a 50 MB body is refused with 413 before it is read while /health keeps answering', async () => {
     // the sender is another process (building and writing 50 MB would stall this one's event
     // loop, which also runs the gateway and the /health poller)
     const before = sent();
-    const lat: number[] = [];
     for (const chunked of [false, true]) {
       const r = await postBigWhilePolling(`${s.gw.url}/v1/chat/completions`, `JSON.stringify({ model: ${JSON.stringify(MODEL)}, messages: [{ role: 'user', content: 'x'.repeat(50 * 1024 * 1024) }] })`, `${s.gw.url}/health`, chunked);
       expect(r.status).toBe(413);
       expect(JSON.parse(r.body).error).toMatchObject({ code: 413, type: 'BadRequestError' });
       expect(JSON.parse(r.body).error.message).toMatch(/8388608 bytes .*--max-body-bytes/);
-      expect(r.ms).toBeLessThan(1000);
-      lat.push(...r.healthMs);
+      // refused from the header (Content-Length) or at the 8 MiB limit (chunked), not after
+      // reading the body: the answer came while the sender still had most of it to write
+      expect(r.writtenAtAnswer).toBeLessThan(r.totalBytes / 2);
+      expect(healthStalls(r.healthMs, r.baselineMs).join('; ')).toBe('');
     }
-    expect(lat.length).toBeGreaterThan(3);
-    expect(Math.max(...lat)).toBeLessThan(50);
     expect(sent()).toBe(before);
   });
 
@@ -96,11 +96,16 @@ describeRedis('limits before any expensive work', () => {
     const chat = await postJson(`${s.gw.url}/v1/chat/completions`, { model: MODEL, messages: [{ role: 'user', content: ' hello'.repeat(9000) }] });
     expectError(chat, 400, 'messages');
     // 8 characters per token of the context: refused from the character count alone, fast
+    const content = 'a'.repeat(8 * 8192 + 1);
     const t0 = performance.now();
-    const huge = await postJson(`${s.gw.url}/v1/chat/completions`, { model: MODEL, messages: [{ role: 'user', content: 'a'.repeat(8 * 8192 + 1) }] });
+    const huge = await postJson(`${s.gw.url}/v1/chat/completions`, { model: MODEL, messages: [{ role: 'user', content }] });
+    const refuseMs = performance.now() - t0;
     expectError(huge, 400, 'messages');
     expect(huge.json.error.message).toMatch(/refused without tokenising/);
-    expect(performance.now() - t0).toBeLessThan(500);
+    // faster than tokenising the content alone, measured here under the same load (~1 s idle)
+    const t1 = performance.now();
+    llama3Tokenizer.encode(content, { bos: false, eos: false });
+    expect(refuseMs).toBeLessThan(performance.now() - t1);
     expect(sent()).toBe(before);
   });
 

@@ -7,11 +7,12 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { Redis } from 'ioredis';
+import llama3Tokenizer from 'llama3-tokenizer-js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startKdn, type KdnHandle } from '../live/kdn.js';
 import { synthesizeDocument } from '../live/replay.js';
 import { tokenizerCacheChars } from '../live/tokenizer.js';
-import { postBigWhilePolling, postJson } from './helpers/live.js';
+import { healthStalls, postBigWhilePolling, postJson } from './helpers/live.js';
 import { startTestRedis, type RedisServerHandle } from './helpers/redis.js';
 import { describeRedis } from './helpers/system.js';
 
@@ -39,11 +40,16 @@ function gc(): void {
 
 describeRedis('document limits', () => {
   it('over --max-document-bytes: 413 before tokenising, nothing stored', async () => {
+    const content = 'word '.repeat(30_000);
     const t0 = performance.now();
-    const r = await postJson(`${small.url}/knowledge/register_text`, { content: 'word '.repeat(30_000) });
+    const r = await postJson(`${small.url}/knowledge/register_text`, { content });
+    const refuseMs = performance.now() - t0;
     expect(r.status).toBe(413);
     expect(r.json.detail).toMatch(/149999 bytes, more than this KDN accepts \(100000, --max-document-bytes\)/);
-    expect(performance.now() - t0).toBeLessThan(300);
+    // faster than tokenising it alone, measured here under the same machine load (~150 ms idle)
+    const t1 = performance.now();
+    llama3Tokenizer.encode(content, { bos: false, eos: false });
+    expect(refuseMs).toBeLessThan(performance.now() - t1);
     expect(await total(small)).toBe(0);
   });
 
@@ -56,12 +62,13 @@ describeRedis('document limits', () => {
     expect(ok.json).toMatchObject({ status: 'created', tokens: 1500 });
   });
 
-  it('a 50 MB body is refused with 413 in under a second, /health answering within 50 ms meanwhile', async () => {
+  it('a 50 MB body is refused with 413 before it is read, /health answering meanwhile', async () => {
     const r = await postBigWhilePolling(`${kdn.url}/knowledge/register_text`, `JSON.stringify({ content: 'x'.repeat(50 * 1024 * 1024) })`, `${kdn.url}/health`);
     expect(r.status).toBe(413);
     expect(JSON.parse(r.body).detail).toMatch(/--max-document-bytes/);
-    expect(r.ms).toBeLessThan(1000);
-    expect(Math.max(...r.healthMs)).toBeLessThan(50);
+    // refused from its Content-Length: the answer came while the sender still had most of it to write
+    expect(r.writtenAtAnswer).toBeLessThan(r.totalBytes / 2);
+    expect(healthStalls(r.healthMs, r.baselineMs).join('; ')).toBe('');
     expect(await total(kdn)).toBe(0);
   });
 

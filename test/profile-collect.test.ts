@@ -5,6 +5,27 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { startEmulator, type EmulatorHandle } from '../live/emulator.js';
 import { loadProfile } from '../sim/profiles.js';
 import { collect, collectKnots, fitCollected, medianBursts } from '../sim/profile/collect.js';
+import { replayBurst } from '../sim/profile/burst.js';
+import { listTtftLogs, readBursts } from '../sim/profile/logs.js';
+import type { Profile } from '../engine/types.js';
+
+/**
+ * How far the collected data itself lies from `base`, %: mean over the grid's (BS, PL, rank) of
+ * |median-of-repeats TTFT − base's simulated TTFT| / base's (what the fit is given to match).
+ */
+function dataVsBasePct(dir: string, base: Profile): number {
+  let s = 0;
+  let n = 0;
+  for (const b of medianBursts(readBursts(listTtftLogs(dir)))) {
+    const sim = replayBurst(base, b.bs, b.pl).ttftMs;
+    const got = b.requests.map((q) => q.ttftMs).sort((x, y) => x - y);
+    got.forEach((ms, k) => {
+      s += Math.abs(ms - sim[k]!) / sim[k]!;
+      n++;
+    });
+  }
+  return (100 * s) / Math.max(1, n);
+}
 
 const tmp: string[] = [];
 let em: EmulatorHandle | null = null;
@@ -14,7 +35,7 @@ afterAll(async () => {
 });
 
 describe('profile collect → profile fit round trip against kvlab emulate', () => {
-  it('recovers the emulated profile: simulated TTFT within 2 % of it on the collected grid', async () => {
+  it('recovers the emulated profile: simulated TTFT within 2 % of it on the collected grid, beyond the data\'s own distance', async () => {
     const P = loadProfile('a100x1-llama3-8b');
     // model time runs 10× slower than the wall clock, so the host's HTTP + timer overhead (a few
     // wall ms per request on a loaded 2-CPU box) is a few tenths of a model ms
@@ -41,7 +62,14 @@ describe('profile collect → profile fit round trip against kvlab emulate', () 
     expect(meta.server.emulator.profile).toBe('a100x1-llama3-8b');
     expect(readFileSync(join(dir, 'log-bs4.txt'), 'utf8')).toMatch(/^\[TTFT\] BS=4, PL=256, repeat=1, task=1\/4, ttft=\d+\.\d\dms$/m);
     const f = fitCollected(dir, P);
-    expect(f.gridVsBasePct).toBeLessThan(2);
+    // The emulator is deterministic in model time, so the logs differ from the profile only by
+    // what the host adds (late timers, a descheduled process: delays, never gains). On an idle
+    // machine that is a few tenths of a %; at load average 9-11 the median repeat was 3-9 % late
+    // and no fit of such data can be closer. So: the fitted profile is within 2 % of the emulated
+    // one, beyond the collected data's own distance from it (measured here, under the same load);
+    // a fit bug (wrong knots, terms, units) is off by far more than the data.
+    const data = dataVsBasePct(dir, P);
+    expect(f.gridVsBasePct).toBeLessThan(2 + data);
     expect(f.check.ttftMape).toBeLessThan(10); // per-request, against the wall-clock measurements
     expect(f.profile.engine).toEqual(P.engine);
     expect(f.profile.name).toBe('a100x1-llama3-8b-collected');

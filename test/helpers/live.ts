@@ -106,45 +106,102 @@ export function promSum(m: Map<string, number>, name: string, labelFilter = ''):
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Checks that a server's event loop kept answering `/health` while a big body was refused (see
+ * {@link postBigWhilePolling}), robustly on a loaded 2-core machine:
+ * - the median latency stays within 2 × the median measured just before (same load, no body) + 10 ms;
+ * - no single answer took 250 ms or more. Reading and JSON-parsing a 50 MB body on the event loop
+ *   blocks it ~700 ms on such a machine (Buffer.concat + toString ~300 ms, JSON.parse ~400 ms,
+ *   measured 2026-12-01), while a machine at load average 9-11 delays one answer by tens of ms
+ *   (67 ms seen): the bound tells the two apart.
+ * @returns a list of violations (empty when the loop stayed responsive)
+ */
+export function healthStalls(duringMs: readonly number[], baselineMs: readonly number[]): string[] {
+  const med = (xs: readonly number[]): number => {
+    const s = [...xs].sort((a, b) => a - b);
+    return s.length ? s[s.length >> 1]! : NaN;
+  };
+  const bad: string[] = [];
+  if (duringMs.length < 3) bad.push(`only ${duringMs.length} /health answers while the body was in flight`);
+  if (!(med(duringMs) <= 2 * med(baselineMs) + 10)) bad.push(`median /health ${med(duringMs).toFixed(1)} ms vs ${med(baselineMs).toFixed(1)} ms before the body`);
+  const worst = Math.max(...duringMs);
+  if (!(worst < 250)) bad.push(`one /health took ${worst.toFixed(0)} ms`);
+  return bad;
+}
+
 /** Outcome of {@link postBigWhilePolling}. */
 export interface BigPost {
   status: number;
   /** ms from the first byte sent to the whole answer, measured by the sender. */
   ms: number;
   body: string;
+  /** bytes of the body the sender had handed to its socket when the answer's headers arrived. */
+  writtenAtAnswer: number;
+  /** bytes of the whole body. */
+  totalBytes: number;
   /** latency of every `GET health` answered while the request was in flight, ms. */
   healthMs: number[];
+  /** latency of every `GET health` answered in the 200 ms before it was sent (same machine load, no big body), ms. */
+  baselineMs: number[];
 }
 
 /**
  * POSTs a large body from a child process (building and writing it would stall this process's
- * event loop, which also runs the servers under test) and polls `healthUrl` every 5 ms from here
- * while it is in flight.
+ * event loop, which also runs the servers under test) in 1 MiB writes that wait for the socket
+ * to drain (so `writtenAtAnswer` tells how much the server had taken when it answered), and polls
+ * `healthUrl` every 5 ms from here: for 200 ms before the body is sent (`baselineMs`) and while it
+ * is in flight (`healthMs`).
  * @param build JavaScript source evaluating to the body string (run in the child)
+ * @param chunked Transfer-Encoding: chunked instead of a Content-Length
  */
 export async function postBigWhilePolling(url: string, build: string, healthUrl: string, chunked = false): Promise<BigPost> {
   const { spawn } = await import('node:child_process');
   const script = `
-    const bytes = new TextEncoder().encode(${build});
-    const body = ${chunked} ? new ReadableStream({ start(c) { for (let i = 0; i < bytes.length; i += 1 << 20) c.enqueue(bytes.subarray(i, i + (1 << 20))); c.close(); } }) : bytes;
+    import { request } from 'node:http';
+    const bytes = Buffer.from(${build});
     process.stdout.write('ready\\n');
     await new Promise((r) => setTimeout(r, 200));
+    process.stdout.write('sending\\n');
+    const u = new URL(${JSON.stringify(url)});
+    const headers = { 'content-type': 'application/json', ...(${chunked} ? {} : { 'content-length': bytes.length }) };
     const t0 = performance.now();
-    const r = await fetch(${JSON.stringify(url)}, { method: 'POST', headers: { 'content-type': 'application/json' }, body, duplex: 'half' });
-    const text = await r.text();
-    process.stdout.write(JSON.stringify({ status: r.status, ms: performance.now() - t0, body: text }) + '\\n');`;
+    let written = 0;
+    let answered = false;
+    const req = request({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers });
+    const done = new Promise((resolve, reject) => {
+      req.on('response', (res) => {
+        answered = true;
+        const writtenAtAnswer = written;
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode, ms: performance.now() - t0, body, writtenAtAnswer, totalBytes: bytes.length }));
+      });
+      req.on('error', (e) => (answered ? undefined : reject(e)));
+    });
+    for (let i = 0; i < bytes.length && !answered && !req.destroyed; i += 1 << 20) {
+      const chunk = bytes.subarray(i, i + (1 << 20));
+      written += chunk.length;
+      if (!req.write(chunk)) await Promise.race([new Promise((r) => req.once('drain', r)), done.catch(() => undefined), new Promise((r) => req.once('close', r))]);
+    }
+    if (!answered && !req.destroyed) req.end();
+    const result = await done;
+    req.destroy(); // the server may hold the connection open for the body it will never read
+    process.stdout.write(JSON.stringify(result) + '\\n', () => process.exit(0));`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout!.on('data', (d) => (out += String(d)));
   const exited = new Promise((r) => child.once('exit', r));
   while (!out.includes('ready')) await Promise.race([sleep(5), exited]);
+  const baselineMs: number[] = [];
   const healthMs: number[] = [];
   let stop = false;
   const poll = (async () => {
     while (!stop) {
+      const sending = out.includes('sending');
       const t = performance.now();
       const h = await getText(healthUrl);
-      healthMs.push(performance.now() - t);
+      (sending ? healthMs : baselineMs).push(performance.now() - t);
       if (h.status !== 200) throw new Error(`${healthUrl} answered ${h.status}`);
       await sleep(5);
     }
@@ -154,5 +211,5 @@ export async function postBigWhilePolling(url: string, build: string, healthUrl:
   await poll;
   const line = out.split('\n').filter((l) => l.startsWith('{')).pop();
   if (!line) throw new Error(`the sender failed: ${out}`);
-  return { ...(JSON.parse(line) as Omit<BigPost, 'healthMs'>), healthMs };
+  return { ...(JSON.parse(line) as Omit<BigPost, 'healthMs' | 'baselineMs'>), healthMs, baselineMs };
 }
