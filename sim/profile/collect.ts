@@ -22,7 +22,7 @@ import { createParser } from 'eventsource-parser';
 import type { Profile } from '../../engine/types.js';
 import { replayBurst } from './burst.js';
 import { checkBursts, type CheckReport } from './check.js';
-import { DEFAULT_FIT_CONFIG, fitStepModel, type FitConfig, type StepFit } from './fit.js';
+import { DEFAULT_FIT_CONFIG, fitStepModel, median, type FitConfig, type StepFit } from './fit.js';
 import { CHAT_TEMPLATE_TOKENS, listTtftLogs, readBursts, readTpotTable, type Burst } from './logs.js';
 import { makeRng } from '../../traces/random.js';
 
@@ -243,12 +243,6 @@ export function medianBursts(bursts: readonly Burst[]): Burst[] {
     out.push({ ...first, requests });
   }
   return out;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /** Result of fitCollected. */

@@ -341,6 +341,7 @@ export function weightedMedian(y: readonly number[], w: readonly number[]): numb
   return y[idx[idx.length - 1]!]!;
 }
 
+/** Median of `v` (mean of the two middle values for an even length); NaN-free input expected, `v` is not modified. */
 export function median(v: readonly number[]): number {
   const s = [...v].sort((a, b) => a - b);
   const m = s.length >> 1;
