@@ -394,6 +394,31 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
   const sendReleased = (t: number) => {
     for (let j = 0; j < R; j++) for (const id of engines[j]!.takeReleased()) sendToFrontend(idToIdx.get(id)!, t);
   };
+  /**
+   * Hands request `r` (as `cr`) to instance `i`'s core at `t` (ms). A core that refuses it (KV or
+   * context too small) rejects the request: the engine unbooks it and any request its proxy queue
+   * held is released. Otherwise an idle core starts a run and a busy one truncates its current run
+   * so the newcomer joins at the next step.
+   */
+  const admit = (i: number, r: number, cr: CoreRequest, t: number) => {
+    const core = cores[i]!;
+    if (!core.add(cr, t)) {
+      out.status[r] = ST_REJECTED;
+      ownerEngine(r).onAbort(requests[r]!.id, t);
+      if (ownerOf !== null) book(OP_ABORT, r, t);
+      sendReleased(t);
+      if (maxConc < Infinity) q.push(t, EV_SEND, r, 0);
+      return;
+    }
+    if (!core.busy) startRun(i, t);
+    else {
+      const end = core.truncateRun(t);
+      if (end >= 0) {
+        gen[i]!++;
+        q.push(end, EV_STEP, i, gen[i]!);
+      }
+    }
+  };
   const scrapeMs = opts.strategy.metricsIntervalMs;
   const scrape = (t: number) => {
     for (let i = 0; i < nI; i++) {
@@ -572,23 +597,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
         } else if (code === 5 && tailState[r]! > 0) {
           cr.tail = { start: ds.split[r]!, end: ds.reused[r]!, ready: tailState[r] === 2 };
         }
-        const core = cores[i]!;
-        if (!core.add(cr, t)) {
-          out.status[r] = ST_REJECTED;
-          ownerEngine(r).onAbort(req.id, t);
-          if (ownerOf !== null) book(OP_ABORT, r, t);
-          sendReleased(t);
-          if (maxConc < Infinity) q.push(t, EV_SEND, r, 0);
-          break;
-        }
-        if (!core.busy) startRun(i, t);
-        else {
-          const end = core.truncateRun(t);
-          if (end >= 0) {
-            gen[i]!++;
-            q.push(end, EV_STEP, i, gen[i]!);
-          }
-        }
+        admit(i, r, cr, t);
         break;
       }
       case EV_STEP: {
@@ -663,23 +672,7 @@ export function simulate(input: TraceRequest[], opts: SimOptions): SimOutcome {
           loadedTokens: req.inputTokens,
           kvLoadMs: 0,
         };
-        const core = cores[D]!;
-        if (!core.add(cr, t)) {
-          out.status[r] = ST_REJECTED;
-          ownerEngine(r).onAbort(req.id, t);
-          if (ownerOf !== null) book(OP_ABORT, r, t);
-          sendReleased(t);
-          if (maxConc < Infinity) q.push(t, EV_SEND, r, 0);
-          break;
-        }
-        if (!core.busy) startRun(D, t);
-        else {
-          const end = core.truncateRun(t);
-          if (end >= 0) {
-            gen[D]!++;
-            q.push(end, EV_STEP, D, gen[D]!);
-          }
-        }
+        admit(D, r, cr, t);
         break;
       }
       case EV_SEND:
