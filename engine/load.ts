@@ -139,13 +139,8 @@ export class LoadBook {
     this.bookings.delete(id);
     const l = this.loads[b.instance]!;
     const d = this.loads[b.decode]!;
-    d.inflight--;
-    d.kvTokens -= b.kvTokens;
-    if (b.firstToken) {
-      d.decodeReqs--;
-      d.decodeCtxTokens -= b.ctxTokens;
-      d.decodeKvTokens -= b.kvTokens;
-    } else {
+    this.holdDecode(d, b, -1);
+    if (!b.firstToken) {
       if (b.decode !== b.instance) {
         l.inflight--;
         l.kvTokens -= b.ctxTokens;
@@ -189,24 +184,29 @@ export class LoadBook {
     this.drain(b.instance, now);
     const l = this.loads[b.instance]!;
     const d = this.loads[b.decode]!;
-    d.inflight--;
-    d.kvTokens -= b.kvTokens;
-    if (b.firstToken) {
-      d.decodeReqs--;
-      d.decodeCtxTokens -= b.ctxTokens;
-      d.decodeKvTokens -= b.kvTokens;
-      l.decodeReqs++;
-      l.decodeCtxTokens += b.ctxTokens;
-      l.decodeKvTokens += b.kvTokens;
-      l.inflight++;
-      l.kvTokens += b.kvTokens;
-    } else l.kvTokens += b.kvTokens - b.ctxTokens;
+    this.holdDecode(d, b, -1);
+    if (b.firstToken) this.holdDecode(l, b, 1);
+    else l.kvTokens += b.kvTokens - b.ctxTokens;
     b.decode = b.instance;
   }
 
   /** Number of booked requests. */
   get size(): number {
     return this.bookings.size;
+  }
+
+  /**
+   * Adds (`sign` 1) or removes (-1) what booking `b` holds on its decode instance's load `x`: one
+   * in-flight request and its KV (tokens), and once its first token is out its decoding counters.
+   */
+  private holdDecode(x: InstanceLoad, b: Booking, sign: 1 | -1): void {
+    x.inflight += sign;
+    x.kvTokens += sign * b.kvTokens;
+    if (b.firstToken) {
+      x.decodeReqs += sign;
+      x.decodeCtxTokens += sign * b.ctxTokens;
+      x.decodeKvTokens += sign * b.kvTokens;
+    }
   }
 
   private drain(instance: number, now: number): void {
