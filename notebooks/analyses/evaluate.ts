@@ -15,7 +15,6 @@
  * `<!-- results:begin -->` and `<!-- results:end -->` with the tables. --quick (one seed, three
  * loads) is for trying it out, not for the README. Progress on stderr.
  */
-import { Command } from 'commander';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { KVLAB_PARAMS_VERSION, KVLAB_THEORY, KVLAB_TUNED } from '../../engine/strategies/kvlab-params.js';
@@ -23,16 +22,12 @@ import { PEER_VERSIONS } from '../../engine/strategies/index.js';
 import { KVLAB_VERSION } from '../../engine/version.js';
 import { fmtDuration } from '../sweep.js';
 import { measureSize, type Arm, type SizeResult } from './measure.js';
-import { CAPACITY_TOL, KVLAB_VARIANTS, LOADS, PEERS, PROTOCOL_VERSION, SCENARIOS, SLO, TARGET, scenarioInputs, type Scenario } from './protocol.js';
+import { CAPACITY_TOL, KVLAB_VARIANTS, LOADS, PEERS, PROTOCOL_VERSION, SCENARIOS, SLO, TARGET, scenarioInputs, protocolCommand, type Scenario } from './protocol.js';
 
 async function main(): Promise<void> {
-  const o = new Command('evaluate')
-    .description('regenerate the results tables of the README (evaluation protocol)')
-    .requiredOption('-o, --out <dir>', 'output directory')
-    .option('--shared <dir>', 'the shared data directory', resolve('..', 'shared', 'data'))
+  const o = protocolCommand('evaluate', 'regenerate the results tables of the README (evaluation protocol)')
     .option('--set <set>', "readme (the README's tables, sized for 2 cores) | evaluation | tuning | all", 'readme')
     .option('--scenarios <ids>', 'only these scenarios (comma-separated ids)')
-    .option('--jobs <n>', 'parallel simulations (default: all cores)')
     .option('--readme <file>', 'replace the tables between <!-- results:begin --> and <!-- results:end --> in this file')
     .option('--quick', 'one seed and three loads (trying it out; not for the README)')
     .parse()

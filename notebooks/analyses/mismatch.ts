@@ -11,23 +11,18 @@
  *
  * Writes OUT/mismatch.json and OUT/mismatch.md (the table). Progress on stderr.
  */
-import { Command } from 'commander';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fmtDuration } from '../sweep.js';
 import { measureSize, type Arm } from './measure.js';
-import { PEERS, PROTOCOL_VERSION, SCENARIOS, scenarioInputs } from './protocol.js';
+import { PEERS, PROTOCOL_VERSION, SCENARIOS, scenarioInputs, protocolCommand } from './protocol.js';
 
 /** Peers whose decisions depend on the engine's profile (their own fits or its backlog). */
 const PROFILE_PEERS = ['least-load', 'cacheroute', 'mooncake', 'mooncake-local'];
 const LOADS = [0.75, 1];
 
 async function main(): Promise<void> {
-  const o = new Command('mismatch')
-    .description("kvlab's margin against the best peer with a wrong engine profile, with and without online calibration")
-    .requiredOption('-o, --out <dir>', 'output directory')
-    .option('--shared <dir>', 'the shared data directory', resolve('..', 'shared', 'data'))
-    .option('--jobs <n>', 'parallel simulations (default: all cores)')
+  const o = protocolCommand('mismatch', "kvlab's margin against the best peer with a wrong engine profile, with and without online calibration")
     .parse()
     .opts<{ out: string; shared: string; jobs?: string }>();
   const out = resolve(o.out);

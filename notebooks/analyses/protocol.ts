@@ -16,6 +16,7 @@
  * span × instances): 0.5 = half of what the cluster could prefill without any cache. The rate
  * multiplier of a scenario is load / (its offered load at the trace's own rate).
  */
+import { Command } from 'commander';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { KVLAB_THEORY, KVLAB_TUNED } from '../../engine/strategies/kvlab-params.js';
@@ -106,6 +107,20 @@ export interface Input {
   workloadOptions?: Record<string, unknown>;
   /** the noise seed of the run. */
   seed: number;
+}
+
+/**
+ * The command line the protocol's scripts share (evaluate, tune, mismatch): `-o, --out DIR`
+ * (required), `--shared DIR` (the shared data directory, default `../shared/data` from the working
+ * directory) and `--jobs N` (parallel simulations, default all cores). Each script adds its own
+ * options and parses; the values are strings, as commander gives them.
+ */
+export function protocolCommand(name: string, description: string): Command {
+  return new Command(name)
+    .description(description)
+    .requiredOption('-o, --out <dir>', 'output directory')
+    .option('--shared <dir>', 'the shared data directory', resolve('..', 'shared', 'data'))
+    .option('--jobs <n>', 'parallel simulations (default: all cores)');
 }
 
 /**

@@ -11,12 +11,11 @@
  *
  * Writes OUT/tuning.json and OUT/tuning.md. Progress on stderr.
  */
-import { Command } from 'commander';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fmtDuration } from '../sweep.js';
 import { measureSize, type Arm, type SizeResult } from './measure.js';
-import { PROTOCOL_VERSION, SCENARIOS, scenarioInputs } from './protocol.js';
+import { PROTOCOL_VERSION, SCENARIOS, scenarioInputs, protocolCommand } from './protocol.js';
 
 /** The grid: every kvlab weight pair and every Mooncake threshold. */
 export function tuningArms(): Arm[] {
@@ -27,11 +26,7 @@ export function tuningArms(): Arm[] {
 }
 
 async function main(): Promise<void> {
-  const o = new Command('tune')
-    .description("tune kvlab's weights (and Mooncake's threshold) on the protocol's tuning set")
-    .requiredOption('-o, --out <dir>', 'output directory')
-    .option('--shared <dir>', 'the shared data directory', resolve('..', 'shared', 'data'))
-    .option('--jobs <n>', 'parallel simulations (default: all cores)')
+  const o = protocolCommand('tune', "tune kvlab's weights (and Mooncake's threshold) on the protocol's tuning set")
     .parse()
     .opts<{ out: string; shared: string; jobs?: string }>();
   const out = resolve(o.out);
